@@ -1,0 +1,1 @@
+"""One module per ``connect-audit`` subcommand; see :mod:`collector.cli`."""

@@ -1,0 +1,33 @@
+"""Where settings come from: command-line flag, then environment, then the default.
+
+The embedded default keeps everything under ``data/`` of the working directory (or
+``CONNECT_AUDIT_DATA_DIR``): the SQLite store, and beside it, never inside it, the key
+that encrypts shared secrets and the key that signs checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATABASE_ENV = "CONNECT_AUDIT_DATABASE_URL"
+DATA_DIR_ENV = "CONNECT_AUDIT_DATA_DIR"
+SECRET_KEY_ENV = "CONNECT_AUDIT_SECRET_KEY"  # Fernet key for shared secrets at rest
+CHECKPOINT_KEY_ENV = "CONNECT_AUDIT_CHECKPOINT_KEY"  # HMAC key for checkpoints
+INSTALL_KEYS_ENV = "CONNECT_AUDIT_INSTALL_KEYS"  # base URL or directory of lifecycle public keys
+
+#: Atlassian's CDN of the public keys that sign install/uninstall callbacks.
+DEFAULT_INSTALL_KEYS_URL = "https://connect-install-keys.atlassian.com"
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or "data")
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{data_dir() / 'audit.db'}"
+
+
+def database_url(cli_value: str | None = None) -> str:
+    """The store to use: ``--database``, else ``CONNECT_AUDIT_DATABASE_URL``, else data/audit.db."""
+    return cli_value or os.environ.get(DATABASE_ENV) or default_database_url()

@@ -1,0 +1,232 @@
+"""The domain language of Connect Audit's failures.
+
+Every way a token can be refused is one class with one stable reason ``code``. The
+codes are a public contract: they are stored in the audit log, shown by the dashboard,
+printed by ``connect-audit token inspect`` and matched by other tools, so a code is
+never renamed. The ``detail`` sentence is for people and may change.
+
+A detail never contains a secret, a token or a signature: callers build it from
+claim names and values that are safe to log.
+"""
+
+from __future__ import annotations
+
+
+class ConnectAuditError(Exception):
+    """Base class for every error Connect Audit raises on purpose."""
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+class TokenRejected(ConnectAuditError):
+    """Raised when a token is refused; ``code`` names the exact reason."""
+
+    code: str = "rejected"
+    #: What a developer should do about it, shown next to the code in the UI and docs.
+    fix: str = ""
+
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail or self.__doc__.strip().removeprefix("Raised when ").rstrip(".")
+        super().__init__(self.detail)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, detail={self.detail!r})"
+
+
+class MissingToken(TokenRejected):
+    """Raised when a request that needs a token carries none."""
+
+    code = "missing_token"
+    fix = "Send the JWT in the Authorization header ('JWT <token>') or the jwt query parameter."
+
+
+class TokenTooLarge(TokenRejected):
+    """Raised when a token is longer than the size cap, before any decoding."""
+
+    code = "too_large"
+    fix = "Real Connect tokens are well under 8 KiB; look for a proxy or client appending data."
+
+
+class MalformedToken(TokenRejected):
+    """Raised when a token is not a strict compact JWS with canonical base64url JSON parts."""
+
+    code = "malformed"
+    fix = "Check that the whole token was sent, unquoted, unpadded and not URL-encoded twice."
+
+
+class UnsupportedHeader(TokenRejected):
+    """Raised when the header carries a parameter that is never honoured (crit, jku, x5u, ...)."""
+
+    code = "unsupported_header"
+    fix = "Sign with a plain header ({'alg', 'typ', 'kid'}); key-carrying or critical headers are refused."
+
+
+class AlgorithmNotAllowed(TokenRejected):
+    """Raised when the header's alg is not the one pinned for this kind of endpoint."""
+
+    code = "alg_not_allowed"
+    fix = "Request and context tokens are HS256; lifecycle callbacks are RS256. 'none' is never accepted."
+
+
+class MissingKid(TokenRejected):
+    """Raised when a lifecycle token has no kid, or a kid that is not strictly formatted."""
+
+    code = "missing_kid"
+    fix = "Lifecycle callbacks must be signed install tokens; enable signed installs in the descriptor."
+
+
+class UnknownKid(TokenRejected):
+    """Raised when no public key can be obtained for the lifecycle token's kid."""
+
+    code = "unknown_kid"
+    fix = "Check the install-keys source (network reachability, or the directory used in tests)."
+
+
+class UnknownIssuer(TokenRejected):
+    """Raised when no install matches the token's iss exactly."""
+
+    code = "unknown_issuer"
+    fix = "The tenant is not installed here: reinstall the app, or check which store this instance uses."
+
+
+class InactiveInstall(TokenRejected):
+    """Raised when the token's tenant is uninstalled or disabled."""
+
+    code = "inactive_install"
+    fix = "The app is disabled or uninstalled on this site; it must be enabled before it is called."
+
+
+class BadSignature(TokenRejected):
+    """Raised when the signature does not verify with the install's secret or the kid's key."""
+
+    code = "bad_signature"
+    fix = "The shared secret differs: a stale install, a reinstall not yet received, or the wrong tenant."
+
+
+class MissingClaim(TokenRejected):
+    """Raised when a required claim (iss, iat, exp, qsh, aud, ...) is absent."""
+
+    code = "missing_claim"
+    fix = "Include iss, iat, exp and qsh; lifecycle tokens also need aud."
+
+
+class InvalidClaim(TokenRejected):
+    """Raised when a claim has the wrong type or an impossible value."""
+
+    code = "invalid_claim"
+    fix = "iat, exp and nbf are integer seconds since the epoch (not milliseconds); iss and qsh are strings."
+
+
+class LifetimeTooLong(TokenRejected):
+    """Raised when exp - iat exceeds the allowed token lifetime."""
+
+    code = "lifetime_too_long"
+    fix = "Issue short-lived tokens (Atlassian uses 3 minutes); the default cap is one hour."
+
+
+class TokenExpired(TokenRejected):
+    """Raised when exp is in the past, beyond the leeway."""
+
+    code = "expired"
+    fix = "The token is stale: a cached page, a slow queue or a clock skew. Check the server clock (NTP)."
+
+
+class TokenNotYetValid(TokenRejected):
+    """Raised when nbf or iat lies in the future, beyond the leeway."""
+
+    code = "not_yet_valid"
+    fix = "The issuer's clock is ahead of this server's; synchronise clocks (NTP)."
+
+
+class QshMismatch(TokenRejected):
+    """Raised when the token's qsh differs from the hash of the request actually received."""
+
+    code = "qsh_mismatch"
+    fix = "Hash the method, the path without the context path and the sorted query; see the diagnosis."
+
+
+class ContextQshNotAllowed(TokenRejected):
+    """Raised when a context token (qsh = context-qsh) reaches an endpoint not declared for it."""
+
+    code = "context_qsh_not_allowed"
+    fix = "Declare the route as taking context tokens, or have the host sign the real request."
+
+
+class WrongAudience(TokenRejected):
+    """Raised when a lifecycle token's aud does not contain the app's baseUrl."""
+
+    code = "wrong_audience"
+    fix = "The app's configured baseUrl must equal the descriptor's baseUrl exactly."
+
+
+class IssuerMismatch(TokenRejected):
+    """Raised when a lifecycle token's iss differs from the clientKey in the callback body."""
+
+    code = "issuer_mismatch"
+    fix = "The body and the token describe different tenants: treat the callback as forged."
+
+
+class Replayed(TokenRejected):
+    """Raised when a token already used on a state-changing request or callback comes again."""
+
+    code = "replayed"
+    fix = "Mint a fresh token per state-changing request; a retry must not reuse the old one."
+
+
+#: Every rejection class, in the order the verifier checks them.
+REJECTIONS: tuple[type[TokenRejected], ...] = (
+    MissingToken,
+    TokenTooLarge,
+    MalformedToken,
+    UnsupportedHeader,
+    AlgorithmNotAllowed,
+    MissingKid,
+    UnknownKid,
+    UnknownIssuer,
+    InactiveInstall,
+    BadSignature,
+    MissingClaim,
+    InvalidClaim,
+    LifetimeTooLong,
+    TokenExpired,
+    TokenNotYetValid,
+    QshMismatch,
+    ContextQshNotAllowed,
+    WrongAudience,
+    IssuerMismatch,
+    Replayed,
+)
+
+#: The public reason codes, exactly as stored and printed.
+REJECTION_CODES: tuple[str, ...] = tuple(cls.code for cls in REJECTIONS)
+
+_BY_CODE = {cls.code: cls for cls in REJECTIONS}
+
+
+def rejection_for(code: str) -> type[TokenRejected]:
+    """Return the rejection class for a stored reason code (KeyError if unknown)."""
+    return _BY_CODE[code]
+
+
+# --------------------------------------------------------------------------- store & config
+
+
+class ConfigurationError(ConnectAuditError):
+    """Raised when a setting (database URL, key file, option) is missing or invalid."""
+
+
+class StoreUnavailable(ConnectAuditError):
+    """Raised when the audit store cannot be opened or reached."""
+
+
+class IntegrityError(ConnectAuditError):
+    """Raised when the audit log's hash chain or checkpoints do not verify."""
+
+
+class QueueFull(ConnectAuditError):
+    """Raised when the recorder's queue is full and its policy is to refuse, not to wait."""
+
+
+class UnknownTenant(ConnectAuditError):
+    """Raised when an outgoing call names a clientKey that has no active install."""

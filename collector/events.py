@@ -1,0 +1,100 @@
+"""What one audit event says, independent of where it is stored.
+
+An :class:`AuditRecord` is built on the request path (middleware, outgoing client,
+lifecycle handler, CLI) and handed to the recorder, which assigns its place in the hash
+chain. The vocabulary below is the stored contract: values are plain strings so that
+SQL filters, CSV cells and the dashboard all read the same words.
+
+Nothing here is Connect-shaped on purpose: ``platform`` and ``auth_method`` are open
+vocabularies, so a Forge invocation token can later be recorded as
+``platform="forge", auth_method="forge_invocation"`` without a schema change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+# direction
+INCOMING = "incoming"
+OUTGOING = "outgoing"
+LIFECYCLE = "lifecycle"
+INTERNAL = "internal"  # the tool's own acts: export, purge, checkpoint
+DIRECTIONS = (INCOMING, OUTGOING, LIFECYCLE, INTERNAL)
+
+# auth_method
+APP_JWT = "app_jwt"  # HS256 JWT signed with the shared secret (either direction)
+CONTEXT_JWT = "context_jwt"  # HS256 JWT whose qsh is "context-qsh"
+USER_BEARER = "user_bearer"  # OAuth 2.0 JWT bearer grant, acting as a user
+LIFECYCLE_JWT = "lifecycle_jwt"  # RS256 signed install/uninstall/enable/disable
+NO_AUTH = "none"
+AUTH_METHODS = (APP_JWT, CONTEXT_JWT, USER_BEARER, LIFECYCLE_JWT, NO_AUTH)
+
+# identity_kind
+APP_USER = "app_user"
+USER = "user"
+ANONYMOUS = "anonymous"
+IDENTITY_KINDS = (APP_USER, USER, ANONYMOUS)
+
+# outcome
+ALLOWED = "allowed"  # authenticated and answered below 400 (or a 4xx that is not 401/403)
+DENIED = "denied"  # 403 from the product (reason: scope | permission)
+REJECTED = "rejected"  # the token was refused (reason: a rejection code)
+ERROR = "error"  # transport failure or 5xx
+OUTCOMES = (ALLOWED, DENIED, REJECTED, ERROR)
+
+# reason for a 403
+SCOPE = "scope"  # the descriptor's scopes do not cover the call
+PERMISSION = "permission"  # scopes cover it; the acting user lacks the right
+
+CONNECT = "connect"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(slots=True)
+class AuditRecord:
+    """One event as the collector saw it; never holds a token, secret or assertion."""
+
+    direction: str
+    outcome: str
+    auth_method: str = NO_AUTH
+    identity_kind: str = ANONYMOUS
+    event_type: str = "request"  # request | webhook | installed | uninstalled | ... | export | purge
+    platform: str = CONNECT
+    ts: datetime = field(default_factory=utcnow)
+    event_id: str = field(default_factory=new_event_id)
+    tenant_client_key: str | None = None
+    tenant_base_url: str | None = None
+    product: str | None = None
+    account_id: str | None = None
+    method: str | None = None
+    path: str | None = None  # without the jwt query parameter
+    path_template: str | None = None
+    required_scope: str | None = None
+    declared_scopes: str | None = None  # space-separated, as in the descriptor
+    status: int | None = None
+    reason: str | None = None
+    detail: str | None = None
+    latency_ms: float | None = None
+    request_id: str | None = None
+    instance_id: str | None = None
+    token_fingerprint: str | None = None
+    claims: dict[str, Any] | None = None  # iss, sub, iat, exp, qsh_kind (a summary)
+    extra: dict[str, Any] | None = None  # e.g. an export's filter, row count and sha256
+
+    def __post_init__(self) -> None:
+        if self.ts.tzinfo is None:
+            raise ValueError("AuditRecord.ts must be timezone-aware (UTC)")
+        self.ts = self.ts.astimezone(UTC)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
