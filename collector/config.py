@@ -12,7 +12,8 @@ from pathlib import Path
 
 DATABASE_ENV = "CONNECT_AUDIT_DATABASE_URL"
 DATA_DIR_ENV = "CONNECT_AUDIT_DATA_DIR"
-SECRET_KEY_ENV = "CONNECT_AUDIT_SECRET_KEY"  # Fernet key for shared secrets at rest
+# Fernet key for shared secrets at rest (the name of a variable, not a secret).
+SECRET_KEY_ENV = "CONNECT_AUDIT_SECRET_KEY"  # noqa: S105
 CHECKPOINT_KEY_ENV = "CONNECT_AUDIT_CHECKPOINT_KEY"  # HMAC key for checkpoints
 INSTALL_KEYS_ENV = "CONNECT_AUDIT_INSTALL_KEYS"  # base URL or directory of lifecycle public keys
 
