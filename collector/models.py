@@ -117,3 +117,68 @@ class Checkpoint(SQLModel, table=True):
     created_at: datetime = _ts()
     key_id: str
     signature: str  # HMAC-SHA256 with a key kept outside the database
+
+
+# --------------------------------------------------------------------------- read side
+# Added for the dashboard and ``connect-audit export`` (collector.query): the audit log is
+# read by time range plus one selective filter, newest first, so each selective column gets
+# an index led by it and ending in ``ts``; keyset pages then stop after ``limit`` rows.
+_events = AuditEvent.__table__.c
+sa.Index("ix_audit_events_tenant_ts", _events.tenant_client_key, _events.ts)
+sa.Index("ix_audit_events_account_ts", _events.account_id, _events.ts)
+sa.Index("ix_audit_events_outcome_ts", _events.outcome, _events.ts)
+sa.Index("ix_audit_events_reason_ts", _events.reason, _events.ts)
+
+
+class EventRollup(SQLModel, table=True):
+    """Hourly event counts per dimension combination, so aggregates never scan the log.
+
+    Maintained incrementally from ``audit_events`` by :func:`collector.query.refresh_rollups`
+    (events with ``seq`` above the watermark in :class:`RollupState`). Dimensions are
+    never NULL ('' and status 0 stand for "none") so that the composite key can be the
+    upsert's conflict target on both SQLite and PostgreSQL.
+    """
+
+    __tablename__ = "event_rollups"
+
+    hour: int = Field(primary_key=True)  # epoch seconds // 3600 of the event's ts
+    tenant_client_key: str = Field(default="", primary_key=True)
+    direction: str = Field(default="", primary_key=True)
+    identity_kind: str = Field(default="", primary_key=True)
+    auth_method: str = Field(default="", primary_key=True)
+    outcome: str = Field(default="", primary_key=True)
+    reason: str = Field(default="", primary_key=True)
+    status: int = Field(default=0, primary_key=True)
+    method: str = Field(default="", primary_key=True)
+    path_template: str = Field(default="", primary_key=True)
+    required_scope: str = Field(default="", primary_key=True)
+    n: int = 0
+    latency_sum: float = 0.0
+    latency_n: int = 0
+
+
+class ActorRollup(SQLModel, table=True):
+    """Hourly counts per acting account (rows with an accountId only): the "who acted" view."""
+
+    __tablename__ = "actor_rollups"
+
+    hour: int = Field(primary_key=True)
+    tenant_client_key: str = Field(default="", primary_key=True)
+    account_id: str = Field(primary_key=True)
+    identity_kind: str = Field(default="", primary_key=True)
+    method: str = Field(default="", primary_key=True)
+    path_template: str = Field(default="", primary_key=True)
+    outcome: str = Field(default="", primary_key=True)
+    n: int = 0
+    first_ts: datetime = _ts()
+    last_ts: datetime = _ts()
+
+
+class RollupState(SQLModel, table=True):
+    """How far each rollup has consumed the log: the highest ``seq`` already counted."""
+
+    __tablename__ = "rollup_state"
+
+    name: str = Field(primary_key=True)
+    last_seq: int = 0
+    oldest_hour: int | None = None  # the first hour still backed by events (after a purge)
