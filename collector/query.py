@@ -1,0 +1,965 @@
+"""Reading the audit log: filters pushed into SQL, keyset pages, streaming, aggregates.
+
+This module is shared by ``connect-audit export`` and the dashboard (through
+``dashboard/queries.py``), so both answer the same question with the same SQL.
+
+Three rules keep it fast on millions of events:
+
+* every filter becomes a SQL condition (:func:`where_clause`); nothing is filtered in
+  Python and nothing loads the table into memory;
+* pages are keyset pages on ``(ts, seq)`` descending, so page 1000 costs what page 1 does;
+* aggregates read the hourly rollup tables (:func:`refresh_rollups` keeps them current
+  incrementally) for the whole hours of a range, and the raw log only for the partial
+  hours at its edges, which keeps them exact and independent of the log's size.
+
+Every statement runs under a time limit (:func:`time_limit`) and raises
+:class:`QueryTimeout`, a sentence a person can act on, instead of hanging a page.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from collector import events as ev
+from collector.errors import ConfigurationError, ConnectAuditError
+from collector.models import ActorRollup, AuditEvent, EventRollup, RollupState
+
+EVENTS = AuditEvent.__table__
+ROLLUP = EventRollup.__table__
+ACTORS = ActorRollup.__table__
+STATE = RollupState.__table__
+
+#: Default statement time limit, in seconds, for interactive reads.
+DEFAULT_TIME_LIMIT = 10.0
+
+
+class FilterError(ConfigurationError):
+    """Raised when a filter value cannot be understood (a bad date, status or vocabulary word)."""
+
+
+class QueryTimeout(ConnectAuditError):
+    """Raised when a read takes longer than its time limit."""
+
+
+# --------------------------------------------------------------------------- filter
+
+_STATUS_RE = re.compile(r"^(?:[1-5]\d\d|[1-5]xx)$")
+_DURATION_RE = re.compile(r"^(\d+)\s*(m|min|h|d|w)$")
+_DURATION_UNITS = {"m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(value: str, *, now: datetime | None = None, end_of_day: bool = False) -> datetime:
+    """Read an instant: ISO-8601 (a date, or a datetime; naive means UTC) or an age like ``7d``.
+
+    Ages (``30m``, ``24h``, ``7d``, ``2w``) count back from ``now``. With ``end_of_day`` a
+    bare date means the start of the next day, so ``--until 2026-01-31`` includes that day.
+    """
+    text = value.strip()
+    match = _DURATION_RE.match(text.lower())
+    if match:
+        now = now or datetime.now(UTC)
+        return now - timedelta(seconds=int(match.group(1)) * _DURATION_UNITS[match.group(2)])
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return start + timedelta(days=1) if end_of_day else start
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "T", 1))
+    except ValueError:
+        raise FilterError(
+            f"'{value}' is not a time: use an ISO-8601 date or datetime, or an age like 24h or 7d"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events to read. Every field is optional; set fields are ANDed.
+
+    ``since`` is inclusive and ``until`` exclusive. ``tenant`` is a clientKey, or a baseUrl
+    when it starts with ``http``. ``status`` is a code (``403``) or a class (``4xx``).
+    ``path_contains`` and ``text`` are case-insensitive substrings; ``text`` searches the
+    tenant, account, path, reason, detail, scope and the event and request ids.
+    """
+
+    since: datetime | None = None
+    until: datetime | None = None
+    tenant: str | None = None
+    direction: str | None = None
+    identity_kind: str | None = None
+    account_id: str | None = None
+    method: str | None = None
+    path_contains: str | None = None
+    scope: str | None = None
+    status: str | None = None
+    outcome: str | None = None
+    reason: str | None = None
+    text: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise FilterError(f"The filter's {name} must be timezone-aware (UTC)")
+        _check_word("direction", self.direction, ev.DIRECTIONS)
+        _check_word("identity kind", self.identity_kind, ev.IDENTITY_KINDS)
+        _check_word("outcome", self.outcome, ev.OUTCOMES)
+        if self.status is not None and not _STATUS_RE.match(str(self.status)):
+            raise FilterError(
+                f"'{self.status}' is not an HTTP status: use a code such as 403 or a class such as 4xx"
+            )
+        if self.since and self.until and self.since >= self.until:
+            raise FilterError("The time range is empty: 'since' must be before 'until'")
+
+    # -- URL state and CLI flags ---------------------------------------------------
+
+    def to_params(self) -> dict[str, str]:
+        """The set fields as strings, for ``st.query_params`` or a shareable link."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or value == "":
+                continue
+            out[f.name] = _iso(value) if isinstance(value, datetime) else str(value)
+        return out
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], *, now: datetime | None = None) -> EventFilter:
+        """Build a filter from strings (query parameters, CLI flags); unknown keys are ignored.
+
+        Raises :class:`FilterError` with one sentence when a value is malformed.
+        """
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = params.get(f.name)
+            if isinstance(raw, list | tuple):
+                raw = raw[-1] if raw else None
+            if raw is None or str(raw).strip() == "":
+                continue
+            text = str(raw).strip()
+            if f.name == "since":
+                values[f.name] = parse_time(text, now=now)
+            elif f.name == "until":
+                values[f.name] = parse_time(text, now=now, end_of_day=True)
+            elif f.name == "method" or f.name == "scope":
+                values[f.name] = text.upper()
+            elif f.name in {"direction", "identity_kind", "outcome"}:
+                values[f.name] = text.lower()
+            else:
+                values[f.name] = text
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> EventFilter:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data.update(changes)
+        return type(self)(**data)
+
+    def describe(self) -> str:
+        """A short human label of the set fields (used in export file names and headings)."""
+        parts = [f"{k}={v}" for k, v in self.to_params().items() if k not in {"since", "until"}]
+        return ", ".join(parts) or "no filter"
+
+    def raw_only_fields(self, dims: Sequence[str]) -> set[str]:
+        """The set fields that a rollup with ``dims`` cannot answer (they need the raw log)."""
+        out = set()
+        for name in self.to_params():
+            if name in {"since", "until"}:
+                continue
+            column = _ROLLUP_COLUMN.get(name)
+            if column is None or column not in dims or (
+                name == "tenant" and str(self.tenant).startswith("http")
+            ):
+                out.add(name)
+        return out
+
+
+#: Filter field -> rollup column; fields absent here (path_contains, text) need the raw log.
+_ROLLUP_COLUMN = {
+    "tenant": "tenant_client_key",
+    "direction": "direction",
+    "identity_kind": "identity_kind",
+    "account_id": "account_id",
+    "method": "method",
+    "scope": "required_scope",
+    "status": "status",
+    "outcome": "outcome",
+    "reason": "reason",
+}
+
+
+def _check_word(label: str, value: str | None, allowed: Sequence[str]) -> None:
+    if value is not None and value not in allowed:
+        raise FilterError(f"'{value}' is not a {label}: use one of {', '.join(allowed)}")
+
+
+def _like(column: sa.ColumnElement, needle: str) -> sa.ColumnElement[bool]:
+    escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.ilike(f"%{escaped}%", escape="\\")
+
+
+_TEXT_COLUMNS = (
+    "tenant_client_key",
+    "tenant_base_url",
+    "account_id",
+    "path",
+    "reason",
+    "detail",
+    "required_scope",
+    "event_id",
+    "request_id",
+)
+
+
+def _status_condition(column: sa.ColumnElement, status: str) -> sa.ColumnElement[bool]:
+    if status.endswith("xx"):
+        low = int(status[0]) * 100
+        return sa.and_(column >= low, column < low + 100)
+    return column == int(status)
+
+
+def where_clause(flt: EventFilter, table: sa.Table = EVENTS) -> sa.ColumnElement[bool]:
+    """The filter as one SQL condition over ``audit_events`` (``true`` when nothing is set)."""
+    c = table.c
+    conds: list[sa.ColumnElement[bool]] = []
+    if flt.since is not None:
+        conds.append(c.ts >= flt.since)
+    if flt.until is not None:
+        conds.append(c.ts < flt.until)
+    if flt.tenant:
+        if flt.tenant.startswith("http"):
+            conds.append(c.tenant_base_url == flt.tenant.rstrip("/"))
+        else:
+            conds.append(c.tenant_client_key == flt.tenant)
+    for name in ("direction", "identity_kind", "account_id", "method", "outcome", "reason"):
+        value = getattr(flt, name)
+        if value:
+            conds.append(c[name] == value)
+    if flt.scope:
+        conds.append(c.required_scope == flt.scope)
+    if flt.status:
+        conds.append(_status_condition(c.status, flt.status))
+    if flt.path_contains:
+        conds.append(_like(c.path, flt.path_contains))
+    if flt.text:
+        conds.append(sa.or_(*(_like(c[name], flt.text) for name in _TEXT_COLUMNS)))
+    return sa.and_(sa.true(), *conds)
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def _engine(source: Any) -> sa.Engine:
+    if isinstance(source, sa.Engine):
+        return source
+    engine = getattr(source, "engine", None)
+    if isinstance(engine, sa.Engine):
+        return engine
+    raise TypeError(f"expected a Store, an Engine or a Connection, not {type(source).__name__}")
+
+
+@contextmanager
+def connect(source: Any) -> Iterator[sa.Connection]:
+    """A connection from a Store, an Engine, or the Connection itself (left open)."""
+    if isinstance(source, sa.Connection):
+        yield source
+        return
+    with _engine(source).connect() as conn:
+        yield conn
+
+
+@contextmanager
+def time_limit(conn: sa.Connection, seconds: float | None) -> Iterator[None]:
+    """Abort the statements run inside after ``seconds``, raising :class:`QueryTimeout`.
+
+    SQLite has no statement timeout, so a progress handler interrupts the query once the
+    deadline passes; PostgreSQL gets ``SET LOCAL statement_timeout`` in the transaction.
+    """
+    if not seconds:
+        yield
+        return
+    dialect = conn.dialect.name
+    message = (
+        f"The query ran longer than its {seconds:g} s limit; narrow the time range "
+        "or add a filter (tenant, outcome, reason) that the indexes can use"
+    )
+    if dialect == "sqlite":
+        raw = conn.connection.driver_connection
+        deadline = time.monotonic() + seconds
+        fired = threading.Event()
+
+        def _check() -> int:
+            if time.monotonic() > deadline:
+                fired.set()
+                return 1
+            return 0
+
+        raw.set_progress_handler(_check, 20_000)
+        try:
+            yield
+        except sa.exc.OperationalError as exc:
+            if fired.is_set() or "interrupted" in str(exc).lower():
+                raise QueryTimeout(message) from None
+            raise
+        finally:
+            raw.set_progress_handler(None, 0)
+        return
+    if dialect == "postgresql":
+        # SET LOCAL lasts until the end of the (auto-begun) transaction of this block.
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(seconds * 1000)}")
+        try:
+            yield
+        except sa.exc.OperationalError as exc:
+            if "statement timeout" in str(exc).lower() or "canceling statement" in str(exc):
+                raise QueryTimeout(message) from None
+            raise
+        return
+    yield
+
+
+@contextmanager
+def reading(source: Any, seconds: float | None = DEFAULT_TIME_LIMIT) -> Iterator[sa.Connection]:
+    """A connection whose statements run under the time limit."""
+    with connect(source) as conn, time_limit(conn, seconds):
+        yield conn
+
+
+# --------------------------------------------------------------------------- rows
+
+#: Columns of a listing row (the activity table); the detail adds the rest.
+LIST_COLUMNS = (
+    "seq",
+    "event_id",
+    "ts",
+    "direction",
+    "event_type",
+    "tenant_client_key",
+    "tenant_base_url",
+    "auth_method",
+    "identity_kind",
+    "account_id",
+    "method",
+    "path",
+    "required_scope",
+    "status",
+    "outcome",
+    "reason",
+    "latency_ms",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """The keyset position after which the next page starts (newest first)."""
+
+    ts: datetime
+    seq: int
+
+    def encode(self) -> str:
+        return f"{_iso(self.ts)}~{self.seq}"
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        try:
+            stamp, seq = text.rsplit("~", 1)
+            return cls(parse_time(stamp), int(seq))
+        except (ValueError, FilterError):
+            raise FilterError(f"'{text}' is not a page cursor") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    rows: list[dict[str, Any]]
+    next_cursor: Cursor | None
+
+
+def _order_desc(table: sa.Table = EVENTS) -> tuple[sa.ColumnElement, ...]:
+    return (table.c.ts.desc(), table.c.seq.desc())
+
+
+def _after(cursor: Cursor, table: sa.Table = EVENTS) -> sa.ColumnElement[bool]:
+    # Spelled as OR rather than a row value so that both backends use the ts index.
+    c = table.c
+    return sa.or_(c.ts < cursor.ts, sa.and_(c.ts == cursor.ts, c.seq < cursor.seq))
+
+
+def page(
+    source: Any,
+    flt: EventFilter,
+    *,
+    after: Cursor | None = None,
+    limit: int = 50,
+    columns: Sequence[str] = LIST_COLUMNS,
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT,
+) -> Page:
+    """One page of matching events, newest first, and the cursor of the next page (or None)."""
+    limit = max(1, min(int(limit), 1000))
+    cond = where_clause(flt)
+    if after is not None:
+        cond = sa.and_(cond, _after(after))
+    stmt = (
+        sa.select(*(EVENTS.c[name] for name in columns))
+        .where(cond)
+        .order_by(*_order_desc())
+        .limit(limit + 1)
+    )
+    with reading(source, time_limit_s) as conn:
+        rows = [dict(r._mapping) for r in conn.execute(stmt)]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = Cursor(rows[-1]["ts"], rows[-1]["seq"]) if more and rows else None
+    return Page(rows, nxt)
+
+
+def get_event(source: Any, event_id: str) -> dict[str, Any] | None:
+    """Every column of one event, or None."""
+    with reading(source) as conn:
+        row = conn.execute(sa.select(EVENTS).where(EVENTS.c.event_id == event_id)).first()
+    return dict(row._mapping) if row else None
+
+
+def count(source: Any, flt: EventFilter, *, time_limit_s: float | None = DEFAULT_TIME_LIMIT) -> int:
+    """How many events match (rollups for whole hours when the filter allows it)."""
+    return sum(n for _, n in aggregate(source, flt, ("outcome",), time_limit_s=time_limit_s))
+
+
+def iter_rows(
+    source: Any,
+    flt: EventFilter,
+    *,
+    columns: Sequence[str] | None = None,
+    batch: int = 5000,
+    newest_first: bool = False,
+) -> Iterator[sa.Row]:
+    """Every matching row, streamed: a server-side cursor on PostgreSQL, a lazy cursor on SQLite.
+
+    Memory stays bounded by ``batch`` whatever the row count. Rows come in chain order
+    (``seq`` ascending) unless ``newest_first``. No time limit: exports are long by nature.
+    """
+    cols = [EVENTS.c[name] for name in columns] if columns else [EVENTS]
+    order = _order_desc() if newest_first else (EVENTS.c.seq.asc(),)
+    stmt = sa.select(*cols).where(where_clause(flt)).order_by(*order)
+    with connect(source) as conn:
+        result = conn.execution_options(stream_results=True, yield_per=batch).execute(stmt)
+        try:
+            yield from result
+        finally:
+            result.close()
+
+
+def bounds(source: Any) -> dict[str, Any]:
+    """The oldest and newest event kept, the highest seq and the event count estimate."""
+    c = EVENTS.c
+    with reading(source) as conn:
+        oldest = conn.execute(sa.select(c.ts).order_by(c.ts.asc()).limit(1)).scalar()
+        newest = conn.execute(sa.select(c.ts).order_by(c.ts.desc()).limit(1)).scalar()
+        last_seq = conn.execute(sa.select(sa.func.max(c.seq))).scalar()
+        first_seq = conn.execute(sa.select(sa.func.min(c.seq))).scalar()
+    return {"oldest": oldest, "newest": newest, "first_seq": first_seq, "last_seq": last_seq}
+
+
+def distinct_values(source: Any, column: str, *, limit: int = 500) -> list[str]:
+    """Values seen for a low-cardinality column, read from the rollup (cheap at any size)."""
+    table = ACTORS if column == "account_id" else ROLLUP
+    col = table.c[column]
+    stmt = sa.select(col).where(col != "").group_by(col).order_by(col).limit(limit)
+    with reading(source) as conn:
+        return [r[0] for r in conn.execute(stmt)]
+
+
+# --------------------------------------------------------------------------- rollups
+
+ROLLUP_DIMS = (
+    "tenant_client_key",
+    "direction",
+    "identity_kind",
+    "auth_method",
+    "outcome",
+    "reason",
+    "status",
+    "method",
+    "path_template",
+    "required_scope",
+)
+ACTOR_DIMS = ("tenant_client_key", "account_id", "identity_kind", "method", "path_template", "outcome")
+
+
+def _hour_expr(dialect: str, column: sa.ColumnElement) -> sa.ColumnElement[int]:
+    """Epoch hour of a stored timestamp, computed in SQL."""
+    if dialect == "sqlite":
+        return sa.cast(sa.func.strftime("%s", column), sa.Integer) / 3600
+    return sa.cast(sa.func.floor(sa.extract("epoch", column) / 3600), sa.BigInteger)
+
+
+def _dim_expr(name: str) -> sa.ColumnElement:
+    col = EVENTS.c[name]
+    return sa.func.coalesce(col, 0 if name == "status" else "")
+
+
+def _upsert(dialect: str, table: sa.Table):
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:  # pragma: no cover - the store supports only these two
+        raise ConfigurationError(f"rollups are not supported on {dialect}")
+    return insert(table)
+
+
+def _refresh_one(conn: sa.Connection, name: str, lo: int, hi: int) -> None:
+    dialect = conn.dialect.name
+    hour = _hour_expr(dialect, EVENTS.c.ts).label("hour")
+    span = sa.and_(EVENTS.c.seq > lo, EVENTS.c.seq <= hi)
+    if name == "events":
+        dims = [_dim_expr(d).label(d) for d in ROLLUP_DIMS]
+        select = (
+            sa.select(
+                hour,
+                *dims,
+                sa.func.count().label("n"),
+                sa.func.coalesce(sa.func.sum(EVENTS.c.latency_ms), 0.0).label("latency_sum"),
+                sa.func.count(EVENTS.c.latency_ms).label("latency_n"),
+            )
+            .where(span)
+            .group_by(hour, *dims)
+        )
+        target = ROLLUP
+        keys = ["hour", *ROLLUP_DIMS]
+        ins = _upsert(dialect, target).from_select([*keys, "n", "latency_sum", "latency_n"], select)
+        ex = ins.excluded
+        ins = ins.on_conflict_do_update(
+            index_elements=keys,
+            set_={
+                "n": target.c.n + ex.n,
+                "latency_sum": target.c.latency_sum + ex.latency_sum,
+                "latency_n": target.c.latency_n + ex.latency_n,
+            },
+        )
+    else:
+        dims = [_dim_expr(d).label(d) for d in ACTOR_DIMS]
+        select = (
+            sa.select(
+                hour,
+                *dims,
+                sa.func.count().label("n"),
+                sa.func.min(EVENTS.c.ts).label("first_ts"),
+                sa.func.max(EVENTS.c.ts).label("last_ts"),
+            )
+            .where(span, EVENTS.c.account_id.is_not(None))
+            .group_by(hour, *dims)
+        )
+        target = ACTORS
+        keys = ["hour", *ACTOR_DIMS]
+        ins = _upsert(dialect, target).from_select([*keys, "n", "first_ts", "last_ts"], select)
+        ex = ins.excluded
+        least, greatest = (sa.func.min, sa.func.max) if dialect == "sqlite" else (
+            sa.func.least,
+            sa.func.greatest,
+        )
+        ins = ins.on_conflict_do_update(
+            index_elements=keys,
+            set_={
+                "n": target.c.n + ex.n,
+                "first_ts": least(target.c.first_ts, ex.first_ts),
+                "last_ts": greatest(target.c.last_ts, ex.last_ts),
+            },
+        )
+    conn.execute(ins)
+
+
+ROLLUPS = ("events", "actors")
+#: Events folded per transaction: the first fold of a large log runs in steps so that the
+#: recorder, which needs the same write lock, never waits long.
+FOLD_STEP = 200_000
+
+
+@contextmanager
+def _write(source: Any) -> Iterator[sa.Connection]:
+    """The store's chain-append transaction when there is a Store, else a plain one.
+
+    Holding the chain lock matters: while it is held no append is in flight, so every
+    ``seq`` up to the maximum is committed and the watermark can never skip an event.
+    """
+    if hasattr(source, "write_transaction"):
+        with source.write_transaction() as conn:
+            yield conn
+        return
+    with _engine(source).begin() as conn:
+        yield conn
+
+
+def refresh_rollups(source: Any, *, step: int = FOLD_STEP) -> int:
+    """Fold events not yet counted into the rollups; returns how many events were folded.
+
+    Incremental (only ``seq`` above the watermark) and safe to run from several processes:
+    each step runs under the store's write lock. After a purge, rollup hours older than the
+    oldest event kept are dropped so that aggregates never count purged events.
+    """
+    folded = 0
+    while True:
+        with _write(source) as conn:
+            hi = conn.execute(sa.select(sa.func.max(EVENTS.c.seq))).scalar() or 0
+            oldest = conn.execute(
+                sa.select(EVENTS.c.ts).order_by(EVENTS.c.ts.asc()).limit(1)
+            ).scalar()
+            behind = 0
+            for name in ROLLUPS:
+                lo = _watermark(conn, name)
+                top = min(hi, lo + step)
+                if top > lo:
+                    _refresh_one(conn, name, lo, top)
+                    conn.execute(
+                        STATE.update().where(STATE.c.name == name).values(last_seq=top)
+                    )
+                    behind = max(behind, top - lo)
+                _prune(conn, name, oldest)
+            done = all(_watermark(conn, name) >= hi for name in ROLLUPS)
+        folded += behind
+        if done or not behind:
+            return folded
+
+
+def _watermark(conn: sa.Connection, name: str) -> int:
+    stmt = sa.select(STATE.c.last_seq).where(STATE.c.name == name)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    value = conn.execute(stmt).scalar()
+    if value is None:
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+
+            conn.execute(insert(STATE).values(name=name, last_seq=0).on_conflict_do_nothing())
+            value = conn.execute(stmt).scalar() or 0
+        else:
+            conn.execute(STATE.insert().values(name=name, last_seq=0))
+            value = 0
+    return int(value)
+
+
+def _prune(conn: sa.Connection, name: str, oldest: datetime | None) -> None:
+    table = ROLLUP if name == "events" else ACTORS
+    if oldest is None:
+        conn.execute(table.delete())
+        return
+    first_hour = int(oldest.timestamp()) // 3600
+    state = conn.execute(sa.select(STATE.c.oldest_hour).where(STATE.c.name == name)).scalar()
+    if state is not None and state >= first_hour:
+        return
+    # Hours wholly before the oldest event kept were purged; the oldest event's own hour
+    # may be partly purged too, so it is recounted from the log below.
+    conn.execute(table.delete().where(table.c.hour <= first_hour))
+    if state is not None:
+        _recount_hour(conn, name, first_hour)
+    conn.execute(STATE.update().where(STATE.c.name == name).values(oldest_hour=first_hour))
+
+
+def _recount_hour(conn: sa.Connection, name: str, hour: int) -> None:
+    lo_ts = datetime.fromtimestamp(hour * 3600, UTC)
+    hi_ts = lo_ts + timedelta(hours=1)
+    seqs = conn.execute(
+        sa.select(sa.func.min(EVENTS.c.seq), sa.func.max(EVENTS.c.seq)).where(
+            EVENTS.c.ts >= lo_ts, EVENTS.c.ts < hi_ts
+        )
+    ).first()
+    watermark = conn.execute(sa.select(STATE.c.last_seq).where(STATE.c.name == name)).scalar()
+    if seqs and seqs[0] is not None and watermark:
+        # Only events already folded are recounted; later ones arrive with the next fold.
+        _refresh_one(conn, name, seqs[0] - 1, min(seqs[1], watermark))
+
+
+def rollup_lag(source: Any) -> int:
+    """How many events the rollups have not counted yet."""
+    with reading(source) as conn:
+        hi = conn.execute(sa.select(sa.func.max(EVENTS.c.seq))).scalar() or 0
+        lo = conn.execute(
+            sa.select(sa.func.min(STATE.c.last_seq)).where(STATE.c.name.in_(ROLLUPS))
+        ).scalar()
+    return max(0, hi - (lo or 0))
+
+
+# --------------------------------------------------------------------------- aggregates
+
+#: The virtual grouping key "hour" (epoch hour) is allowed besides the stored dimensions.
+HOUR = "hour"
+
+
+def _hour_split(flt: EventFilter) -> tuple[float, float]:
+    """The whole hours inside [since, until): rollup hours are lo <= h < hi."""
+    lo = -math.inf if flt.since is None else math.ceil(flt.since.timestamp() / 3600)
+    hi = math.inf if flt.until is None else math.floor(flt.until.timestamp() / 3600)
+    return lo, hi
+
+
+def _rollup_where(flt: EventFilter, table: sa.Table, lo: float, hi: float) -> list:
+    c = table.c
+    conds: list = []
+    if lo != -math.inf:
+        conds.append(c.hour >= int(lo))
+    if hi != math.inf:
+        conds.append(c.hour < int(hi))
+    if flt.tenant:
+        conds.append(c.tenant_client_key == flt.tenant)
+    for name in ("direction", "identity_kind", "method", "outcome", "reason", "account_id"):
+        value = getattr(flt, name)
+        if value:
+            conds.append(c[name] == value)
+    if flt.scope:
+        conds.append(c.required_scope == flt.scope)
+    if flt.status:
+        conds.append(_status_condition(c.status, flt.status))
+    return conds
+
+
+def _raw_group(
+    conn: sa.Connection, flt: EventFilter, by: Sequence[str], extra: sa.ColumnElement | None
+) -> Iterable[tuple]:
+    dialect = conn.dialect.name
+    keys = [
+        _hour_expr(dialect, EVENTS.c.ts).label(HOUR) if k == HOUR else _dim_expr(k).label(k)
+        for k in by
+    ]
+    cond = where_clause(flt)
+    if extra is not None:
+        cond = sa.and_(cond, extra)
+    stmt = sa.select(*keys, sa.func.count()).where(cond).group_by(*keys)
+    return conn.execute(stmt)
+
+
+def aggregate(
+    source: Any,
+    flt: EventFilter,
+    by: Sequence[str],
+    *,
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT,
+    actors: bool = False,
+) -> list[tuple[tuple, int]]:
+    """Counts of matching events grouped by ``by`` (dimension names and/or ``"hour"``).
+
+    Returns ``[(key_tuple, count)]`` with '' / 0 turned back into None. Whole hours come
+    from the rollup, partial edge hours and raw-only filters from the log itself, so the
+    counts are exact. ``actors`` reads the per-account rollup (rows with an accountId).
+    """
+    table, dims = (ACTORS, ACTOR_DIMS) if actors else (ROLLUP, ROLLUP_DIMS)
+    unknown = [k for k in by if k != HOUR and k not in dims]
+    if unknown:
+        raise ValueError(f"cannot group by {unknown}")
+    totals: dict[tuple, int] = defaultdict(int)
+    raw_only = flt.raw_only_fields(dims)
+    actor_cond = EVENTS.c.account_id.is_not(None) if actors else None
+    with reading(source, time_limit_s) as conn:
+        lo, hi = _hour_split(flt)
+        if raw_only or lo >= hi:
+            for row in _raw_group(conn, flt, by, actor_cond):
+                totals[tuple(row[:-1])] += row[-1]
+        else:
+            keys = [table.c[k] for k in by]
+            stmt = (
+                sa.select(*keys, sa.func.sum(table.c.n))
+                .where(*_rollup_where(flt, table, lo, hi))
+                .group_by(*keys)
+            )
+            for row in conn.execute(stmt):
+                totals[tuple(row[:-1])] += int(row[-1])
+            for edge in _edges(flt, lo, hi):
+                for row in _raw_group(conn, edge, by, actor_cond):
+                    totals[tuple(row[:-1])] += row[-1]
+    out = [(tuple(_none(v) for v in key), n) for key, n in totals.items() if n]
+    out.sort(key=lambda item: -item[1])
+    return out
+
+
+def _edges(flt: EventFilter, lo: float, hi: float) -> list[EventFilter]:
+    edges = []
+    if lo != -math.inf and flt.since is not None:
+        start = datetime.fromtimestamp(lo * 3600, UTC)
+        if flt.since < start:
+            edges.append(flt.replace(until=start))
+    if hi != math.inf and flt.until is not None:
+        end = datetime.fromtimestamp(hi * 3600, UTC)
+        if end < flt.until:
+            edges.append(flt.replace(since=end))
+    return edges
+
+
+def _none(value: Any) -> Any:
+    return None if value in ("", 0) else value
+
+
+def facets(
+    source: Any,
+    flt: EventFilter,
+    dims: Sequence[str] = ("outcome", "direction", "identity_kind", "tenant_client_key", "reason",
+                           "status", "method"),
+    *,
+    top: int = 12,
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT,
+) -> dict[str, list[tuple[Any, int]]]:
+    """Counts per value of each dimension under the filter, in one grouped read."""
+    rows = aggregate(source, flt, dims, time_limit_s=time_limit_s)
+    out: dict[str, dict[Any, int]] = {d: defaultdict(int) for d in dims}
+    for key, n in rows:
+        for dim, value in zip(dims, key, strict=True):
+            out[dim][value] += n
+    return {d: sorted(v.items(), key=lambda kv: -kv[1])[:top] for d, v in out.items()}
+
+
+def bucket_seconds(flt: EventFilter, *, oldest: datetime | None = None) -> int:
+    """A chart bucket that gives roughly 24 to 200 bars over the range: hour, 6 hours or day."""
+    start = flt.since or oldest
+    end = flt.until or datetime.now(UTC)
+    span = (end - start).total_seconds() if start else 30 * 86400
+    if span <= 4 * 86400:
+        return 3600
+    if span <= 30 * 86400:
+        return 6 * 3600
+    return 86400
+
+
+def series(
+    source: Any,
+    flt: EventFilter,
+    by: str,
+    *,
+    bucket_s: int = 3600,
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT,
+    actors: bool = False,
+) -> list[tuple[datetime, Any, int]]:
+    """Counts per time bucket (a multiple of an hour) and per value of ``by``, oldest first."""
+    per = max(1, bucket_s // 3600)
+    acc: dict[tuple[int, Any], int] = defaultdict(int)
+    for (hour, value), n in aggregate(source, flt, (HOUR, by), time_limit_s=time_limit_s,
+                                      actors=actors):
+        acc[(int(hour or 0) // per * per, value)] += n
+    return [
+        (datetime.fromtimestamp(h * 3600, UTC), value, n)
+        for (h, value), n in sorted(acc.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))
+    ]
+
+
+def top_values(
+    source: Any, flt: EventFilter, by: Sequence[str], *, n: int = 10,
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT,
+) -> list[tuple[tuple, int]]:
+    """The ``n`` most frequent combinations of ``by`` under the filter."""
+    return aggregate(source, flt, by, time_limit_s=time_limit_s)[:n]
+
+
+def summary(source: Any, flt: EventFilter, *, time_limit_s: float | None = DEFAULT_TIME_LIMIT
+            ) -> dict[str, Any]:
+    """Totals for a range: events, tenants, outcome counts, rejection and 403 rates."""
+    rows = aggregate(source, flt, ("outcome", "tenant_client_key"), time_limit_s=time_limit_s)
+    total = sum(n for _, n in rows)
+    by_outcome: dict[str, int] = defaultdict(int)
+    tenants = set()
+    for (outcome, tenant), n in rows:
+        by_outcome[outcome] += n
+        if tenant:
+            tenants.add(tenant)
+    rate = (lambda k: by_outcome.get(k, 0) / total if total else 0.0)
+    return {
+        "events": total,
+        "tenants": len(tenants),
+        "outcomes": dict(by_outcome),
+        "rejection_rate": rate(ev.REJECTED),
+        "denial_rate": rate(ev.DENIED),
+        "error_rate": rate(ev.ERROR),
+    }
+
+
+def denial_split(source: Any, flt: EventFilter, *, n: int = 20,
+                 time_limit_s: float | None = DEFAULT_TIME_LIMIT) -> dict[str, Any]:
+    """403s split by cause: ``scope`` with the scope to add, ``permission`` per endpoint."""
+    denied = flt.replace(outcome=ev.DENIED)
+    rows = aggregate(
+        source, denied, ("reason", "tenant_client_key", "required_scope", "method", "path_template"),
+        time_limit_s=time_limit_s,
+    )
+    by_reason: dict[str, int] = defaultdict(int)
+    scope_rows, permission_rows = [], []
+    for (reason, tenant, scope, method, template), count_ in rows:
+        by_reason[reason or "unclassified"] += count_
+        item = {"tenant": tenant, "scope": scope, "method": method, "path_template": template,
+                "count": count_}
+        (scope_rows if reason == ev.SCOPE else permission_rows).append(item)
+    return {"by_reason": dict(by_reason), "scope": scope_rows[:n], "permission": permission_rows[:n]}
+
+
+def who_acted(source: Any, flt: EventFilter, *, n: int = 50,
+              time_limit_s: float | None = DEFAULT_TIME_LIMIT) -> list[dict[str, Any]]:
+    """Per tenant and endpoint, how many calls ran as the app user, as users, anonymously."""
+    rows = aggregate(source, flt, ("tenant_client_key", "method", "path_template", "identity_kind"),
+                     time_limit_s=time_limit_s)
+    table: dict[tuple, dict[str, Any]] = {}
+    for (tenant, method, template, kind), count_ in rows:
+        key = (tenant, method, template)
+        entry = table.setdefault(key, {"tenant": tenant, "method": method,
+                                       "path_template": template, ev.APP_USER: 0, ev.USER: 0,
+                                       ev.ANONYMOUS: 0, "total": 0})
+        entry[kind or ev.ANONYMOUS] = entry.get(kind or ev.ANONYMOUS, 0) + count_
+        entry["total"] += count_
+    return sorted(table.values(), key=lambda e: -e["total"])[:n]
+
+
+def acting_users(source: Any, flt: EventFilter, *, n: int = 100,
+                 time_limit_s: float | None = DEFAULT_TIME_LIMIT) -> list[dict[str, Any]]:
+    """The accounts the app acted as (or that called it), per tenant: count, first and last seen."""
+    lo, hi = _hour_split(flt)
+    with reading(source, time_limit_s) as conn:
+        if flt.raw_only_fields(ACTOR_DIMS) or lo >= hi:
+            rows = _acting_raw(conn, flt)
+        else:
+            c = ACTORS.c
+            keys = (c.tenant_client_key, c.account_id, c.identity_kind)
+            stmt = (
+                sa.select(*keys, sa.func.sum(c.n), sa.func.min(c.first_ts), sa.func.max(c.last_ts))
+                .where(*_rollup_where(flt, ACTORS, lo, hi))
+                .group_by(*keys)
+            )
+            rows = list(conn.execute(stmt))
+            for edge in _edges(flt, lo, hi):
+                rows.extend(_acting_raw(conn, edge))
+    merged: dict[tuple, dict[str, Any]] = {}
+    for tenant, account, kind, count_, first, last in rows:
+        first, last = _as_utc(first), _as_utc(last)
+        key = (tenant, account, kind)
+        entry = merged.get(key)
+        if entry is None:
+            merged[key] = {"tenant": _none(tenant), "account_id": account, "identity_kind": kind,
+                           "count": int(count_), "first_seen": first, "last_seen": last}
+        else:
+            entry["count"] += int(count_)
+            entry["first_seen"] = min(entry["first_seen"], first)
+            entry["last_seen"] = max(entry["last_seen"], last)
+    return sorted(merged.values(), key=lambda e: -e["count"])[:n]
+
+
+def _acting_raw(conn: sa.Connection, flt: EventFilter) -> list[tuple]:
+    c = EVENTS.c
+    keys = (_dim_expr("tenant_client_key"), c.account_id, _dim_expr("identity_kind"))
+    stmt = (
+        sa.select(*keys, sa.func.count(), sa.func.min(c.ts), sa.func.max(c.ts))
+        .where(where_clause(flt), c.account_id.is_not(None))
+        .group_by(*keys)
+    )
+    return list(conn.execute(stmt))
+
+
+def _as_utc(value: Any) -> datetime | None:
+    """min()/max() over a SQLite text column come back as text; make them datetimes."""
+    if value is None or isinstance(value, datetime):
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
