@@ -869,7 +869,10 @@ def summary(source: Any, flt: EventFilter, *, time_limit_s: float | None = DEFAU
         by_outcome[outcome] += n
         if tenant:
             tenants.add(tenant)
-    rate = (lambda k: by_outcome.get(k, 0) / total if total else 0.0)
+
+    def rate(outcome: str) -> float:
+        return by_outcome.get(outcome, 0) / total if total else 0.0
+
     return {
         "events": total,
         "tenants": len(tenants),
