@@ -1,0 +1,176 @@
+"""Which Connect scope a Confluence REST call needs, and whether an app's scopes suffice.
+
+A 403 from the product has two different causes with two different fixes: the app's
+descriptor does not declare a scope that covers the call (``scope``: the developer adds
+the scope, the admin re-approves), or it does and the acting user (the app user, or the
+impersonated user) lacks the permission on that content (``permission``: an admin grants
+it). :func:`classify_forbidden` tells them apart from the call's required scope.
+
+The required scopes come from the packaged ``data/confluence-connect-scopes.json``: 396
+operations of Confluence Cloud's v1 and v2 REST APIs with the ``x-atlassian-connect-scope``
+Atlassian publishes in its OpenAPI specs, and the provenance of every value
+(:attr:`ScopeMap.provenance`). The hierarchy: ``READ < WRITE < DELETE < SPACE_ADMIN <
+ADMIN``, each implying the lower ones; ``ACT_AS_USER`` and ``ACCESS_EMAIL_ADDRESSES`` are
+independent; ``NONE`` is always satisfied and ``INACCESSIBLE`` never.
+
+Pure: the data file ships inside the package and is read once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from collector.qsh import split_target
+
+DATA_FILE = "confluence-connect-scopes.json"
+
+ORDERED = ("NONE", "READ", "WRITE", "DELETE", "SPACE_ADMIN", "ADMIN")
+INDEPENDENT = frozenset({"ACT_AS_USER", "ACCESS_EMAIL_ADDRESSES"})
+NEVER_GRANTED = "INACCESSIBLE"
+_RANK = {name: rank for rank, name in enumerate(ORDERED)}
+
+
+def normalise_scopes(scopes: str | Iterable[str] | None) -> frozenset[str]:
+    """Scope names upper-cased; a string may separate them by spaces or commas.
+
+    Descriptors may declare scopes in either case (``read``, ``act_as_user``).
+    """
+    if scopes is None:
+        return frozenset()
+    items = [scopes] if isinstance(scopes, str) else list(scopes)
+    names: set[str] = set()
+    for item in items:
+        names.update(part.upper() for part in item.replace(",", " ").split())
+    return frozenset(names)
+
+
+def satisfies(declared: str | Iterable[str] | None, required: str) -> bool:
+    """Whether the declared scopes cover ``required`` (by the Connect scope hierarchy)."""
+    wanted = required.strip().upper()
+    if wanted == "NONE":
+        return True
+    if wanted == NEVER_GRANTED:
+        return False
+    names = normalise_scopes(declared)
+    if wanted in _RANK:
+        rank = _RANK[wanted]
+        return any(_RANK.get(name, -1) >= rank for name in names)
+    return wanted in names
+
+
+@dataclass(frozen=True)
+class RequiredScope:
+    """The scope one REST operation requires, and where that fact comes from."""
+
+    scope: str
+    api: str
+    method: str
+    template: str
+    operation_id: str
+    in_latest_spec: bool = True
+
+
+def classify_forbidden(
+    declared: str | Iterable[str] | None, required: RequiredScope | None
+) -> Literal["scope", "permission"]:
+    """Why a 403 happened: ``scope`` if the declared scopes do not cover the call, else
+    ``permission`` (the scopes suffice, so the acting user lacks the right).
+
+    An operation missing from the map is reported as ``permission``: without a known
+    requirement, blaming the descriptor would send the developer the wrong way.
+    """
+    if required is None:
+        return "permission"
+    return "permission" if satisfies(declared, required.scope) else "scope"
+
+
+@dataclass(frozen=True)
+class _Template:
+    segments: tuple[str | None, ...]  # None stands for a {parameter}
+    specificity: tuple[int, ...]  # 1 for a literal segment, so max() prefers literals leftmost
+    required: RequiredScope
+
+
+def _segments(path: str) -> list[str]:
+    return [s for s in path.split("/") if s]
+
+
+class ScopeMap:
+    """Matches a concrete method and path to the templated operation and its scope."""
+
+    def __init__(self, data: dict[str, Any], sha256: str | None = None) -> None:
+        self._data = data
+        self._sha256 = sha256
+        self._index: dict[tuple[str, int], list[_Template]] = {}
+        for op in data["operations"]:
+            required = RequiredScope(
+                scope=op["scope"],
+                api=op["api"],
+                method=op["method"].upper(),
+                template=op["path"],
+                operation_id=op["operation_id"],
+                in_latest_spec=bool(op.get("in_latest_spec", True)),
+            )
+            segs = tuple(
+                None if s.startswith("{") and s.endswith("}") else s for s in _segments(op["path"])
+            )
+            template = _Template(segs, tuple(0 if s is None else 1 for s in segs), required)
+            self._index.setdefault((required.method, len(segs)), []).append(template)
+
+    @classmethod
+    def default(cls) -> ScopeMap:
+        """The map shipped in the package (loaded once per process)."""
+        return _default_map()
+
+    @property
+    def operations(self) -> int:
+        return len(self._data["operations"])
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Where the scope facts come from: description, sources, hierarchy, file hash."""
+        return {
+            "about": self._data.get("about"),
+            "sources": self._data.get("sources"),
+            "scope_hierarchy": self._data.get("scope_hierarchy"),
+            "file": DATA_FILE,
+            "sha256": self._sha256,
+        }
+
+    def lookup(self, method: str, path: str) -> RequiredScope | None:
+        """The operation a call hits, or None if the map has no such operation.
+
+        ``path`` is site-relative (``/wiki/rest/api/content/123``), or a full URL; the
+        query is ignored. When several templates match, literal segments beat parameters
+        (``.../content/{id}/child/attachment`` over ``.../content/{id}/child/{type}``). A
+        path given without Confluence's ``/wiki`` context is tried with it.
+        """
+        raw_path, _ = split_target(path)
+        segs = _segments(raw_path)
+        found = self._match(method.upper(), segs)
+        if found is None and (not segs or segs[0] != "wiki"):
+            found = self._match(method.upper(), ["wiki", *segs])
+        return found
+
+    def _match(self, method: str, segs: list[str]) -> RequiredScope | None:
+        best: _Template | None = None
+        for template in self._index.get((method, len(segs)), ()):
+            if best is not None and template.specificity <= best.specificity:
+                continue
+            if all(t is None or t == s for t, s in zip(template.segments, segs, strict=True)):
+                best = template
+        return best.required if best else None
+
+
+@cache
+def _default_map() -> ScopeMap:
+    # Beside this module, not importlib.resources: collector is an implicit namespace
+    # package in development checkouts, which resources.files() cannot read from.
+    raw = (Path(__file__).parent / "data" / DATA_FILE).read_bytes()
+    return ScopeMap(json.loads(raw), hashlib.sha256(raw).hexdigest())
