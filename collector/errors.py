@@ -230,3 +230,8 @@ class QueueFull(ConnectAuditError):
 
 class UnknownTenant(ConnectAuditError):
     """Raised when an outgoing call names a clientKey that has no active install."""
+
+
+class TokenExchangeFailed(ConnectAuditError):
+    """Raised when the authorization server will not exchange an assertion for an access token
+    (acting as a user needs ACT_AS_USER granted on the site and a user the site knows)."""
