@@ -50,6 +50,7 @@ class _Rules:
     """How to canonicalise. The defaults are the host's rules; diagnosis varies them."""
 
     strip_context: bool = True
+    prepend_context: bool = False  # hashes the context path too, when the URL given lacks it
     strip_first_segment: bool = False  # hashes as if the first segment were the context path
     remove_trailing_slash: bool = True
     encode_path_ampersand: bool = True
@@ -104,6 +105,8 @@ def _strip_context(path: str, ctx: str) -> str:
 def _canonical_path(path: str, ctx: str, rules: _Rules) -> str:
     if rules.strip_context:
         path = _strip_context(path, ctx)
+    elif rules.prepend_context and ctx:
+        path = ctx + "/" + path.lstrip("/")
     if rules.strip_first_segment:
         head, sep, tail = path.lstrip("/").partition("/")
         path = "/" + tail if sep and head else path
@@ -268,12 +271,13 @@ def _mistakes(method: str, url: str, base_url: str | None, form_body: str | None
     def add(code: str, explanation: str, **rules: Any) -> None:
         out.append(_Mistake(code, explanation, rules))
 
-    if ctx and _strip_context(path, ctx) != path:
+    if ctx:
         add(
             "base_path_included",
             f"The issuer hashed the path with the context path {ctx} still in it; "
             "hash the path relative to the base URL.",
             strip_context=False,
+            prepend_context=_strip_context(path, ctx) == path,
         )
     elif path.strip("/").count("/") >= 1:
         first = "/" + path.lstrip("/").partition("/")[0]

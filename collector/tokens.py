@@ -423,16 +423,12 @@ class TokenVerifier:
         is accepted only when ``endpoint`` is :attr:`Endpoint.CONTEXT`. With a replay
         guard, a ``state_changing`` request's token is accepted once.
         """
-        return self._verify_shared_secret(token, method, url, Endpoint(endpoint), state_changing)
-
-    def verify_signature_and_claims(
-        self, token: str | None, *, endpoint: Endpoint | str = Endpoint.REQUEST
-    ) -> VerifiedToken:
-        """Everything :meth:`verify_request` checks except the qsh (no request to compare).
-
-        For tools that inspect a token out of context; never use it to admit a request.
-        """
-        return self._verify_shared_secret(token, None, None, Endpoint(endpoint), False)
+        if not isinstance(method, str) or not isinstance(url, str):
+            raise TypeError("verify_request needs the method and URL of the request received")
+        endpoint = Endpoint(endpoint)
+        if endpoint is Endpoint.LIFECYCLE:
+            raise ValueError("lifecycle tokens are verified with verify_lifecycle()")
+        return self._verify_shared_secret(token, method, url, endpoint, state_changing)
 
     def verify_lifecycle(
         self, token: str | None, method: str, url: str, *, body_client_key: str
@@ -444,6 +440,41 @@ class TokenVerifier:
         baseUrl and that ``iss`` equals ``body_client_key``, the body's clientKey. With a
         replay guard, each callback token is accepted once.
         """
+        if not isinstance(method, str) or not isinstance(url, str):
+            raise TypeError("verify_lifecycle needs the method and URL of the callback received")
+        if not isinstance(body_client_key, str):
+            raise TypeError("verify_lifecycle needs the clientKey of the callback body")
+        return self._verify_signed(token, method, url, body_client_key)
+
+    def verify_signature_and_claims(
+        self,
+        token: str | None,
+        *,
+        endpoint: Endpoint | str = Endpoint.REQUEST,
+        body_client_key: str | None = None,
+    ) -> VerifiedToken:
+        """Every check except those that need the request: the qsh comparison, the replay
+        guard, and for lifecycle tokens without ``body_client_key`` the iss/body check.
+
+        For tools that inspect a token out of context (``connect-audit token inspect``);
+        never use it to admit a request.
+        """
+        endpoint = Endpoint(endpoint)
+        if endpoint is Endpoint.LIFECYCLE:
+            return self._verify_signed(token, None, None, body_client_key, replay=False)
+        return self._verify_shared_secret(token, None, None, endpoint, False)
+
+    # -- steps ------------------------------------------------------------------------
+
+    def _verify_signed(
+        self,
+        token: str | None,
+        method: str | None,
+        url: str | None,
+        body_client_key: str | None,
+        *,
+        replay: bool = True,
+    ) -> VerifiedToken:
         parsed = parse_token(token, max_size=self.policy.max_size)
         self._check_header(parsed.header, Endpoint.LIFECYCLE)
         kid = validate_kid(parsed.header.get("kid"))
@@ -454,20 +485,19 @@ class TokenVerifier:
         account_id = _text_claim(claims, "sub", required=False)
         qsh_kind = self._check_qsh(claims, method, url, Endpoint.LIFECYCLE)
         self._check_audience(claims)
-        if iss != body_client_key:
+        if body_client_key is not None and iss != body_client_key:
             raise errors.IssuerMismatch(
                 f"the token's iss {_show(iss)} differs from the body's clientKey "
                 f"{_show(body_client_key)}"
             )
         digest = token_hash(parsed)
-        self._check_replay(iss, digest, exp)
+        if replay:
+            self._check_replay(iss, digest, exp)
         install = self._installs.install_secret(iss) if self._installs is not None else None
         return VerifiedToken(
             parsed.header, claims, iss, account_id, qsh_kind,
             token_fingerprint(token), digest, install,
         )  # fmt: skip
-
-    # -- steps ------------------------------------------------------------------------
 
     def _verify_shared_secret(
         self,
@@ -477,8 +507,6 @@ class TokenVerifier:
         endpoint: Endpoint,
         state_changing: bool,
     ) -> VerifiedToken:
-        if endpoint is Endpoint.LIFECYCLE:
-            raise ValueError("lifecycle tokens are verified with verify_lifecycle()")
         parsed = parse_token(token, max_size=self.policy.max_size)
         self._check_header(parsed.header, endpoint)
         claims = parsed.claims
@@ -578,7 +606,7 @@ class TokenVerifier:
         found = diagnose(qsh, method, url, self._app_context)
         detail = f"the token's qsh is not the hash of {_show(found.expected_canonical, 120)}"
         if found.matched_mistake:
-            detail += f" ({found.matched_mistake}: {found.explanation})"
+            detail += f" ({found.matched_mistake}: {found.explanation.rstrip('.')})"
         exc = errors.QshMismatch(detail)
         exc.diagnosis = found  # for callers that show the whole diagnosis
         return exc
