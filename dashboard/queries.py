@@ -1,0 +1,459 @@
+"""The dashboard's only door to the audit store.
+
+Pages never open the database, the recorder, the middleware or an HTTP edge themselves:
+they call these functions, which build on :mod:`collector.query` (filters in SQL, keyset
+pages, rollups, a time limit), :mod:`collector.export`, :mod:`collector.chain`,
+:mod:`collector.installs` and :mod:`collector.inspect`. Every function returns plain data
+(dicts, lists, dataclasses), so the pages are presentation only and this module can be
+timed without Streamlit (``bench/dashboard.py`` does).
+
+The store is opened once per server process (``st.cache_resource``) from
+``CONNECT_AUDIT_DATABASE_URL`` (:func:`collector.config.database_url`). A daemon thread
+folds new events into the hourly rollups every few seconds, so that aggregates read a
+small tail of the log at most.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from collector import config
+from collector import events as ev
+from collector import query as q
+from collector.errors import REJECTIONS, ConnectAuditError
+from collector.query import Cursor, EventFilter, FilterError, Page, QueryTimeout
+
+__all__ = [
+    "ConnectAuditError",
+    "Cursor",
+    "EventFilter",
+    "FilterError",
+    "Page",
+    "QueryTimeout",
+]
+
+#: Seconds between two folds of new events into the rollups (per server process).
+FOLD_INTERVAL = 5.0
+#: Interactive reads give up after this many seconds with a sentence, not a hung page.
+PAGE_TIME_LIMIT = 8.0
+
+# --------------------------------------------------------------------------- the store
+
+
+class _Folder:
+    """Keeps the rollups current in the background; failures are kept for the UI."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="connect-audit-fold", daemon=True)
+
+    def start(self) -> _Folder:
+        self._thread.start()
+        return self
+
+    def fold_now(self) -> int:
+        try:
+            folded = q.refresh_rollups(self.store)
+            self.last_error = None
+            return folded
+        except ConnectAuditError as exc:
+            self.last_error = str(exc)
+            return 0
+        except Exception as exc:  # noqa: BLE001 - a background fold must never kill the UI
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(FOLD_INTERVAL):
+            self.fold_now()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@dataclass
+class _Handle:
+    store: Any
+    folder: _Folder
+
+
+def _open(url: str) -> _Handle:
+    from collector.store import Store
+
+    store = Store.open(url, create=False)
+    folder = _Folder(store)
+    folder.fold_now()  # the first fold of a large store takes a while; pages are exact anyway
+    return _Handle(store, folder.start())
+
+
+def _handle() -> _Handle:
+    import streamlit as st
+
+    @st.cache_resource(show_spinner="Opening the audit store...")
+    def cached(url: str) -> _Handle:
+        return _open(url)
+
+    return cached(config.database_url())
+
+
+_direct: dict[str, _Handle] = {}
+
+
+def use_store(store: Any) -> None:
+    """Serve a given open store (benchmarks and scripts that run without Streamlit)."""
+    _direct[config.database_url()] = _Handle(store, _Folder(store))
+
+
+def store() -> Any:
+    url = config.database_url()
+    if url in _direct:
+        return _direct[url].store
+    return _handle().store
+
+
+def store_label() -> str:
+    return getattr(store(), "url", config.database_url())
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def filter_from_params(params: dict[str, Any]) -> EventFilter:
+    return EventFilter.from_params(params)
+
+
+def filter_options() -> dict[str, list[Any]]:
+    """Values offered by the filter widgets, read from the rollups (cheap at any size)."""
+    s = store()
+    out: dict[str, list[Any]] = {}
+    for column in ("tenant_client_key", "method", "reason", "required_scope", "path_template"):
+        out[column] = q.distinct_values(s, column)
+    out["direction"] = list(ev.DIRECTIONS)
+    out["identity_kind"] = list(ev.IDENTITY_KINDS)
+    out["outcome"] = list(ev.OUTCOMES)
+    return out
+
+
+def tenant_labels() -> dict[str, str]:
+    """clientKey -> a label with the site's baseUrl, for selects."""
+    labels = {}
+    for inst in installs():
+        labels[inst["client_key"]] = f"{inst['base_url']}  ({inst['client_key']})"
+    return labels
+
+
+# --------------------------------------------------------------------------- overview
+
+
+def overview(flt: EventFilter) -> dict[str, Any]:
+    s = store()
+    b = q.bounds(s)
+    bucket = q.bucket_seconds(flt, oldest=b["oldest"])
+    return {
+        "summary": q.summary(s, flt, time_limit_s=PAGE_TIME_LIMIT),
+        "series": [
+            {"time": t, "outcome": o or "unknown", "events": n}
+            for t, o, n in q.series(s, flt, "outcome", bucket_s=bucket, time_limit_s=PAGE_TIME_LIMIT)
+        ],
+        "bucket_s": bucket,
+        "top_tenants": _top(s, flt, ("tenant_client_key",)),
+        "top_endpoints": _top(s, flt, ("method", "path_template")),
+        "top_reasons": _top(s, flt.replace(outcome=None), ("reason",), exclude_none=True),
+        "freshness": freshness(b),
+    }
+
+
+def _top(s: Any, flt: EventFilter, by: tuple[str, ...], *, exclude_none: bool = False,
+         n: int = 10) -> list[dict[str, Any]]:
+    rows = q.aggregate(s, flt, by, time_limit_s=PAGE_TIME_LIMIT)
+    out = []
+    for key, count in rows:
+        if exclude_none and all(k is None for k in key):
+            continue
+        out.append({**dict(zip(by, key, strict=True)), "events": count})
+        if len(out) == n:
+            break
+    return out
+
+
+def freshness(b: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Newest event and its age, oldest kept, and how far the rollups lag behind."""
+    s = store()
+    b = b or q.bounds(s)
+    now = datetime.now(UTC)
+    handle = _direct.get(config.database_url()) or _handle()
+    return {
+        "newest": b["newest"],
+        "age_s": (now - b["newest"]).total_seconds() if b["newest"] else None,
+        "oldest": b["oldest"],
+        "events": (b["last_seq"] - b["first_seq"] + 1) if b["last_seq"] else 0,
+        "unfolded": q.rollup_lag(s),
+        "fold_error": handle.folder.last_error,
+    }
+
+
+# --------------------------------------------------------------------------- installs
+
+
+def installs() -> list[dict[str, Any]]:
+    """Every tenant with product, baseUrl, status, scopes, first and last seen (no secrets)."""
+    from collector.installs import InstallRegistry
+
+    rows = []
+    for inst in InstallRegistry(store()).list_installs():
+        rows.append({
+            "client_key": inst.client_key,
+            "base_url": inst.base_url,
+            "product": inst.product,
+            "status": inst.status,
+            "declared_scopes": inst.declared_scopes,
+            "description": inst.description,
+            "first_seen": inst.first_seen,
+            "last_seen": inst.last_seen,
+        })
+    return rows
+
+
+def lifecycle_timeline(client_key: str, *, limit: int = 100) -> list[dict[str, Any]]:
+    """The tenant's lifecycle callbacks (installed, enabled, ...), newest first, from the log."""
+    flt = EventFilter(tenant=client_key, direction=ev.LIFECYCLE)
+    return q.page(store(), flt, limit=limit, time_limit_s=PAGE_TIME_LIMIT).rows
+
+
+# --------------------------------------------------------------------------- activity
+
+
+def activity_page(flt: EventFilter, after: Cursor | None = None, limit: int = 50) -> Page:
+    return q.page(store(), flt, after=after, limit=limit, time_limit_s=PAGE_TIME_LIMIT)
+
+
+def facets(flt: EventFilter) -> dict[str, list[tuple[Any, int]]]:
+    return q.facets(store(), flt, time_limit_s=PAGE_TIME_LIMIT)
+
+
+def count(flt: EventFilter) -> int:
+    return q.count(store(), flt, time_limit_s=PAGE_TIME_LIMIT)
+
+
+def event_detail(event_id: str) -> dict[str, Any] | None:
+    """One event with its claims summary and extra decoded (they are stored as JSON)."""
+    row = q.get_event(store(), event_id)
+    if row is None:
+        return None
+    for name in ("claims", "extra"):
+        if row.get(name):
+            with contextlib.suppress(ValueError):
+                row[name] = json.loads(row[name])
+    return row
+
+
+def claims_summary(claims: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The stored claims summary as rows, with times made readable."""
+    if not claims:
+        return []
+    out = []
+    for name, value in claims.items():
+        shown = str(value)
+        if name in {"iat", "exp", "nbf"} and isinstance(value, int | float):
+            try:
+                shown = f"{value}  ({datetime.fromtimestamp(value, UTC):%Y-%m-%d %H:%M:%S} UTC)"
+            except (OverflowError, OSError, ValueError):
+                shown = f"{value}  (not a time in seconds)"
+        out.append({"claim": name, "value": shown})
+    return out
+
+
+# --------------------------------------------------------------------------- who acted
+
+
+def who_acted(flt: EventFilter) -> dict[str, Any]:
+    s = store()
+    return {
+        "by_endpoint": q.who_acted(s, flt, time_limit_s=PAGE_TIME_LIMIT),
+        "users": q.acting_users(s, flt.replace(identity_kind=ev.USER), time_limit_s=PAGE_TIME_LIMIT),
+        "split": dict(
+            (k[0] or ev.ANONYMOUS, n)
+            for k, n in q.aggregate(s, flt, ("identity_kind",), time_limit_s=PAGE_TIME_LIMIT)
+        ),
+    }
+
+
+# --------------------------------------------------------------------------- denials
+
+FIXES: dict[str, str] = {cls.code: cls.fix for cls in REJECTIONS}
+FIXES[ev.SCOPE] = "Add the required scope to the app descriptor's scopes and have each site update the app."
+FIXES[ev.PERMISSION] = (
+    "The scopes are fine: the acting user lacks the permission (space or page restriction); "
+    "act as a user who has it or ask an administrator to grant it."
+)
+
+
+def denials(flt: EventFilter) -> dict[str, Any]:
+    s = store()
+    b = q.bounds(s)
+    bucket = q.bucket_seconds(flt, oldest=b["oldest"])
+    rejected = flt.replace(outcome=ev.REJECTED)
+    reasons = [
+        {"reason": key[0] or "unknown", "events": n, "fix": FIXES.get(key[0] or "", "")}
+        for key, n in q.aggregate(s, rejected, ("reason",), time_limit_s=PAGE_TIME_LIMIT)
+    ]
+    return {
+        "split": q.denial_split(s, flt, time_limit_s=PAGE_TIME_LIMIT),
+        "rejections": reasons,
+        "rejection_series": [
+            {"time": t, "reason": r or "unknown", "events": n}
+            for t, r, n in q.series(s, rejected, "reason", bucket_s=bucket,
+                                    time_limit_s=PAGE_TIME_LIMIT)
+        ],
+        "bucket_s": bucket,
+    }
+
+
+# --------------------------------------------------------------------------- token debugger
+
+
+def inspect_token(
+    token: str,
+    *,
+    method: str | None = None,
+    url: str | None = None,
+    endpoint: str = "request",
+    verify_with_store: bool,
+    app_base_url: str | None = None,
+    body_client_key: str | None = None,
+) -> dict[str, Any]:
+    """Decode and explain a pasted token; verify with the stored secret only when allowed.
+
+    Nothing pasted is stored or logged: the token lives in this call only. The report never
+    holds a shared secret or the token's signature. Without ``verify_with_store`` (the
+    auditor role) no install is looked up, so the verdict is about the token's form only
+    and the page says so.
+    """
+    import time
+
+    from collector.inspect import inspect_token as _inspect
+
+    installs = None
+    keys = None
+    if verify_with_store:
+        from collector.installs import InstallRegistry
+
+        installs = InstallRegistry(store())
+        if endpoint == "lifecycle":
+            from collector.keys import key_source
+
+            keys = key_source()
+    with_request = bool(method and url)
+    return _inspect(
+        token,
+        method=method if with_request else None,
+        url=url if with_request else None,
+        endpoint=endpoint,
+        installs=installs,
+        keys=keys,
+        app_base_url=app_base_url or None,
+        body_client_key=body_client_key or None,
+        now=time.time(),
+    )
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_bytes(flt: EventFilter, fmt: str, *, actor: str) -> tuple[bytes, Any]:
+    """Run an export (recorded in the log) and return the file's bytes and the result.
+
+    The rows are streamed to a spooled temporary file (memory-bounded while the query
+    runs); Streamlit then serves the finished file, which it holds in memory, so very large
+    exports are better done with ``connect-audit export``.
+    """
+    from collector.export import export
+
+    with tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024) as tmp:
+        result = export(store(), flt, tmp, fmt, actor=actor, via="dashboard")
+        tmp.seek(0)
+        return tmp.read(), result
+
+
+def export_file_name(flt: EventFilter, fmt: str) -> str:
+    from collector.export import filename_for
+
+    return filename_for(flt, fmt)
+
+
+def recent_exports(limit: int = 20) -> list[dict[str, Any]]:
+    flt = EventFilter(direction=ev.INTERNAL)
+    rows = []
+    for row in q.page(store(), flt, limit=200, columns=(*q.LIST_COLUMNS, "extra")).rows:
+        try:
+            extra = json.loads(row.get("extra") or "{}")
+        except ValueError:
+            extra = {}
+        if row["event_type"] != "export":
+            continue
+        rows.append({
+            "time": row["ts"],
+            "actor": extra.get("actor"),
+            "via": extra.get("via"),
+            "format": extra.get("format"),
+            "rows": extra.get("rows"),
+            "sha256": extra.get("sha256"),
+            "filter": json.dumps(extra.get("filter") or {}, sort_keys=True),
+        })
+        if len(rows) == limit:
+            break
+    return rows
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def integrity() -> dict[str, Any]:
+    """What is cheap to show at once: bounds, last checkpoint, rollup state."""
+    import sqlalchemy as sa
+
+    from collector.models import Checkpoint
+
+    s = store()
+    b = q.bounds(s)
+    table = Checkpoint.__table__
+    with q.reading(s) as conn:
+        last = conn.execute(sa.select(table).order_by(table.c.seq.desc()).limit(1)).first()
+        checkpoints = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
+    return {
+        "oldest": b["oldest"],
+        "newest": b["newest"],
+        "first_seq": b["first_seq"],
+        "last_seq": b["last_seq"],
+        "checkpoints": checkpoints or 0,
+        "last_checkpoint": dict(last._mapping) if last else None,
+        "unfolded": q.rollup_lag(s),
+    }
+
+
+def verify_chain() -> dict[str, Any]:
+    """Walk the whole hash chain and the checkpoints (seconds per million events)."""
+    from collector.chain import verify
+
+    report = verify(store())
+    return report.as_dict()
+
+
+# --------------------------------------------------------------------------- time presets
+
+PRESETS: dict[str, tuple[str, timedelta | None]] = {
+    "1h": ("Last hour", timedelta(hours=1)),
+    "24h": ("Last 24 hours", timedelta(hours=24)),
+    "7d": ("Last 7 days", timedelta(days=7)),
+    "30d": ("Last 30 days", timedelta(days=30)),
+    "all": ("All time", None),
+    "custom": ("Custom dates", None),
+}

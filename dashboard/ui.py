@@ -1,0 +1,366 @@
+"""Presentation helpers shared by the pages: the sign-in gate, the filter bar, safe tables.
+
+Logged values are attacker-controlled (paths, account ids, tenant URLs, claims), so they
+are only ever shown through elements that render text as text: ``st.dataframe``,
+``st.text``, ``st.code`` and ``st.json``. They never go into Markdown (which would turn
+``![x](http://...)`` into an image request), into widget labels, or anywhere near
+``unsafe_allow_html``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from dashboard import auth, queries
+
+FILTER_STATE = "connect_audit_filter"
+
+# --------------------------------------------------------------------------- sign-in
+
+
+@st.cache_resource(show_spinner=False)
+def _accounts(path: str) -> auth.Accounts:
+    accounts = auth.Accounts(Path(path))
+    accounts.ensure_admin()
+    return accounts
+
+
+@st.cache_resource(show_spinner=False)
+def _throttle() -> auth.Throttle:
+    return auth.Throttle()
+
+
+def accounts() -> auth.Accounts:
+    return _accounts(str(auth.accounts_path()))
+
+
+def current_user() -> auth.User | None:
+    return st.session_state.get(auth.SESSION_KEY)
+
+
+def require_user() -> auth.User:
+    """Return the signed-in user, or render the sign-in screen and stop the script."""
+    if auth.oidc_configured(st.secrets):
+        return _require_oidc_user()
+    user = current_user()
+    if user is not None:
+        return user
+    _local_sign_in()
+    st.stop()
+    raise AssertionError("unreachable")  # st.stop() raises
+
+
+def _require_oidc_user() -> auth.User:
+    if not st.user.is_logged_in:
+        st.title("Connect Audit")
+        st.write("Sign in to see the audit log.")
+        st.button("Sign in with single sign-on", on_click=st.login, type="primary")
+        st.stop()
+    identity = st.user.to_dict()
+    role = auth.oidc_role(identity, st.secrets)
+    if role is None:
+        st.title("Connect Audit")
+        st.error("Your account has no role here; ask an administrator to add you.")
+        st.button("Sign out", on_click=st.logout)
+        st.stop()
+    name = str(identity.get("email") or identity.get("sub") or "unknown")
+    user = auth.User(name, role, "oidc")
+    st.session_state[auth.SESSION_KEY] = user
+    return user
+
+
+def _local_sign_in() -> None:
+    st.title("Connect Audit")
+    st.caption("Sign in to see the audit log.")
+    store = accounts()
+    with st.form("sign_in"):
+        name = st.text_input("Account", value="", key="sign_in_name")
+        password = st.text_input("Password", type="password", key="sign_in_password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if not submitted:
+        return
+    address = f"ip:{getattr(st.context, 'ip_address', None) or 'local'}"
+    account_key = f"name:{name.strip().lower()}"
+    throttle = _throttle()
+    wait = throttle.retry_after(account_key, address)
+    if wait > 0:
+        st.error(f"Too many failed sign-ins; try again in {int(wait) + 1} seconds.")
+        return
+    user = store.authenticate(name.strip(), password)
+    if user is None:
+        throttle.failed(account_key, address)
+        st.error("Wrong account or password.")
+        return
+    throttle.succeeded(account_key)
+    st.session_state[auth.SESSION_KEY] = user
+    st.rerun()
+
+
+def sign_out() -> None:
+    user = current_user()
+    st.session_state.pop(auth.SESSION_KEY, None)
+    st.session_state.pop(FILTER_STATE, None)
+    if user is not None and user.via == "oidc":
+        st.logout()
+
+
+def sidebar(user: auth.User) -> None:
+    with st.sidebar:
+        st.caption("Signed in as")
+        st.text(f"{user.name} ({user.role})")
+        st.button("Sign out", on_click=sign_out, key="sign_out")
+        st.caption("Store")
+        st.text(queries.store_label())
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    """Turn a store or filter problem into one sentence on the page instead of a traceback."""
+    try:
+        yield
+    except queries.QueryTimeout as exc:
+        st.warning(str(exc))
+        st.stop()
+    except queries.ConnectAuditError as exc:
+        st.error(str(exc))
+        st.stop()
+
+
+# --------------------------------------------------------------------------- filter bar
+
+ALL_FIELDS = (
+    "range", "tenant", "direction", "identity_kind", "outcome", "status", "reason",
+    "method", "scope", "account_id", "path_contains", "text",
+)
+_EVENT_FIELDS = tuple(f for f in ALL_FIELDS if f != "range")
+_URL_KEYS = (*ALL_FIELDS, "since", "until")
+_LABELS = {
+    "tenant": "Tenant",
+    "direction": "Direction",
+    "identity_kind": "Acting as",
+    "outcome": "Outcome",
+    "status": "Status (403 or 4xx)",
+    "reason": "Reason",
+    "method": "Method",
+    "scope": "Required scope",
+    "account_id": "Account id",
+    "path_contains": "Path contains",
+    "text": "Search",
+}
+_SELECTS = {"tenant", "direction", "identity_kind", "outcome", "reason", "method", "scope"}
+
+
+def _state() -> dict[str, str]:
+    return st.session_state.setdefault(FILTER_STATE, {"range": "24h"})
+
+
+def _adopt_url(fields: Sequence[str]) -> None:
+    """A shared link wins: filter values in the URL replace the session's for these fields."""
+    url = {k: v for k, v in st.query_params.to_dict().items() if k in _URL_KEYS}
+    if not url:
+        return
+    state = _state()
+    wanted = {k: v for k, v in url.items() if k in fields or k in {"since", "until"}}
+    current = {k: state.get(k) for k in wanted}
+    if wanted == current:
+        return
+    for k in (*fields, "since", "until"):
+        state.pop(k, None)
+    state.update(wanted)
+    if "since" in wanted and "range" not in wanted:
+        state["range"] = "custom"
+    for k in fields:
+        st.session_state.pop(f"f_{k}", None)
+    st.session_state.pop("f_dates", None)
+
+
+def filter_bar(fields: Sequence[str] = ALL_FIELDS, *, expanded: bool = True) -> queries.EventFilter:
+    """Render the filter widgets for ``fields``; keep them in the session and the URL."""
+    _adopt_url(fields)
+    state = _state()
+    options = _options()
+    values: dict[str, str] = {}
+    with st.container(border=True):
+        if "range" in fields:
+            values.update(_range_widget(state))
+        others = [f for f in fields if f != "range"]
+        cols = st.columns(4)
+        for i, name in enumerate(others):
+            with cols[i % 4]:
+                value = _field_widget(name, state, options)
+                if value:
+                    values[name] = value
+    for name in _URL_KEYS:
+        state.pop(name, None)
+    state.update(values)
+    _write_url(values)
+    with guard():
+        return _to_filter(values)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _cached_options(url: str) -> dict[str, list[Any]]:
+    options = queries.filter_options()
+    options["tenant_labels"] = queries.tenant_labels()
+    return options
+
+
+def _options() -> dict[str, list[Any]]:
+    try:
+        return _cached_options(queries.store_label())
+    except queries.ConnectAuditError:
+        return {}
+
+
+def _range_widget(state: dict[str, str]) -> dict[str, str]:
+    keys = list(queries.PRESETS)
+    default = state.get("range", "24h")
+    st.session_state.setdefault("f_range", default if default in keys else "24h")
+    choice = st.selectbox(
+        "Time range", keys, key="f_range", format_func=lambda k: queries.PRESETS[k][0]
+    )
+    out = {"range": choice}
+    if choice == "custom":
+        today = datetime.now(UTC).date()
+        start = _as_date(state.get("since")) or today - timedelta(days=7)
+        end = _as_date(state.get("until"), end=True) or today
+        st.session_state.setdefault("f_dates", (start, end))
+        picked = st.date_input("From / to (UTC, inclusive)", key="f_dates")
+        if isinstance(picked, tuple | list) and len(picked) == 2:
+            out["since"] = picked[0].isoformat()
+            out["until"] = picked[1].isoformat()
+        elif isinstance(picked, tuple | list) and len(picked) == 1:
+            out["since"] = picked[0].isoformat()
+    return out
+
+
+def _as_date(value: str | None, *, end: bool = False) -> date | None:
+    if not value:
+        return None
+    try:
+        parsed = queries.q.parse_time(value, end_of_day=False)
+    except queries.FilterError:
+        return None
+    day = parsed.date()
+    if end and len(value) > 10 and parsed.time() == datetime.min.time():
+        day -= timedelta(days=1)
+    return day
+
+
+def _field_widget(name: str, state: dict[str, str], options: dict[str, list[Any]]) -> str:
+    key = f"f_{name}"
+    current = state.get(name, "")
+    if name in _SELECTS:
+        source = {
+            "tenant": "tenant_client_key",
+            "scope": "required_scope",
+        }.get(name, name)
+        choices = [""] + [str(v) for v in options.get(source, [])]
+        if current and current not in choices:
+            choices.append(current)
+        labels = options.get("tenant_labels", {}) if name == "tenant" else {}
+        st.session_state.setdefault(key, current)
+        return st.selectbox(
+            _LABELS[name], choices, key=key,
+            format_func=lambda v: "(any)" if v == "" else labels.get(v, v),
+        ) or ""
+    st.session_state.setdefault(key, current)
+    return st.text_input(_LABELS[name], key=key).strip()
+
+
+def _write_url(values: dict[str, str]) -> None:
+    keep = {k: v for k, v in st.query_params.to_dict().items() if k not in _URL_KEYS}
+    wanted = {**keep, **values}
+    if wanted != st.query_params.to_dict():
+        st.query_params.from_dict(wanted)
+
+
+def _to_filter(values: dict[str, str]) -> queries.EventFilter:
+    params = dict(values)
+    preset = params.pop("range", "24h")
+    if preset in queries.PRESETS and preset != "custom":
+        params.pop("since", None)
+        params.pop("until", None)
+        delta = queries.PRESETS[preset][1]
+        if delta is not None:
+            params["since"] = (datetime.now(UTC) - delta).isoformat()
+    return queries.filter_from_params(params)
+
+
+# --------------------------------------------------------------------------- display
+
+
+def fmt_time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
+
+
+def fmt_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def table(rows: list[dict[str, Any]], *, key: str | None = None, select: bool = False,
+          height: int | str = "auto", column_config: dict | None = None):
+    """A read-only table of logged values, shown as text (never Markdown or HTML)."""
+    if not rows:
+        st.caption("Nothing to show.")
+        return None
+    kwargs: dict[str, Any] = {"hide_index": True, "width": "stretch", "height": height}
+    if column_config:
+        kwargs["column_config"] = column_config
+    if select:
+        return st.dataframe(rows, key=key, on_select="rerun", selection_mode="single-row",
+                            **kwargs)
+    return st.dataframe(rows, key=key, **kwargs)
+
+
+def selected_row(event: Any) -> int | None:
+    try:
+        picked = event.selection.rows
+    except AttributeError:
+        return None
+    return picked[0] if picked else None
+
+
+def bar_chart(rows: list[dict[str, Any]], *, x: str, y: str, color: str, title: str,
+              time_unit: str | None = None) -> None:
+    """A stacked bar chart over already aggregated rows (vega-lite via Altair)."""
+    import altair as alt
+
+    if not rows:
+        st.caption("No events in this range.")
+        return
+    data = alt.Data(values=[
+        {**r, x: r[x].isoformat() if isinstance(r[x], datetime) else r[x]} for r in rows
+    ])
+    x_enc = alt.X(f"{x}:T", title=None) if time_unit else alt.X(f"{x}:N", title=None)
+    chart = (
+        alt.Chart(data, title=title)
+        .mark_bar()
+        .encode(
+            x=x_enc,
+            y=alt.Y(f"{y}:Q", title="events", stack=True),
+            color=alt.Color(f"{color}:N", title=color.replace("_", " ")),
+            tooltip=[alt.Tooltip(f"{x}:T" if time_unit else f"{x}:N", title=x),
+                     alt.Tooltip(f"{color}:N"), alt.Tooltip(f"{y}:Q")],
+        )
+        .properties(height=260)
+    )
+    st.altair_chart(chart, width="stretch")
+
+
+OUTCOME_COLORS = {"allowed": "#4c9a2a", "denied": "#e8a33d", "rejected": "#d1495b", "error": "#6c4f9c"}

@@ -1,0 +1,41 @@
+"""Accounts (admin only): local dashboard accounts and their roles."""
+
+import streamlit as st
+
+from dashboard import auth, ui
+
+user = ui.current_user()
+if user is None or not user.is_admin:
+    st.error("Only an admin can manage accounts.")
+    st.stop()
+
+st.title("Accounts")
+store = ui.accounts()
+st.caption("Passwords are stored only as scrypt hashes, beside the audit store.")
+ui.table([{"account": name, "role": role} for name, role in store.list()], key="accounts")
+
+st.subheader("Add an account or set a password")
+with st.form("account_form", clear_on_submit=True):
+    name = st.text_input("Account name")
+    role = st.selectbox("Role", auth.ROLES, index=1)
+    password = st.text_input("Password", type="password")
+    submitted = st.form_submit_button("Save")
+if submitted:
+    try:
+        store.set_password(name.strip(), password, role)
+        st.success("Saved.")
+    except auth.AuthError as exc:
+        st.error(str(exc))
+
+st.subheader("Remove an account")
+others = [n for n, _ in store.list() if n != auth.ADMIN]
+if others:
+    victim = st.selectbox("Account", others, key="remove_account")
+    if st.button("Remove", key="remove_button"):
+        try:
+            store.remove(victim)
+            st.rerun()
+        except auth.AuthError as exc:
+            st.error(str(exc))
+else:
+    st.caption("No other accounts.")

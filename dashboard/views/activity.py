@@ -1,0 +1,98 @@
+"""Activity: the audit log itself, filtered in SQL, newest first, a keyset page at a time."""
+
+import json
+
+import streamlit as st
+
+from dashboard import queries, ui
+
+PAGE_SIZE = 50
+
+st.title("Activity")
+flt = ui.filter_bar()
+
+# Keyset pagination: a stack of cursors; a changed filter starts again at the newest page.
+signature = json.dumps(st.session_state.get(ui.FILTER_STATE, {}), sort_keys=True)
+if st.session_state.get("act_signature") != signature:
+    st.session_state["act_signature"] = signature
+    start = st.query_params.get("after")
+    st.session_state["act_cursors"] = [start] if start else []
+cursors: list[str] = st.session_state["act_cursors"]
+after = None
+with ui.guard():
+    if cursors:
+        after = queries.Cursor.decode(cursors[-1])
+    page = queries.activity_page(flt, after=after, limit=PAGE_SIZE)
+    facets = queries.facets(flt)
+
+if cursors:
+    st.query_params["after"] = cursors[-1]
+elif "after" in st.query_params:
+    del st.query_params["after"]
+
+total = sum(n for _, n in facets.get("outcome", []))
+st.caption(f"{total:,} matching events; page {len(cursors) + 1}, newest first.")
+
+with st.expander("Facets (counts under the current filter)", expanded=False):
+    names = {"outcome": "Outcome", "direction": "Direction", "identity_kind": "Acting as",
+             "tenant_client_key": "Tenant", "reason": "Reason", "status": "Status",
+             "method": "Method"}
+    cols = st.columns(4)
+    for i, (dim, label) in enumerate(names.items()):
+        with cols[i % 4]:
+            st.caption(label)
+            ui.table([{"value": "(none)" if v is None else str(v), "events": n}
+                      for v, n in facets.get(dim, [])], key=f"facet_{dim}")
+
+rows = page.rows
+event = ui.table(
+    [
+        {
+            "time": r["ts"],
+            "direction": r["direction"],
+            "tenant": r["tenant_client_key"],
+            "auth": r["auth_method"],
+            "acting as": r["identity_kind"],
+            "account": r["account_id"],
+            "method": r["method"],
+            "path": r["path"],
+            "scope": r["required_scope"],
+            "status": r["status"],
+            "outcome": r["outcome"],
+            "reason": r["reason"],
+            "latency ms": r["latency_ms"],
+        }
+        for r in rows
+    ],
+    key="activity_table",
+    select=True,
+    height=420,
+)
+
+left, right, _ = st.columns([1, 1, 6])
+if left.button("Newer", disabled=not cursors, key="newer"):
+    cursors.pop()
+    st.rerun()
+if right.button("Older", disabled=page.next_cursor is None, key="older"):
+    cursors.append(page.next_cursor.encode())
+    st.rerun()
+
+picked = ui.selected_row(event)
+event_id = rows[picked]["event_id"] if picked is not None and picked < len(rows) else None
+event_id = event_id or st.query_params.get("event")
+if event_id:
+    with ui.guard():
+        detail = queries.event_detail(event_id)
+    if detail is None:
+        st.info("That event is not in the store (purged, or a link from another store).")
+    else:
+        st.query_params["event"] = event_id
+        st.subheader("Event detail")
+        if st.button("Close detail", key="close_detail"):
+            del st.query_params["event"]
+            st.rerun()
+        st.caption("Claims summary (the token itself is never stored)")
+        ui.table(queries.claims_summary(detail.get("claims")), key="claims")
+        st.caption("Every stored field")
+        st.json({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in detail.items()},
+                expanded=True)

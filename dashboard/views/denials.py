@@ -1,0 +1,40 @@
+"""Denials: 403s by cause (scope or permission) and rejected tokens by reason, with the fix."""
+
+import streamlit as st
+
+from dashboard import queries, ui
+
+st.title("Denials")
+flt = ui.filter_bar(("range", "tenant", "direction"))
+with ui.guard():
+    data = queries.denials(flt)
+
+split = data["split"]
+cols = st.columns(3)
+cols[0].metric("403: scope missing", f"{split['by_reason'].get('scope', 0):,}")
+cols[1].metric("403: user lacks permission", f"{split['by_reason'].get('permission', 0):,}")
+cols[2].metric("Rejected tokens", f"{sum(r['events'] for r in data['rejections']):,}")
+
+st.subheader("403 because the descriptor lacks a scope")
+st.caption(queries.FIXES["scope"])
+ui.table(
+    [{"tenant": r["tenant"], "scope to add": r["scope"], "method": r["method"],
+      "endpoint": r["path_template"], "events": r["count"]} for r in split["scope"]],
+    key="denied_scope",
+)
+st.subheader("403 because the acting user lacks the permission")
+st.caption(queries.FIXES["permission"])
+ui.table(
+    [{"tenant": r["tenant"], "scope held": r["scope"], "method": r["method"],
+      "endpoint": r["path_template"], "events": r["count"]} for r in split["permission"]],
+    key="denied_permission",
+)
+
+st.subheader("Rejected tokens by reason")
+step = {3600: "hour", 21600: "6 hours", 86400: "day"}.get(data["bucket_s"], "bucket")
+ui.bar_chart(data["rejection_series"], x="time", y="events", color="reason",
+             title=f"Rejections per {step}", time_unit="time")
+ui.table(
+    [{"reason": r["reason"], "events": r["events"], "fix": r["fix"]} for r in data["rejections"]],
+    key="rejections",
+)

@@ -1,0 +1,53 @@
+"""Installs: every tenant, its scopes and status, and its lifecycle timeline."""
+
+import streamlit as st
+
+from dashboard import queries, ui
+
+st.title("Installs")
+with ui.guard():
+    installs = queries.installs()
+
+if not installs:
+    st.info("No tenant has installed the app yet.")
+    st.stop()
+
+st.caption(f"{len(installs)} tenants. Select one to see its lifecycle and activity.")
+event = ui.table(
+    [
+        {
+            "tenant": i["client_key"],
+            "base URL": i["base_url"],
+            "product": i["product"],
+            "status": i["status"],
+            "declared scopes": i["declared_scopes"],
+            "first seen": i["first_seen"],
+            "last seen": i["last_seen"],
+        }
+        for i in installs
+    ],
+    key="installs_table",
+    select=True,
+)
+picked = ui.selected_row(event)
+if picked is None:
+    st.stop()
+
+chosen = installs[picked]
+st.subheader("Tenant")
+st.text(f"{chosen['base_url']}  ({chosen['client_key']})")
+if chosen["description"]:
+    st.text(chosen["description"])
+st.page_link("views/activity.py", label="Open its activity", icon=":material/list:",
+             query_params={"tenant": chosen["client_key"], "range": "30d"})
+st.subheader("Lifecycle timeline")
+with ui.guard():
+    timeline = queries.lifecycle_timeline(chosen["client_key"])
+ui.table(
+    [
+        {"time": r["ts"], "event": r["event_type"], "outcome": r["outcome"],
+         "reason": r["reason"], "status": r["status"]}
+        for r in timeline
+    ],
+    key="timeline",
+)

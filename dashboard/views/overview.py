@@ -1,0 +1,47 @@
+"""Overview: volume, rates and the top tenants, endpoints and reasons over the chosen range."""
+
+import streamlit as st
+
+from dashboard import queries, ui
+
+st.title("Overview")
+flt = ui.filter_bar(("range", "tenant"))
+with ui.guard():
+    data = queries.overview(flt)
+
+summary = data["summary"]
+cols = st.columns(5)
+cols[0].metric("Events", f"{summary['events']:,}")
+cols[1].metric("Tenants", f"{summary['tenants']:,}")
+cols[2].metric("Rejected tokens", f"{summary['rejection_rate']:.2%}")
+cols[3].metric("403 denials", f"{summary['denial_rate']:.2%}")
+cols[4].metric("Errors", f"{summary['error_rate']:.2%}")
+
+fresh = data["freshness"]
+st.caption("Freshness")
+st.text(
+    f"Newest event {ui.fmt_time(fresh['newest'])} ({ui.fmt_age(fresh['age_s'])} ago); "
+    f"oldest kept {ui.fmt_time(fresh['oldest'])}; "
+    f"{fresh['unfolded']:,} events not yet in the rollups"
+)
+if fresh["fold_error"]:
+    st.warning("The rollups could not be refreshed; counts read the log directly.")
+    st.text(fresh["fold_error"])
+
+step = {3600: "hour", 21600: "6 hours", 86400: "day"}.get(data["bucket_s"], "bucket")
+ui.bar_chart(data["series"], x="time", y="events", color="outcome",
+             title=f"Events per {step}, by outcome", time_unit="time")
+
+left, middle, right = st.columns(3)
+with left:
+    st.subheader("Top tenants")
+    ui.table([{"tenant": r["tenant_client_key"], "events": r["events"]}
+              for r in data["top_tenants"]], key="top_tenants")
+with middle:
+    st.subheader("Top endpoints")
+    ui.table([{"method": r["method"], "endpoint": r["path_template"], "events": r["events"]}
+              for r in data["top_endpoints"]], key="top_endpoints")
+with right:
+    st.subheader("Top reasons")
+    ui.table([{"reason": r["reason"], "events": r["events"]} for r in data["top_reasons"]],
+             key="top_reasons")

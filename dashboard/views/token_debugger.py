@@ -1,0 +1,113 @@
+"""Token debugger: paste a Connect JWT and see exactly why it is accepted or refused.
+
+Nothing pasted is stored or logged. Hostile content in a token (HTML, scripts, formula
+characters) is shown as text. Only admins verify against the stored shared secrets.
+"""
+
+import streamlit as st
+
+from dashboard import queries, ui
+
+st.title("Token debugger")
+user = ui.current_user()
+may_verify = user is not None and user.is_admin
+st.caption(
+    "Decodes header and claims, shows times, age, expiry and clock skew, checks the qsh "
+    "against the request you give and names the exact reason for a rejection. "
+    "Nothing you paste is stored."
+)
+if not may_verify:
+    st.info("Your role decodes and explains tokens but does not verify them against the "
+            "stored shared secrets (admins do).")
+
+with st.form("token_form"):
+    token = st.text_area("Token", height=120, key="token_input",
+                         placeholder="eyJhbGciOiJIUzI1NiIs...  ('JWT ', 'Bearer ' and quotes are fine)")
+    cols = st.columns([1, 3, 2])
+    method = cols[0].selectbox("Method", ["", "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"],
+                               key="token_method", format_func=lambda m: m or "(none)")
+    url = cols[1].text_input("URL the token came with (path and query, or full URL)",
+                             key="token_url")
+    endpoint = cols[2].selectbox("Endpoint kind", ["request", "context", "lifecycle"],
+                                 key="token_endpoint")
+    more = st.columns(2)
+    app_base_url = more[0].text_input("App base URL (its path is the context path)",
+                                      key="token_app_base")
+    body_key = more[1].text_input("Lifecycle body clientKey (optional)", key="token_body_key")
+    submitted = st.form_submit_button("Inspect", type="primary")
+
+if not submitted or not token.strip():
+    st.stop()
+
+with ui.guard():
+    report = queries.inspect_token(
+        token, method=method or None, url=url.strip() or None, endpoint=endpoint,
+        verify_with_store=may_verify, app_base_url=app_base_url.strip() or None,
+        body_client_key=body_key.strip() or None,
+    )
+
+if not may_verify:
+    st.warning("Not verified against a stored secret (your role). The checks below concern "
+               "the token's form, times and qsh only.")
+    if report.get("reason") not in (None, "unknown_issuer"):
+        st.text(f"Problem found: {report['reason']}")
+        st.text(report.get("detail") or "")
+elif report["verdict"] == "accepted":
+    st.success("Accepted")
+    st.text(report.get("detail") or "")
+else:
+    st.error("Rejected")
+    st.text(f"Reason: {report['reason']}")
+    st.text(report.get("detail") or "")
+if report.get("fix") and (may_verify or report.get("reason") != "unknown_issuer"):
+    st.caption("What to do")
+    st.text(report["fix"])
+
+for hint in report.get("hints") or []:
+    st.text(f"Hint: {hint}")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Header")
+    st.json(report.get("header") or {}, expanded=True)
+with right:
+    st.subheader("Claims")
+    st.json(report.get("claims") or {}, expanded=True)
+
+times = report.get("times") or {}
+rows = []
+for name in ("iat", "nbf", "exp"):
+    t = times.get(name)
+    if t:
+        rows.append({"claim": name, "epoch": str(t["epoch"]), "UTC": t["utc"] or "out of range",
+                     "relative": t["relative"]})
+st.subheader("Times")
+ui.table(rows, key="token_times")
+facts = []
+for label, key in (("age (s)", "age_seconds"), ("expires in (s)", "expires_in_seconds"),
+                   ("lifetime (s)", "lifetime_seconds")):
+    if times.get(key) is not None:
+        facts.append({"what": label, "value": str(times[key])})
+if report.get("now"):
+    facts.append({"what": "checked at (UTC)", "value": str(report["now"].get("utc"))})
+if report.get("fingerprint"):
+    facts.append({"what": "fingerprint", "value": report["fingerprint"]})
+ui.table(facts, key="token_facts")
+
+if may_verify and report.get("install"):
+    inst = report["install"]
+    st.subheader("Matching install")
+    st.text(f"{inst['base_url']}  ({inst['client_key']}), "
+            f"{'active' if inst['active'] else 'inactive'}")
+
+if report.get("qsh_checked"):
+    st.subheader("Query string hash")
+    st.caption("Canonical request")
+    st.code(report.get("canonical") or "", language=None)
+    ui.table([
+        {"": "expected (from the request)", "qsh": report.get("expected_qsh")},
+        {"": "in the token", "qsh": report.get("token_qsh")},
+    ], key="token_qsh")
+    if report.get("diagnosis"):
+        st.caption("Diagnosis")
+        st.json(report["diagnosis"], expanded=True)

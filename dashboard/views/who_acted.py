@@ -1,0 +1,36 @@
+"""Who acted: which calls ran as the app user and which as which user, per tenant and endpoint."""
+
+import streamlit as st
+
+from dashboard import queries, ui
+
+st.title("Who acted")
+flt = ui.filter_bar(("range", "tenant", "direction", "method"))
+with ui.guard():
+    data = queries.who_acted(flt)
+
+split = data["split"]
+cols = st.columns(3)
+cols[0].metric("As the app user", f"{split.get('app_user', 0):,}")
+cols[1].metric("As a user", f"{split.get('user', 0):,}")
+cols[2].metric("Anonymous", f"{split.get('anonymous', 0):,}")
+
+st.subheader("Per tenant and endpoint")
+ui.table(
+    [
+        {"tenant": r["tenant"], "method": r["method"], "endpoint": r["path_template"],
+         "as app user": r["app_user"], "as user": r["user"], "anonymous": r["anonymous"],
+         "total": r["total"]}
+        for r in data["by_endpoint"]
+    ],
+    key="who_by_endpoint",
+)
+st.subheader("Users the app acted as (or that called it)")
+ui.table(
+    [
+        {"tenant": r["tenant"], "account id": r["account_id"], "events": r["count"],
+         "first seen": r["first_seen"], "last seen": r["last_seen"]}
+        for r in data["users"]
+    ],
+    key="who_users",
+)
