@@ -1,0 +1,397 @@
+"""Outgoing calls from the app to a tenant's REST API: signed, timed, recorded, explained.
+
+``audit.client(client_key)`` returns a :class:`TenantClient`; it hands out ``requests``
+sessions bound to the tenant's baseUrl:
+
+* :meth:`TenantClient.as_app` signs each call as the app user (an HS256 JWT, ``qsh`` over
+  the path relative to the baseUrl, 3 minutes of life);
+* :meth:`TenantClient.as_user` acts as one user (``ACT_AS_USER``): the OAuth 2.0 JWT bearer
+  grant exchanges a 60-second assertion at ``<authorization server>/oauth2/token`` for an
+  access token, cached per tenant, user and scopes until shortly before it expires.
+
+Paths are relative to the tenant's baseUrl, as in Atlassian's own Connect libraries::
+
+    session = audit.client(ctx.client_key).as_user(ctx.account_id)
+    session.get("/rest/api/search", params={"cql": 'type = page AND title ~ "plan"'})
+
+Every call becomes one outgoing audit event: tenant, acting identity, method, the
+site-relative path (``/wiki/rest/api/search?...``) and its template, the scope the scope map
+says the call needs, the install's declared scopes, status, outcome, latency, the request
+id of the incoming request being handled (so one page load's events share it). A 403 is
+classified: ``scope`` when the declared scopes do not cover the call (or the product itself
+says the call is outside the app's authorized scopes: the site may not have approved the
+descriptor's current scopes), otherwise ``permission`` (the acting user lacks the right).
+
+Assertions and access tokens are credentials: they are never logged, stored or put in an
+exception message. An app JWT is recorded by its fingerprint (a hash) only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import requests
+
+from collector import events, signing
+from collector.errors import TokenExchangeFailed, UnknownTenant
+from collector.middleware import current_context, note_forbidden
+from collector.scopes import classify_forbidden, normalise_scopes, satisfies
+
+if TYPE_CHECKING:
+    from collector.app import ConnectAudit
+    from collector.scopes import RequiredScope
+
+log = logging.getLogger("collector.client")
+
+#: Refresh a cached access token this long before the server says it expires (seconds).
+REFRESH_MARGIN = 60.0
+#: The longest product error message copied into an event's detail.
+MAX_DETAIL = 300
+SCOPE_MESSAGE = "not in an authorized api scope"
+DEFAULT_TIMEOUT = 30.0
+
+
+class AccessTokenCache:
+    """Access tokens by (clientKey, accountId, scopes), until shortly before they expire.
+
+    Held by :class:`~collector.app.ConnectAudit`, so every session of the process shares it;
+    values are kept in memory only.
+    """
+
+    def __init__(self) -> None:
+        self._tokens: dict[tuple[str, str, tuple[str, ...]], tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, tuple[str, ...]], now: float) -> str | None:
+        with self._lock:
+            entry = self._tokens.get(key)
+            if entry is None:
+                return None
+            if entry[1] <= now:
+                del self._tokens[key]
+                return None
+            return entry[0]
+
+    def put(self, key: tuple[str, str, tuple[str, ...]], token: str, expires_in: float, now: float) -> None:
+        margin = min(REFRESH_MARGIN, expires_in / 2)
+        with self._lock:
+            self._tokens[key] = (token, now + expires_in - margin)
+
+    def discard(self, key: tuple[str, str, tuple[str, ...]]) -> None:
+        with self._lock:
+            self._tokens.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def __repr__(self) -> str:
+        return f"AccessTokenCache({len(self)} tokens)"
+
+
+@dataclass(frozen=True)
+class _Identity:
+    kind: str  # events.APP_USER | events.USER
+    account_id: str | None = None
+    scopes: tuple[str, ...] | None = None  # requested token scopes (as a user)
+
+
+class TenantClient:
+    """Calls to one tenant, as the app user or as a user; see the module docstring."""
+
+    def __init__(self, audit: ConnectAudit, client_key: str, *, adapter: Any = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        tenant = audit.tenant(client_key)
+        if tenant is None or not tenant.active:
+            state = "no install" if tenant is None else f"an install that is {tenant.status}"
+            raise UnknownTenant(f"the clientKey {str(client_key)[:80]!r} has {state}; it cannot be called")
+        self.audit = audit
+        self.client_key = client_key
+        self.base_url = tenant.base_url
+        self.product = tenant.product
+        self.oauth_client_id = tenant.oauth_client_id
+        self.declared_scopes = tenant.declared_scopes.strip()
+        self.adapter = adapter if adapter is not None else audit.http_adapter
+        self.timeout = timeout
+
+    def as_app(self) -> ConnectSession:
+        """A session whose calls are signed as the app user (JWT)."""
+        return ConnectSession(self, _Identity(events.APP_USER))
+
+    def as_user(self, account_id: str, scopes: Any = None) -> ConnectSession:
+        """A session acting as ``account_id`` (needs ``ACT_AS_USER``); ``scopes`` narrows
+        the access token (default: the scopes the site granted the app)."""
+        if not account_id:
+            raise ValueError("as_user needs the accountId of the user to act as")
+        requested = tuple(signing.normalise_requested_scopes(scopes)) if scopes else None
+        return ConnectSession(self, _Identity(events.USER, account_id, requested))
+
+    def shared_secret(self) -> str:
+        """The install's current shared secret (read each time: a reinstall replaces it)."""
+        secret = self.audit.registry.install_secret(self.client_key)
+        if secret is None or not secret.active:
+            raise UnknownTenant(f"the clientKey {self.client_key[:80]!r} is no longer installed")
+        return secret.shared_secret
+
+    def __repr__(self) -> str:
+        return f"TenantClient({self.base_url!r})"
+
+
+class ConnectSession(requests.Session):
+    """A ``requests.Session`` bound to one tenant that signs and records every call."""
+
+    def __init__(self, client: TenantClient, identity: _Identity) -> None:
+        super().__init__()
+        self.client = client
+        self.identity = identity
+        self.base_url = client.base_url
+        self._shared_adapter = client.adapter
+        self.mount("https://", client.adapter)
+        self.mount("http://", client.adapter)
+        self.headers["Accept"] = "application/json"
+        self.trust_env = False  # no proxies or .netrc credentials picked up from the environment
+
+    # ------------------------------------------------------------------ requests hooks
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        """``url`` is relative to the tenant's baseUrl (``/rest/api/content``) or under it."""
+        kwargs.setdefault("timeout", self.client.timeout)
+        return super().request(method, self._absolute(str(url)), *args, **kwargs)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        url = request.url or ""
+        if not self._under_base(url):
+            # A redirect away from the tenant: never carry the tenant's credentials along.
+            request.headers.pop("Authorization", None)
+            return super().send(request, **kwargs)
+        call = _Call(self, request)
+        self._authorise(request, call)
+        started = time.perf_counter()
+        try:
+            response = super().send(request, **kwargs)
+        except requests.RequestException as exc:
+            call.finish(None, time.perf_counter() - started, failure=exc)
+            raise
+        call.finish(response, time.perf_counter() - started)
+        if response.status_code == 401 and self.identity.kind == events.USER:
+            self.client.audit.access_tokens.discard(self._token_key())
+        return response
+
+    def close(self) -> None:
+        # The pooled adapter is shared with every other session of the app: keep it open.
+        for prefix, adapter in list(self.adapters.items()):
+            if adapter is not self._shared_adapter:
+                adapter.close()
+            del self.adapters[prefix]
+
+    # ------------------------------------------------------------------ signing
+
+    def _authorise(self, request: requests.PreparedRequest, call: _Call) -> None:
+        audit = self.client.audit
+        if self.identity.kind == events.APP_USER:
+            now = audit.clock()
+            token = signing.app_token(
+                app_key=audit.app_key, shared_secret=self.client.shared_secret(),
+                method=request.method or "GET", url=request.url or "", base_url=self.base_url, now=now,
+            )
+            request.headers["Authorization"] = f"JWT {token}"
+            from collector.tokens import token_fingerprint
+
+            call.fingerprint = token_fingerprint(token)
+            call.claims = {"iss": audit.app_key, "iat": int(now), "exp": int(now) + 180,
+                           "qsh_kind": "computed"}
+            return
+        request.headers["Authorization"] = f"Bearer {self._access_token(call)}"
+        scopes = " ".join(self.identity.scopes or ()) or None
+        call.claims = {"sub": self.identity.account_id, "scopes": scopes}
+
+    def _token_key(self) -> tuple[str, str, tuple[str, ...]]:
+        return (self.client.client_key, self.identity.account_id or "", self.identity.scopes or ())
+
+    def _access_token(self, call: _Call) -> str:
+        audit = self.client.audit
+        key = self._token_key()
+        cached = audit.access_tokens.get(key, audit.clock())
+        if cached is not None:
+            return cached
+        if not self.client.oauth_client_id:
+            call.refuse(None, "the install has no oauthClientId, so it cannot act as a user")
+            raise TokenExchangeFailed("the install has no oauthClientId; acting as a user needs ACT_AS_USER")
+        now = audit.clock()
+        assertion = signing.bearer_assertion(
+            oauth_client_id=self.client.oauth_client_id, shared_secret=self.client.shared_secret(),
+            account_id=self.identity.account_id or "", base_url=self.base_url,
+            authorization_server=audit.authorization_server, now=now,
+        )
+        form = signing.token_request_form(assertion, self.identity.scopes or ())
+        started = time.perf_counter()
+        try:
+            with requests.Session() as session:
+                session.trust_env = False
+                session.mount("https://", self.client.adapter)
+                session.mount("http://", self.client.adapter)
+                response = session.post(f"{audit.authorization_server}/oauth2/token", data=form,
+                                        headers={"Accept": "application/json"}, allow_redirects=False,
+                                        timeout=self.client.timeout)
+                # Session.__exit__ closes mounted adapters; the shared one must stay open.
+                session.adapters.clear()
+        except requests.RequestException as exc:
+            call.refuse(None, f"the authorization server could not be reached ({type(exc).__name__})",
+                        elapsed=time.perf_counter() - started, outcome=events.ERROR)
+            raise TokenExchangeFailed(
+                f"the authorization server could not be reached ({type(exc).__name__})") from None
+        body = _json(response)
+        token, expires_in = body.get("access_token"), body.get("expires_in")
+        if response.status_code != 200 or not isinstance(token, str) or not token:
+            reason = " ".join(str(body.get(k, "")) for k in ("error", "error_description")).strip()
+            reason = _clip(reason or response.reason or "no access token in the response")
+            call.refuse(response.status_code, f"the token exchange was refused: {reason}",
+                        elapsed=time.perf_counter() - started)
+            raise TokenExchangeFailed(
+                f"the authorization server refused to act as {self.identity.account_id!r} on "
+                f"{self.base_url} (HTTP {response.status_code}): {reason}")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 900.0
+        audit.access_tokens.put(key, token, lifetime, audit.clock())
+        return token
+
+    # ------------------------------------------------------------------ URLs
+
+    def _absolute(self, url: str) -> str:
+        if url.startswith("/"):
+            return self.base_url + url
+        if self._under_base(url):
+            return url
+        raise ValueError(
+            f"{url[:120]!r} is not under the tenant's baseUrl {self.base_url}; "
+            "give a path relative to it (e.g. /rest/api/content)"
+        )
+
+    def _under_base(self, url: str) -> bool:
+        base = self.base_url
+        return url == base or url.startswith((base + "/", base + "?"))
+
+    def site_path(self, url: str) -> str:
+        """The path and query relative to the site root (``/wiki/rest/api/...``), as recorded."""
+        rel = url[len(self.base_url):] if self._under_base(url) else urlsplit(url).path
+        base_path = urlsplit(self.base_url).path.rstrip("/")
+        prefix = "/wiki" if base_path.endswith("/wiki") else base_path
+        return prefix + (rel if rel.startswith(("/", "?")) or not rel else "/" + rel)
+
+
+class _Call:
+    """One outgoing call being made; becomes one audit event."""
+
+    def __init__(self, session: ConnectSession, request: requests.PreparedRequest) -> None:
+        self.session = session
+        self.method = (request.method or "GET").upper()
+        self.path = session.site_path(request.url or "")
+        audit = session.client.audit
+        self.required: RequiredScope | None = audit.scope_map.lookup(self.method, self.path)
+        incoming = current_context()
+        self.request_id = incoming.request_id if incoming is not None else uuid.uuid4().hex
+        self.ts = events.utcnow()
+        self.fingerprint: str | None = None
+        self.claims: dict[str, Any] | None = None
+        self.done = False
+
+    def _record(self) -> events.AuditRecord:
+        client, identity = self.session.client, self.session.identity
+        return events.AuditRecord(
+            direction=events.OUTGOING,
+            outcome=events.ALLOWED,
+            auth_method=events.APP_JWT if identity.kind == events.APP_USER else events.USER_BEARER,
+            identity_kind=identity.kind,
+            ts=self.ts,
+            tenant_client_key=client.client_key,
+            tenant_base_url=client.base_url,
+            product=client.product,
+            account_id=identity.account_id,
+            method=self.method,
+            path=self.path,
+            path_template=self.required.template if self.required else None,
+            required_scope=self.required.scope if self.required else None,
+            declared_scopes=client.declared_scopes or None,
+            request_id=self.request_id,
+            token_fingerprint=self.fingerprint,
+            claims=self.claims,
+        )
+
+    def finish(self, response: requests.Response | None, elapsed: float, *,
+               failure: BaseException | None = None) -> None:
+        rec = self._record()
+        rec.latency_ms = round(elapsed * 1000, 3)
+        if response is None:
+            rec.outcome = events.ERROR
+            rec.detail = f"transport failure: {type(failure).__name__}"
+        else:
+            rec.status = response.status_code
+            self._judge(rec, response)
+        self._emit(rec)
+
+    def refuse(self, status: int | None, detail: str, *, elapsed: float = 0.0,
+               outcome: str = events.REJECTED) -> None:
+        """Record a call that never reached the product: its user token was not issued."""
+        rec = self._record()
+        rec.status, rec.outcome, rec.detail = status, outcome, detail
+        rec.latency_ms = round(elapsed * 1000, 3)
+        rec.extra = {"stage": "token_exchange"}
+        self._emit(rec)
+
+    def _judge(self, rec: events.AuditRecord, response: requests.Response) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        message = _product_message(response)
+        rec.detail = message
+        if status >= 500:
+            rec.outcome = events.ERROR
+        elif status == 401:
+            rec.outcome = events.REJECTED
+        elif status == 403:
+            rec.outcome = events.DENIED
+            rec.reason = self._forbidden_cause(message)
+            note_forbidden(rec.reason)
+
+    def _forbidden_cause(self, message: str | None) -> str:
+        identity = self.session.identity
+        declared = normalise_scopes(self.session.client.declared_scopes)
+        if identity.scopes:  # a user token is limited to the scopes it was issued for
+            declared = frozenset(s for s in identity.scopes if satisfies(declared, s))
+        cause = classify_forbidden(declared, self.required)
+        if cause == events.PERMISSION and message and SCOPE_MESSAGE in message.lower():
+            # The descriptor declares the scope but the site has not granted it (an update
+            # awaiting the admin's approval): still a scope problem, not a user's right.
+            cause = events.SCOPE
+        return cause
+
+    def _emit(self, rec: events.AuditRecord) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            self.session.client.audit.record(rec)
+        except Exception:
+            log.exception("connect-audit could not record an outgoing %s %s", rec.method, rec.path)
+
+
+def _json(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _product_message(response: requests.Response) -> str | None:
+    body = _json(response)
+    message = body.get("message") or body.get("errorMessage") or response.reason
+    return _clip(str(message)) if message else None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"

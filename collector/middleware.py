@@ -1,0 +1,594 @@
+"""Incoming middleware: verify every request the host sends the app, and record it.
+
+:class:`WsgiMiddleware` wraps a WSGI app (Flask, Django) and :class:`AsgiMiddleware` an
+ASGI app (FastAPI, Starlette; pure ASGI, so streaming responses and background tasks are
+untouched). Both run the same steps, held in :class:`Gate`:
+
+1. match the path against the :class:`~collector.routes.RoutePolicy` (``request``,
+   ``context``, ``lifecycle`` or ``public``);
+2. verify the token for that kind of route; a lifecycle callback's JSON body goes, once its
+   signed token verified, to :meth:`InstallRegistry.apply_lifecycle`;
+3. on rejection answer a generic ``401`` (the precise reason code goes to the audit log, never
+   to the caller, who may be probing); on success hand the verified context to the handler;
+4. record one :class:`~collector.events.AuditRecord` with the app's own status (its 403s
+   included), the latency, the path without the ``jwt`` parameter and its route template,
+   through the recorder's queue (no database I/O on the request thread).
+
+The verified context (a :class:`ConnectContext`) reaches the handler as
+
+* WSGI: ``environ["connect_audit.context"]`` (Flask: ``request.environ[...]``);
+* ASGI: ``scope["state"]["connect_audit"]`` (Starlette/FastAPI: ``request.state.connect_audit``);
+* either: :func:`connect_context` (given a request, environ or scope) or
+  :func:`current_context` (no argument; valid while the handler runs).
+
+The request id comes from the ``X-Request-Id`` header when it is a plain token, else a new
+one; it is echoed in the response and stamped on the outgoing calls the handler makes
+through :class:`~collector.client.TenantClient`, so one page load's events share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import io
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote, unquote_plus
+
+from collector import events
+from collector.errors import ConnectAuditError, MissingToken, TokenRejected
+from collector.routes import CONTEXT, LIFECYCLE, PUBLIC, Route, RoutePolicy, is_state_changing
+
+if TYPE_CHECKING:
+    from collector.app import ConnectAudit
+    from collector.tokens import VerifiedToken
+
+log = logging.getLogger("collector.middleware")
+
+ENVIRON_KEY = "connect_audit.context"
+STATE_KEY = "connect_audit"
+REQUEST_ID_HEADER = "X-Request-Id"
+LIFECYCLE_EVENTS = ("installed", "uninstalled", "enabled", "disabled")
+#: A lifecycle body is about 1 KB; a larger one is not read further (and then fails verification).
+MAX_LIFECYCLE_BODY = 256 * 1024
+#: Longest claim value copied into a record of a *rejected* token (its claims are unverified).
+_MAX_UNVERIFIED = 200
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_REFUSAL_BODY = b"Unauthorized: the request's Atlassian Connect token was not accepted.\n"
+
+_CURRENT: contextvars.ContextVar[Exchange | None] = contextvars.ContextVar(
+    "connect_audit_exchange", default=None
+)
+
+
+# ---------------------------------------------------------------------- the handler's view
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectContext:
+    """What the middleware established about the request being handled.
+
+    ``client_key`` and ``base_url`` name the tenant (None on ``public`` routes),
+    ``account_id`` the user the host says is acting (None for webhooks, lifecycle callbacks
+    and anonymous users), ``token`` the :class:`~collector.tokens.VerifiedToken` itself, and
+    ``event_type`` the lifecycle event (``installed`` ...) on lifecycle routes.
+    """
+
+    route: str | None
+    auth: str
+    request_id: str
+    client_key: str | None = None
+    base_url: str | None = None
+    account_id: str | None = None
+    event_type: str | None = None
+    token: VerifiedToken | None = field(default=None, repr=False)
+
+    @property
+    def authenticated(self) -> bool:
+        return self.client_key is not None
+
+
+def connect_context(source: Any) -> ConnectContext | None:
+    """The verified context of a request, from a Flask/werkzeug or Starlette request, a WSGI
+    environ or an ASGI scope; None when the middleware did not run or the route is public."""
+    environ = getattr(source, "environ", None)
+    if isinstance(environ, Mapping):
+        return environ.get(ENVIRON_KEY)
+    scope = getattr(source, "scope", source)
+    if isinstance(scope, Mapping):
+        if ENVIRON_KEY in scope:
+            return scope[ENVIRON_KEY]
+        state = scope.get("state")
+        if isinstance(state, Mapping):
+            return state.get(STATE_KEY)
+    return None
+
+
+def current_context() -> ConnectContext | None:
+    """The context of the request this thread or task is handling (None outside a request)."""
+    ex = _CURRENT.get()
+    return ex.context if ex is not None else None
+
+
+def note_forbidden(cause: str) -> None:
+    """Remember why the product refused a call made while handling the current request, so
+    that the app's own 403, if it passes the refusal on, is recorded with the same cause."""
+    ex = _CURRENT.get()
+    if ex is not None:
+        ex.forbidden = cause
+
+
+# ---------------------------------------------------------------------- the shared steps
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request on its way through the gate, until it is recorded."""
+
+    method: str
+    path: str  # raw (percent-encoded) path relative to the app's baseUrl
+    query: str  # raw query string, jwt included
+    route: Route
+    declared: bool
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    ts: Any = field(default_factory=events.utcnow)
+    token: str | None = None
+    verified: VerifiedToken | None = None
+    context: ConnectContext | None = None
+    rejection: TokenRejected | None = None
+    failure: str | None = None  # a verified lifecycle callback that could not be applied
+    event_type: str = "request"
+    forbidden: str | None = None  # cause of the last 403 the product gave while handling it
+    tenant_base_url: str | None = None
+    product: str | None = None
+
+
+class Gate:
+    """Verification and recording shared by the WSGI and ASGI middleware (no I/O of its own
+    beyond what the verifier and install registry do)."""
+
+    def __init__(self, audit: ConnectAudit, routes: RoutePolicy | Mapping[str, str] | Iterable | None):
+        self.audit = audit
+        self.policy = RoutePolicy.coerce(routes)
+
+    def begin(self, method: str, path: str, query: str, request_id: str | None) -> Exchange:
+        method = method.upper()
+        route, declared = self.policy.match(method, unquote(path) if "%" in path else path)
+        rid = request_id if request_id and _REQUEST_ID.fullmatch(request_id) else uuid.uuid4().hex
+        ex = Exchange(method=method, path=path or "/", query=query, route=route, declared=declared,
+                      request_id=rid)
+        if route.auth == LIFECYCLE:
+            ex.event_type = self.audit.lifecycle_event_for(path) or "lifecycle"
+        elif self.audit.is_webhook_path(path):
+            ex.event_type = "webhook"
+        return ex
+
+    def admit(self, ex: Exchange, authorization: str | None, body: bytes | None) -> None:
+        """Verify the request; afterwards exactly one of context, rejection, failure is set."""
+        if ex.route.auth == PUBLIC:
+            ex.context = ConnectContext(route=self._template(ex), auth=PUBLIC, request_id=ex.request_id)
+            return
+        from collector.tokens import Endpoint, extract_token
+
+        try:
+            ex.token = extract_token(authorization, ex.query)
+            if not ex.token:
+                raise MissingToken()
+            url = self.audit.app_url(ex.path, ex.query)
+            if ex.route.auth == LIFECYCLE:
+                self._admit_lifecycle(ex, url, body)
+                return
+            endpoint = Endpoint.CONTEXT if ex.route.auth == CONTEXT else Endpoint.REQUEST
+            # A context token is reusable by design (the front end caches the one
+            # AP.context.getToken() gave it for its whole lifetime), so only a token signed
+            # for this one request is single-use on a state-changing method.
+            single_use = is_state_changing(ex.method) and not (
+                endpoint is Endpoint.CONTEXT and _is_context_token(ex.token)
+            )
+            ex.verified = self.audit.verifier.verify_request(
+                ex.token, ex.method, url, endpoint=endpoint, state_changing=single_use
+            )
+        except TokenRejected as exc:
+            ex.rejection = exc
+            return
+        tenant = self.audit.tenant(ex.verified.client_key)
+        if tenant is not None:
+            ex.tenant_base_url, ex.product = tenant.base_url, tenant.product
+        ex.context = self._context(ex)
+
+    def _admit_lifecycle(self, ex: Exchange, url: str, body: bytes | None) -> None:
+        payload = _json_object(body)
+        client_key = payload.get("clientKey") if payload else None
+        claimed = payload.get("eventType") if payload else None
+        if claimed in LIFECYCLE_EVENTS:
+            ex.event_type = claimed
+        ex.verified = self.audit.verifier.verify_lifecycle(
+            ex.token, ex.method, url, body_client_key=client_key if isinstance(client_key, str) else None
+        )
+        # The token proved who sent the body; now check the body says what the route means.
+        expected = self.audit.lifecycle_event_for(ex.path)
+        if claimed not in LIFECYCLE_EVENTS or (expected and expected != claimed):
+            ex.failure = f"lifecycle body eventType {str(claimed)[:40]!r} does not match the route"
+            return
+        try:
+            self.audit.apply_lifecycle(claimed, payload)
+        except (ConnectAuditError, ValueError, TypeError, KeyError) as exc:
+            ex.failure = f"the {claimed} callback could not be applied: {_safe_text(exc)}"
+            return
+        base_url = payload.get("baseUrl")
+        ex.tenant_base_url = base_url if isinstance(base_url, str) else None
+        product = payload.get("productType")
+        ex.product = product if isinstance(product, str) else None
+        ex.context = self._context(ex, event_type=claimed)
+
+    def _context(self, ex: Exchange, *, event_type: str | None = None) -> ConnectContext:
+        v = ex.verified
+        return ConnectContext(
+            route=self._template(ex), auth=ex.route.auth, request_id=ex.request_id,
+            client_key=v.client_key, base_url=ex.tenant_base_url, account_id=v.account_id,
+            event_type=event_type, token=v,
+        )
+
+    @staticmethod
+    def _template(ex: Exchange) -> str | None:
+        return ex.route.template if ex.declared else None
+
+    def refusal(self, ex: Exchange) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The response for a refused request: generic, with only the request id to quote."""
+        status = 400 if ex.failure else 401
+        body = (b"Bad Request: the lifecycle callback could not be applied.\n" if ex.failure
+                else _REFUSAL_BODY) + f"Request id: {ex.request_id}\n".encode()
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                   (REQUEST_ID_HEADER, ex.request_id), ("Cache-Control", "no-store")]
+        if status == 401:
+            headers.append(("WWW-Authenticate", 'JWT realm="atlassian-connect"'))
+        return status, headers, body
+
+    def finish(self, ex: Exchange, status: int | None, *, crashed: bool = False) -> None:
+        """Record the exchange; never raises into the server (a failure here is logged)."""
+        try:
+            self.audit.record(self._record(ex, status, crashed=crashed))
+        except Exception:
+            log.exception("connect-audit could not record %s %s", ex.method, ex.path)
+
+    def _record(self, ex: Exchange, status: int | None, *, crashed: bool) -> events.AuditRecord:
+        lifecycle = ex.route.auth == LIFECYCLE
+        rec = events.AuditRecord(
+            direction=events.LIFECYCLE if lifecycle else events.INCOMING,
+            outcome=events.ALLOWED,
+            event_type=ex.event_type,
+            ts=ex.ts,
+            method=ex.method,
+            path=_recorded_path(ex.path, ex.query),
+            path_template=self._template(ex),
+            status=status,
+            latency_ms=round((time.perf_counter() - ex.started) * 1000, 3),
+            request_id=ex.request_id,
+            instance_id=self.audit.instance_id,
+        )
+        if ex.route.auth == PUBLIC:
+            return _with_status(rec, status, crashed)
+        rec.auth_method = _auth_method(ex)
+        if ex.rejection is not None:
+            rec.outcome, rec.reason, rec.detail = events.REJECTED, ex.rejection.code, ex.rejection.detail
+            rec.claims, rec.token_fingerprint = _unverified_summary(ex.token)
+            if rec.claims and rec.claims.get("qsh_kind") == "context" and rec.auth_method == events.APP_JWT:
+                rec.auth_method = events.CONTEXT_JWT
+            log.info("rejected %s %s: %s (%s)", ex.method, rec.path, rec.reason, ex.request_id)
+            return rec
+        v = ex.verified
+        rec.tenant_client_key, rec.account_id = v.client_key, v.account_id
+        rec.tenant_base_url, rec.product = ex.tenant_base_url, ex.product
+        rec.identity_kind = events.USER if v.account_id and not lifecycle else events.ANONYMOUS
+        rec.token_fingerprint, rec.claims = v.fingerprint, v.summary()
+        tenant = self.audit.tenant(v.client_key)
+        rec.declared_scopes = tenant.declared_scopes if tenant is not None else None
+        if ex.failure:
+            rec.outcome, rec.detail = events.ERROR, ex.failure
+            return rec
+        return _with_status(rec, status, crashed, ex.forbidden)
+
+
+def _with_status(rec: events.AuditRecord, status: int | None, crashed: bool,
+                 forbidden: str | None = None) -> events.AuditRecord:
+    if crashed or status is None or status >= 500:
+        rec.outcome = events.ERROR
+        rec.detail = "the app raised an exception" if crashed else None
+        if crashed and rec.status is None:
+            rec.status = 500
+    elif status in (401, 403):
+        rec.outcome = events.DENIED
+        if status == 403 and forbidden:
+            # The app passed on Confluence's refusal: same cause as the outgoing call.
+            rec.reason = forbidden
+            rec.detail = f"the app answered 403 after Confluence refused a call ({forbidden})"
+        else:
+            # The app refused on its own: its rules say this user may not do this.
+            rec.reason, rec.detail = events.PERMISSION, f"the app answered {status}"
+    return rec
+
+
+def _auth_method(ex: Exchange) -> str:
+    if ex.route.auth == LIFECYCLE:
+        return events.LIFECYCLE_JWT
+    if ex.verified is not None:
+        return events.CONTEXT_JWT if ex.verified.qsh_kind == "context" else events.APP_JWT
+    if not ex.token:
+        return events.NO_AUTH
+    return events.APP_JWT
+
+
+def _unverified_summary(token: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """Claims of a refused token, for debugging: marked unverified, strings truncated."""
+    if not token:
+        return None, None
+    from collector.tokens import parse_token, token_fingerprint
+
+    fingerprint = None
+    try:
+        fingerprint = token_fingerprint(token)
+        parsed = parse_token(token)
+    except (TokenRejected, ValueError):
+        return None, fingerprint
+    claims = getattr(parsed, "claims", None) or (parsed[1] if isinstance(parsed, tuple) else None)
+    if not isinstance(claims, Mapping):
+        return None, fingerprint
+    summary: dict[str, Any] = {"verified": False}
+    for name in ("iss", "sub", "iat", "exp"):
+        value = claims.get(name)
+        if isinstance(value, str):
+            summary[name] = value[:_MAX_UNVERIFIED]
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            summary[name] = value
+    qsh = claims.get("qsh")
+    if isinstance(qsh, str):
+        summary["qsh_kind"] = "context" if qsh == "context-qsh" else "computed"
+    return summary, fingerprint
+
+
+def _is_context_token(token: str) -> bool:
+    from collector.qsh import CONTEXT_QSH
+    from collector.tokens import parse_token
+
+    try:
+        return parse_token(token).claims.get("qsh") == CONTEXT_QSH
+    except TokenRejected:
+        return False  # verification will name what is wrong with it
+
+
+def _recorded_path(path: str, query: str) -> str:
+    """The path and query as received, minus the ``jwt`` parameter (a bearer credential)."""
+    kept = [p for p in query.split("&") if p and unquote_plus(p.split("=", 1)[0]) != "jwt"]
+    return path + ("?" + "&".join(kept) if kept else "")
+
+
+def _json_object(body: bytes | None) -> dict[str, Any] | None:
+    if not body:
+        return None
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _safe_text(exc: BaseException) -> str:
+    # Registry errors are our own one-sentence messages; cut anything long and drop newlines.
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+# ---------------------------------------------------------------------- WSGI
+
+
+class WsgiMiddleware:
+    """WSGI middleware (PEP 3333). ``WsgiMiddleware(flask_app.wsgi_app, audit, routes)``."""
+
+    def __init__(self, app: Callable, audit: ConnectAudit, routes: RoutePolicy | Mapping | Iterable | None):
+        self.app = app
+        self.gate = Gate(audit, routes)
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path, query = _wsgi_target(environ)
+        ex = self.gate.begin(environ.get("REQUEST_METHOD", "GET"), path, query,
+                             environ.get("HTTP_X_REQUEST_ID"))
+        body = _wsgi_body(environ) if ex.route.auth == LIFECYCLE else None
+        self.gate.admit(ex, environ.get("HTTP_AUTHORIZATION"), body)
+        if ex.context is None:
+            status, headers, payload = self.gate.refusal(ex)
+            start_response(f"{status} {'Bad Request' if status == 400 else 'Unauthorized'}", headers)
+            self.gate.finish(ex, status)
+            return [payload]
+
+        environ[ENVIRON_KEY] = ex.context
+        seen: list[int] = []
+
+        def _start_response(status: str, headers: list, exc_info=None):
+            seen[:] = [int(status.split(" ", 1)[0])]
+            if not any(name.lower() == "x-request-id" for name, _ in headers):
+                headers = [*headers, (REQUEST_ID_HEADER, ex.request_id)]
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        token = _CURRENT.set(ex)
+        try:
+            result = self.app(environ, _start_response)
+        except BaseException:
+            self.gate.finish(ex, seen[0] if seen else 500, crashed=True)
+            raise
+        finally:
+            _CURRENT.reset(token)
+        return _RecordingIterable(result, lambda crashed: self.gate.finish(
+            ex, seen[0] if seen else None, crashed=crashed))
+
+
+class _RecordingIterable:
+    """Passes the app's body through and records once the server closes it (so latency
+    includes streaming the body, and a failure while streaming is recorded as an error)."""
+
+    def __init__(self, result: Iterable[bytes], on_close: Callable[[bool], None]):
+        self._result = result
+        self._on_close = on_close
+        self._crashed = False
+        self._done = False
+
+    def __iter__(self):
+        try:
+            yield from self._result
+        except BaseException:
+            self._crashed = True
+            raise
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if not self._done:
+                self._done = True
+                self._on_close(self._crashed)
+
+
+def _wsgi_target(environ: Mapping) -> tuple[str, str]:
+    """The raw path (relative to the app's mount point) and query the client sent.
+
+    The qsh is computed over the path as sent, so the percent-encoded form is needed:
+    servers that keep it (werkzeug, gunicorn, uWSGI) expose ``RAW_URI`` or ``REQUEST_URI``;
+    otherwise ``PATH_INFO`` (already decoded, as bytes-in-latin-1) is re-encoded.
+    """
+    script = environ.get("SCRIPT_NAME", "")
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        if "://" in raw.split("?", 1)[0]:
+            raw = "/" + raw.split("://", 1)[1].partition("/")[2]
+        path, _, query = raw.partition("?")
+        if script and path.startswith(quote(script)):
+            path = path[len(quote(script)):]
+        return path or "/", query
+    decoded = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+    return quote(decoded, safe="/:@!$&'()*+,;=-._~") or "/", environ.get("QUERY_STRING", "")
+
+
+def _wsgi_body(environ: dict) -> bytes:
+    """Read the body (bounded) and put it back so the app can read it too."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    stream = environ.get("wsgi.input")
+    body = stream.read(min(length, MAX_LIFECYCLE_BODY + 1)) if stream is not None and length > 0 else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return body if len(body) <= MAX_LIFECYCLE_BODY else b""
+
+
+# ---------------------------------------------------------------------- ASGI
+
+
+class AsgiMiddleware:
+    """Pure ASGI middleware (HTTP scopes; lifespan and websocket pass through untouched)."""
+
+    def __init__(self, app: Callable, audit: ConnectAudit, routes: RoutePolicy | Mapping | Iterable | None):
+        self.app = app
+        self.gate = Gate(audit, routes)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = _asgi_headers(scope)
+        path, query = _asgi_target(scope)
+        ex = self.gate.begin(scope.get("method", "GET"), path, query, headers.get("x-request-id"))
+        body = None
+        if ex.route.auth == LIFECYCLE:
+            body, receive = await _asgi_body(receive)
+        # Verification may read the install registry and the replay table: keep that
+        # database I/O off the event loop.
+        await asyncio.to_thread(self.gate.admit, ex, headers.get("authorization"), body)
+        if ex.context is None:
+            status, out_headers, payload = self.gate.refusal(ex)
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(k.lower().encode(), v.encode()) for k, v in out_headers]})
+            await send({"type": "http.response.body", "body": payload})
+            self.gate.finish(ex, status)
+            return
+
+        scope = dict(scope)
+        scope["state"] = {**(scope.get("state") or {}), STATE_KEY: ex.context}
+        seen: list[int] = []
+        rid = ex.request_id.encode()
+
+        async def _send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                seen[:] = [message["status"]]
+                hdrs = list(message.get("headers") or [])
+                if not any(name.lower() == b"x-request-id" for name, _ in hdrs):
+                    message = {**message, "headers": [*hdrs, (b"x-request-id", rid)]}
+            await send(message)
+
+        token = _CURRENT.set(ex)
+        try:
+            await self.app(scope, receive, _send)
+        except BaseException:
+            self.gate.finish(ex, seen[0] if seen else 500, crashed=True)
+            raise
+        finally:
+            _CURRENT.reset(token)
+        self.gate.finish(ex, seen[0] if seen else None)
+
+
+def _asgi_headers(scope: Mapping) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in scope.get("headers") or ():
+        key = name.decode("latin-1").lower()
+        if key not in out:  # the first occurrence wins, as in WSGI servers
+            out[key] = value.decode("latin-1")
+    return out
+
+
+def _asgi_target(scope: Mapping) -> tuple[str, str]:
+    root = scope.get("root_path", "") or ""
+    raw = scope.get("raw_path")
+    if raw:
+        path = raw.decode("latin-1").partition("?")[0]
+        if root and path.startswith(quote(root)):
+            path = path[len(quote(root)):]
+    else:
+        path = scope.get("path", "/")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        path = quote(path, safe="/:@!$&'()*+,;=-._~")
+    return path or "/", (scope.get("query_string") or b"").decode("latin-1")
+
+
+async def _asgi_body(receive: Callable) -> tuple[bytes, Callable]:
+    """Read the whole body (bounded) and return a ``receive`` that replays it to the app."""
+    chunks: list[bytes] = []
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= MAX_LIFECYCLE_BODY + 1:
+            chunks.append(chunk)
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    replayed = False
+
+    async def _receive() -> dict:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return (body if len(body) <= MAX_LIFECYCLE_BODY else b""), _receive

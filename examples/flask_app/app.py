@@ -1,0 +1,150 @@
+"""A Confluence Connect app on Flask, with Connect Audit in its request path.
+
+Run it (against the simulator, or a real site once ``APP_BASE_URL`` is public):
+
+    APP_BASE_URL=http://127.0.0.1:5000 flask --app examples/flask_app/app.py run
+
+The collector takes four lines (marked ``# connect-audit``): construct ``ConnectAudit``,
+wrap the WSGI app with the route policy, read the verified context in a handler, and call
+Confluence through ``audit.client(...)``. Everything else is an ordinary Flask app.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from flask import Flask, jsonify, render_template_string, request
+
+from collector.app import ConnectAudit
+from collector.errors import TokenExchangeFailed, UnknownTenant
+from collector.middleware import connect_context
+
+DESCRIPTOR = Path(__file__).with_name("atlassian-connect.json")
+
+# How each route is authenticated ("request": a JWT the host signed for this exact request;
+# "context": also a context token from AP.context.getToken(); "lifecycle": a signed install
+# callback; "public": none). The patterns become the route templates in the audit log; a
+# route not listed here needs a "request" token.
+ROUTES = {
+    "GET /atlassian-connect.json": "public",
+    "POST /installed": "lifecycle",
+    "POST /uninstalled": "lifecycle",
+    "POST /enabled": "lifecycle",
+    "POST /disabled": "lifecycle",
+    "GET /pages": "request",
+    "POST /webhooks/page-created": "request",
+    "/api/search": "context",
+    "/api/me": "context",
+    "/api/pages": "context",
+    "/api/pages/{page_id}": "context",
+    "/api/spaces/{space_key}/pages": "context",
+}
+
+PAGE = """<!doctype html>
+<title>Recent pages</title>
+<h1>Recent pages in {{ space }}</h1>
+<ul>{% for page in pages %}<li>{{ page.title }}</li>{% endfor %}</ul>
+<p>Viewed by {{ account_id or "an anonymous user" }}</p>"""
+
+
+def create_app(*, base_url: str | None = None, database: str | None = None, install_keys: str | None = None,
+               authorization_server: str | None = None, **options) -> Flask:
+    base_url = base_url or os.environ.get("APP_BASE_URL", "http://127.0.0.1:5000")
+    descriptor = json.loads(DESCRIPTOR.read_text(encoding="utf-8")) | {"baseUrl": base_url}
+    audit = ConnectAudit(  # connect-audit
+        app_key=descriptor["key"], base_url=base_url, descriptor=descriptor, database=database,
+        install_keys=install_keys, authorization_server=authorization_server, **options,
+    )
+    app = Flask(__name__)
+    app.wsgi_app = audit.wsgi_middleware(app.wsgi_app, ROUTES)  # connect-audit
+    app.extensions["connect_audit"] = audit
+
+    @app.get("/atlassian-connect.json")
+    def descriptor_json():
+        return jsonify(descriptor)
+
+    @app.post("/installed")
+    @app.post("/uninstalled")
+    @app.post("/enabled")
+    @app.post("/disabled")
+    def lifecycle():
+        # The middleware verified the signed callback and updated the install registry.
+        return "", 204
+
+    @app.get("/pages")
+    def recent_pages():
+        ctx = connect_context(request)  # connect-audit: tenant, user, verified token
+        space = request.args.get("space_key", "DEV")
+        confluence = audit.client(ctx.client_key).as_app()
+        response = confluence.get("/rest/api/content", params={"spaceKey": space, "limit": 10})
+        if not response.ok:
+            return f"Confluence answered {response.status_code}", response.status_code
+        html = render_template_string(PAGE, space=space, pages=response.json()["results"],
+                                      account_id=ctx.account_id)
+        return html
+
+    @app.post("/webhooks/page-created")
+    def page_created():
+        ctx = connect_context(request)
+        page_id = (request.get_json(silent=True) or {}).get("page", {}).get("id")
+        if page_id:
+            audit.client(ctx.client_key).as_app().get(f"/rest/api/content/{page_id}")
+        return "", 204
+
+    @app.get("/api/search")
+    def search():
+        ctx = connect_context(request)
+        cql = f'type = page AND title ~ "{request.args.get("q", "")}"'
+        as_user = audit.client(ctx.client_key).as_user(ctx.account_id)
+        return relay(as_user.get("/rest/api/search", params={"cql": cql}))
+
+    @app.get("/api/me")
+    def me():
+        ctx = connect_context(request)
+        return relay(audit.client(ctx.client_key).as_user(ctx.account_id).get("/rest/api/user/current"))
+
+    @app.post("/api/pages")
+    def create_page():
+        ctx = connect_context(request)
+        body = request.get_json(silent=True) or {}
+        page = {"type": "page", "title": body.get("title", ""), "space": {"key": body.get("space", "DEV")},
+                "body": {"storage": {"value": body.get("body", ""), "representation": "storage"}}}
+        as_user = audit.client(ctx.client_key).as_user(ctx.account_id)
+        return relay(as_user.post("/rest/api/content", json=page))
+
+    @app.put("/api/pages/<page_id>")
+    def update_page(page_id: str):
+        ctx = connect_context(request)
+        body = request.get_json(silent=True) or {}
+        change = {"type": "page", "title": body.get("title"), "version": {"number": body.get("version")}}
+        as_user = audit.client(ctx.client_key).as_user(ctx.account_id)
+        return relay(as_user.put(f"/rest/api/content/{page_id}", json=change))
+
+    @app.delete("/api/pages/<page_id>")
+    def delete_page(page_id: str):
+        ctx = connect_context(request)
+        return relay(audit.client(ctx.client_key).as_app().delete(f"/rest/api/content/{page_id}"))
+
+    @app.get("/api/spaces/<space_key>/pages")
+    def space_pages(space_key: str):
+        ctx = connect_context(request)
+        as_app = audit.client(ctx.client_key).as_app()
+        return relay(as_app.get("/rest/api/content", params={"spaceKey": space_key}))
+
+    @app.errorhandler(UnknownTenant)
+    def not_installed(exc):
+        return jsonify(error="the app is not installed on this site"), 410
+
+    @app.errorhandler(TokenExchangeFailed)
+    def cannot_act_as_user(exc):
+        return jsonify(error="the app may not act as this user here"), 403
+
+    return app
+
+
+def relay(response):
+    """Answer with Confluence's status and JSON, so both sides of the call agree in the log."""
+    body = response.json() if response.content else {}
+    return jsonify(body), response.status_code
