@@ -501,7 +501,7 @@ ACTOR_DIMS = ("tenant_client_key", "account_id", "identity_kind", "method", "pat
 def _hour_expr(dialect: str, column: sa.ColumnElement) -> sa.ColumnElement[int]:
     """Epoch hour of a stored timestamp, computed in SQL."""
     if dialect == "sqlite":
-        return sa.cast(sa.func.strftime("%s", column), sa.Integer) / 3600
+        return sa.cast(sa.func.strftime("%s", column), sa.Integer) // 3600  # floor, not true, division
     return sa.cast(sa.func.floor(sa.extract("epoch", column) / 3600), sa.BigInteger)
 
 
@@ -520,10 +520,12 @@ def _upsert(dialect: str, table: sa.Table):
     return insert(table)
 
 
-def _refresh_one(conn: sa.Connection, name: str, lo: int, hi: int) -> None:
+def _refresh_one(
+    conn: sa.Connection, name: str, lo: int, hi: int, within: sa.ColumnElement | None = None
+) -> None:
     dialect = conn.dialect.name
     hour = _hour_expr(dialect, EVENTS.c.ts).label("hour")
-    span = sa.and_(EVENTS.c.seq > lo, EVENTS.c.seq <= hi)
+    span = sa.and_(EVENTS.c.seq > lo, EVENTS.c.seq <= hi, sa.true() if within is None else within)
     if name == "events":
         dims = [_dim_expr(d).label(d) for d in ROLLUP_DIMS]
         select = (
@@ -651,6 +653,8 @@ def _watermark(conn: sa.Connection, name: str) -> int:
 
 
 def _prune(conn: sa.Connection, name: str, oldest: datetime | None) -> None:
+    """Drop what a purge removed from the log: hours before the oldest event kept, and
+    recount that oldest hour, which a purge may have cut in the middle."""
     table = ROLLUP if name == "events" else ACTORS
     if oldest is None:
         conn.execute(table.delete())
@@ -659,26 +663,19 @@ def _prune(conn: sa.Connection, name: str, oldest: datetime | None) -> None:
     state = conn.execute(sa.select(STATE.c.oldest_hour).where(STATE.c.name == name)).scalar()
     if state is not None and state >= first_hour:
         return
-    # Hours wholly before the oldest event kept were purged; the oldest event's own hour
-    # may be partly purged too, so it is recounted from the log below.
-    conn.execute(table.delete().where(table.c.hour <= first_hour))
-    if state is not None:
+    if state is not None:  # the oldest event moved forward: a purge happened
+        conn.execute(table.delete().where(table.c.hour <= first_hour))
         _recount_hour(conn, name, first_hour)
     conn.execute(STATE.update().where(STATE.c.name == name).values(oldest_hour=first_hour))
 
 
 def _recount_hour(conn: sa.Connection, name: str, hour: int) -> None:
-    lo_ts = datetime.fromtimestamp(hour * 3600, UTC)
-    hi_ts = lo_ts + timedelta(hours=1)
-    seqs = conn.execute(
-        sa.select(sa.func.min(EVENTS.c.seq), sa.func.max(EVENTS.c.seq)).where(
-            EVENTS.c.ts >= lo_ts, EVENTS.c.ts < hi_ts
-        )
-    ).first()
+    """Fold again the events of one hour that were already folded (seq <= watermark)."""
     watermark = conn.execute(sa.select(STATE.c.last_seq).where(STATE.c.name == name)).scalar()
-    if seqs and seqs[0] is not None and watermark:
-        # Only events already folded are recounted; later ones arrive with the next fold.
-        _refresh_one(conn, name, seqs[0] - 1, min(seqs[1], watermark))
+    if watermark:
+        lo_ts = datetime.fromtimestamp(hour * 3600, UTC)
+        within = sa.and_(EVENTS.c.ts >= lo_ts, EVENTS.c.ts < lo_ts + timedelta(hours=1))
+        _refresh_one(conn, name, 0, watermark, within)
 
 
 def rollup_lag(source: Any) -> int:
