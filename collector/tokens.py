@@ -128,6 +128,33 @@ class StaticInstalls:
         return f"StaticInstalls({sorted(self._installs)!r})"
 
 
+class MemoryReplayGuard:
+    """A :class:`ReplayGuard` in this process's memory, for a single-process app or a tool.
+
+    Several app instances need the store-backed guard (``collector.replay``), since a
+    replay may reach another instance. Entries are dropped once expired; ``clock`` gives
+    epoch seconds.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._seen: dict[tuple[str, str], float] = {}
+        self._prune_at = 1024
+        self._lock = threading.Lock()
+
+    def first_use(self, iss: str, token_hash: str, expires_at: datetime) -> bool:
+        now = self._clock()
+        with self._lock:
+            if len(self._seen) >= self._prune_at:  # amortised: the threshold grows with use
+                self._seen = {k: exp for k, exp in self._seen.items() if exp > now}
+                self._prune_at = max(1024, 2 * len(self._seen))
+            known = self._seen.get((iss, token_hash))
+            if known is not None and known > now:
+                return False
+            self._seen[(iss, token_hash)] = expires_at.timestamp()
+            return True
+
+
 # --------------------------------------------------------------------------- extraction
 
 
