@@ -1,0 +1,224 @@
+"""Ingest: events per second through the Recorder against a raw executemany floor.
+
+Both sides write the same synthetic events (collector.synthetic) into the same schema
+(created by Store.open, so the same indexes), with the same durability (WAL,
+synchronous=FULL on SQLite; synchronous_commit=on on PostgreSQL) and one transaction per
+batch:
+
+* floor: a raw ``sqlite3`` (or ``psycopg``) ``executemany`` of pre-built tuples in
+  1000-row batches, each row hash-chained with SHA-256 over its values and the previous
+  hash, the cheapest honest way to write the same rows;
+* recorder: ``Recorder.record()`` for every event then ``flush()``, i.e. the real path:
+  queue, background writer, canonical serialisation, hash chain, signed checkpoints.
+
+The two alternate for ``--rounds`` rounds and the best of each is kept (shared machines
+drift). The goal (issue 6) is recorder/floor >= 0.5. PostgreSQL runs too when
+``--pg-url`` or ``CONNECT_AUDIT_TEST_PG_URL`` is given (a scratch database is created and
+dropped).
+
+    python bench/ingest.py [--events 50000] [--rounds 2] [--pg-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from collector import chain, synthetic
+from collector.recorder import Recorder
+from collector.store import Store
+
+GOAL = 0.5
+COLUMNS = [c.name for c in chain.EVENTS.columns]
+
+
+def make_records(n: int, seed: int = 7) -> list:
+    rng = random.Random(seed)
+    end = datetime.now(UTC)
+    start = end - timedelta(days=30)
+    tenants = synthetic.make_tenants(rng, 25, start, end)
+    traffic = synthetic._Traffic(rng, tenants, start, end - start)
+    return [traffic.event(traffic.ts((i + 0.5) / n)) for i in range(n)]
+
+
+def floor_tuples(records: list, *, sqlite: bool) -> list[tuple]:
+    """Plain tuples of every column (seq, prev_hash and hash filled in while timing)."""
+    out = []
+    for rec in records:
+        row = chain.event_row(rec)
+        row["seq"] = row["hash"] = None
+        if sqlite:
+            row["ts"] = row["ts"].isoformat(" ", "microseconds")[:26]
+        out.append(tuple(row[c] for c in COLUMNS))
+    return out
+
+
+def _chained(tuples: list[tuple], start_seq: int, prev: str) -> tuple[list[tuple], str]:
+    seq_i, prev_i, hash_i = COLUMNS.index("seq"), COLUMNS.index("prev_hash"), COLUMNS.index("hash")
+    out = []
+    sha256 = hashlib.sha256
+    for offset, values in enumerate(tuples):
+        row = list(values)
+        row[seq_i] = start_seq + offset
+        row[prev_i] = prev
+        prev = row[hash_i] = sha256("\x1f".join(map(str, row)).encode()).hexdigest()
+        out.append(tuple(row))
+    return out, prev
+
+
+def floor_sqlite(path: Path, tuples: list[tuple], batch: int = 1000) -> float:
+    Store.open(f"sqlite:///{path}").close()  # same schema and indexes as the recorder's store
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    sql = chain._SQLITE_INSERT
+    started = time.perf_counter()
+    prev = chain.GENESIS
+    for i in range(0, len(tuples), batch):
+        rows, prev = _chained(tuples[i : i + batch], i + 1, prev)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(sql, rows)
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return len(tuples) / elapsed
+
+
+def floor_postgres(url: str, tuples: list[tuple], batch: int = 1000) -> float:
+    import psycopg
+    import sqlalchemy as sa
+
+    Store.open(url).close()
+    dsn = sa.engine.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    sql = "INSERT INTO audit_events ({}) VALUES ({})".format(  # noqa: S608
+        ", ".join(COLUMNS), ", ".join(["%s"] * len(COLUMNS))
+    )
+    with psycopg.connect(dsn) as conn:
+        started = time.perf_counter()
+        prev = chain.GENESIS
+        for i in range(0, len(tuples), batch):
+            rows, prev = _chained(tuples[i : i + batch], i + 1, prev)
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(sql, rows)
+        elapsed = time.perf_counter() - started
+    return len(tuples) / elapsed
+
+
+def through_recorder(url: str, records: list) -> float:
+    store = Store.open(url)
+    recorder = Recorder(store, queue_size=len(records) + 1).start()
+    started = time.perf_counter()
+    for rec in records:
+        recorder.record(rec)
+    recorder.flush()
+    elapsed = time.perf_counter() - started
+    recorder.close()
+    store.close()
+    return len(records) / elapsed
+
+
+def fresh_records(records: list) -> list:
+    # New event ids per round: each round writes into a fresh store anyway, but records
+    # must not be shared objects mutated by a previous round.
+    out = []
+    for rec in records:
+        clone = type(rec)(**rec.as_dict())
+        clone.event_id = str(uuid.uuid4())
+        out.append(clone)
+    return out
+
+
+def pg_scratch(base: str):
+    import sqlalchemy as sa
+
+    name = f"ca_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(base).set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+def compare(label: str, rounds: int, floor_fn, recorder_fn) -> float:
+    best_floor = best_rec = 0.0
+    for r in range(rounds):
+        f = floor_fn()
+        c = recorder_fn()
+        best_floor, best_rec = max(best_floor, f), max(best_rec, c)
+        print(f"  {label} round {r + 1}: floor {f:,.0f} events/s, recorder {c:,.0f} events/s", flush=True)
+    ratio = best_rec / best_floor
+    verdict = "meets" if ratio >= GOAL else "MISSES"
+    print(
+        f"{label}: floor {best_floor:,.0f} events/s, recorder {best_rec:,.0f} events/s, "
+        f"ratio {ratio:.2f}x ({verdict} the >= {GOAL}x goal)"
+    )
+    return ratio
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pg-url", default=os.environ.get("CONNECT_AUDIT_TEST_PG_URL"))
+    args = parser.parse_args(argv)
+
+    records = make_records(args.events)
+    print(f"ingest: {args.events:,} synthetic events, best of {args.rounds} rounds", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="ca-bench-ingest-"))
+    os.environ["CONNECT_AUDIT_DATA_DIR"] = str(tmp)  # PostgreSQL stores keep their keys here
+    counter = iter(range(1_000_000))
+    try:
+        sqlite_tuples = floor_tuples(records, sqlite=True)
+
+        def sqlite_floor() -> float:
+            return floor_sqlite(tmp / f"floor-{next(counter)}.db", sqlite_tuples)
+
+        def sqlite_recorder() -> float:
+            return through_recorder(f"sqlite:///{tmp / f'rec-{next(counter)}.db'}", fresh_records(records))
+
+        ratios = [compare("sqlite", args.rounds, sqlite_floor, sqlite_recorder)]
+        if args.pg_url:
+            pg_tuples = floor_tuples(records, sqlite=False)
+
+            def pg_floor() -> float:
+                url, drop = pg_scratch(args.pg_url)
+                try:
+                    return floor_postgres(url, pg_tuples)
+                finally:
+                    drop()
+
+            def pg_recorder() -> float:
+                url, drop = pg_scratch(args.pg_url)
+                try:
+                    return through_recorder(url, fresh_records(records))
+                finally:
+                    drop()
+
+            ratios.append(compare("postgresql", args.rounds, pg_floor, pg_recorder))
+        else:
+            print("postgresql: skipped (give --pg-url or set CONNECT_AUDIT_TEST_PG_URL)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if all(r >= GOAL for r in ratios) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

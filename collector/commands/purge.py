@@ -1,0 +1,88 @@
+"""``connect-audit purge --older-than DAYS``: retention that keeps the chain verifiable.
+
+Removes the oldest events (a prefix of the chain) and records the purge as a chained
+``purge`` event carrying the anchor it removed up to, so ``connect-audit verify`` still
+passes afterwards while an unrecorded deletion still fails it. Asks for confirmation on a
+terminal; elsewhere ``--yes`` is required.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of days")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "purge",
+        help="remove events older than a number of days (the purge itself is recorded)",
+        description=(
+            "Remove the audit events older than DAYS days. The oldest events go first and the "
+            "chain stays verifiable: the purge is recorded as a chained event that names the "
+            "last event it removed."
+        ),
+    )
+    parser.add_argument(
+        "--older-than", metavar="DAYS", type=_days, required=True, help="age in days (e.g. 180)"
+    )
+    parser.add_argument(
+        "--database",
+        metavar="URL",
+        help="the audit store (default: CONNECT_AUDIT_DATABASE_URL or data/audit.db)",
+    )
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from datetime import timedelta
+
+    from collector import retention
+    from collector.commands._support import database_errors
+    from collector.errors import ConfigurationError
+    from collector.store import Store
+
+    older_than = timedelta(days=args.older_than)
+    with Store.open(args.database, create=False) as store, database_errors(f"purging {store.url}"):
+        plan = retention.plan(store, older_than)
+        if not plan.removed:
+            print(f"nothing to purge: no event in {store.url} is older than {args.older_than:g} days")
+            return 0
+        print(
+            f"{plan.removed} events from {_when(plan.oldest_removed)} to {_when(plan.newest_removed)} "
+            f"(seq up to {plan.up_to_seq}) are older than {args.older_than:g} days; "
+            f"the oldest event kept is from {_when(plan.oldest_kept)}",
+            file=sys.stderr,
+        )
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise ConfigurationError(
+                    "refusing to purge without --yes when standard input is not a terminal"
+                )
+            answer = input(f"Remove them from {store.url}? [y/N] ").strip().lower()
+            if answer not in ("y", "yes"):
+                print("purge cancelled", file=sys.stderr)
+                return 1
+        result = retention.purge(store, older_than)
+    if result.event_id is None:
+        print("nothing to purge: the events were removed meanwhile")
+        return 0
+    print(
+        f"purged {result.plan.removed} events (seq up to {result.plan.up_to_seq}); "
+        f"recorded as purge event {result.event_id}"
+    )
+    return 0
+
+
+def _when(ts) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M UTC") if ts else "-"

@@ -1,0 +1,495 @@
+"""The recorder: gets audit events off the request path and into the store, durably.
+
+``record()`` runs on the caller's thread and only appends to a bounded in-memory queue
+(no I/O, no hashing, no database). A background writer thread drains the queue in batches:
+one write transaction per batch, in which it locks the chain head, links the batch into the
+hash chain and inserts it with SQLAlchemy Core (the ORM's per-object bookkeeping would
+triple the cost), writing a signed checkpoint whenever the chain crosses a multiple of
+``checkpoint_every``.
+
+What happens when things go wrong is explicit:
+
+* **Queue full** (the store is slower than the traffic): ``when_full="block"`` (default)
+  makes ``record()`` wait for room, up to ``block_timeout`` seconds (None: as long as it
+  takes), then raise :class:`~collector.errors.QueueFull`; ``when_full="raise"`` raises at
+  once. An event is never dropped silently.
+* **Store unreachable** (server down, lock wait exceeded, disk error): the batch is
+  appended to an NDJSON spill file in ``spill_dir`` and fsync'd, and the writer keeps
+  spilling without waiting on the store until a retry succeeds. Spill files are
+  re-ingested (each event once: ``event_id`` is unique) when a recorder next starts on the
+  same store, or as soon as the store answers again.
+* **Shutdown**: ``close()`` (also registered with :mod:`atexit`) drains the queue; what
+  cannot be written in time is spilled, and a final checkpoint is signed.
+
+``flush()`` returns True once every event recorded before the call is durable: committed
+to the store (with the store's durability setting) or fsync'd to the spill file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from collector import chain
+from collector.errors import ConnectAuditError, QueueFull, StoreUnavailable
+from collector.events import AuditRecord
+from collector.models import AuditEvent
+from collector.store import Store
+
+log = logging.getLogger(__name__)
+
+WHEN_FULL = ("block", "raise")
+#: Longest pause between attempts to reach an unavailable store (seconds).
+MAX_RETRY_INTERVAL = 30.0
+
+_live: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+class RecorderClosed(ConnectAuditError):
+    """Raised when an event is recorded after the recorder was closed."""
+
+
+class Recorder:
+    """A bounded queue and a background batch writer in front of a :class:`Store`."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.05,
+        when_full: str = "block",
+        block_timeout: float | None = None,
+        spill_dir: Path | None = None,
+        checkpoint_every: int = 1000,
+        instance_id: str | None = None,
+    ) -> None:
+        if when_full not in WHEN_FULL:
+            raise ValueError(f"when_full must be one of {WHEN_FULL}, not {when_full!r}")
+        if queue_size < 1 or batch_size < 1 or checkpoint_every < 1:
+            raise ValueError("queue_size, batch_size and checkpoint_every must be positive")
+        self.store = store
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.when_full = when_full
+        self.block_timeout = block_timeout
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else store.key_dir
+        self.checkpoint_every = checkpoint_every
+        self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}"
+        self._spill_tag = hashlib.sha256(_store_identity(store).encode()).hexdigest()[:12]
+        self._checkpoint_key: chain.CheckpointKey | None = None
+        self._reset_state()
+        _live.add(self)
+
+    def _reset_state(self) -> None:
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._settled_cv = threading.Condition(self._lock)
+        self._buf: deque[AuditRecord] = deque()
+        self._enqueued = 0
+        self._settled = 0
+        self._flush_waiters = 0
+        self._closing = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._spill_path: Path | None = None
+        self._store_down_until = 0.0
+        self._retry_interval = 0.5
+        self._unsigned = 0  # events we wrote since our last checkpoint
+        self._stats = {"written": 0, "spilled": 0, "reingested": 0, "batches": 0, "checkpoints": 0}
+        self._last_error: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Recorder:
+        """Start the background writer (idempotent); it first re-ingests old spill files."""
+        with self._lock:
+            if self._closed:
+                raise RecorderClosed("the recorder is closed; create a new one")
+            if self._thread is not None:
+                return self
+            self._thread = threading.Thread(target=self._run, name="connect-audit-recorder", daemon=True)
+            self._thread.start()
+        atexit.register(self._atexit)
+        return self
+
+    def __enter__(self) -> Recorder:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Drain the queue, sign a last checkpoint and stop; True if nothing had to be spilled.
+
+        Events still queued when ``timeout`` expires are spilled (fsync'd), never dropped.
+        """
+        with self._lock:
+            if self._closed:
+                return True
+            self._closing = True
+            self._not_empty.notify_all()
+            self._not_full.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        with self._lock:
+            leftover = list(self._buf)
+            self._buf.clear()
+            self._closed = True
+            self._not_full.notify_all()
+        if leftover:
+            self._spill([chain.event_row(r, self.instance_id) for r in leftover])
+            with self._lock:
+                self._settled += len(leftover)
+                self._settled_cv.notify_all()
+        if thread is None or not thread.is_alive():
+            self._final_checkpoint()
+        self._close_spill()
+        with contextlib.suppress(Exception):
+            atexit.unregister(self._atexit)
+        return not leftover
+
+    def _atexit(self) -> None:
+        # At interpreter exit the request threads are gone; give the writer a bounded
+        # time, then spill whatever is left.
+        self.close(timeout=30.0)
+
+    # ------------------------------------------------------------------ hot path
+
+    def record(self, rec: AuditRecord) -> None:
+        """Queue ``rec`` for writing; cheap and I/O-free (see the module docstring for a full queue)."""
+        if self._thread is None and not self._closing:
+            self.start()  # first event: start lazily (idempotent)
+        with self._lock:
+            if self._closing:
+                raise RecorderClosed("the recorder is closed; the event was not recorded")
+            buf = self._buf
+            if len(buf) >= self.queue_size:
+                self._wait_for_room()
+            buf.append(rec)
+            self._enqueued += 1
+            n = len(buf)
+            if n == 1 or n == self.batch_size:
+                self._not_empty.notify()
+
+    def _wait_for_room(self) -> None:
+        if self.when_full == "raise":
+            raise QueueFull(f"the audit queue is full ({self.queue_size} events); the event was not recorded")
+        deadline = None if self.block_timeout is None else time.monotonic() + self.block_timeout
+        while len(self._buf) >= self.queue_size:
+            if self._closing:
+                raise RecorderClosed("the recorder closed while waiting for room; the event was not recorded")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise QueueFull(
+                    f"the audit queue stayed full for {self.block_timeout} s; the event was not recorded"
+                )
+            self._not_full.wait(remaining)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event recorded before this call is durable; False on timeout."""
+        with self._lock:
+            target = self._enqueued
+            if self._settled >= target:
+                return True
+            self._flush_waiters += 1
+            self._not_empty.notify_all()
+            try:
+                return self._settled_cv.wait_for(lambda: self._settled >= target, timeout)
+            finally:
+                self._flush_waiters -= 1
+
+    def write_now(self, rec: AuditRecord) -> AuditEvent:
+        """Write one event synchronously (for the CLI's own acts); raises if the store is down."""
+        row = chain.event_row(rec, self.instance_id)
+        with self.store.write_transaction() as conn:
+            before = chain.head(conn)
+            after = chain.append(conn, [row])
+            self._maybe_checkpoint(conn, before, after)
+        with self._lock:
+            self._stats["written"] += 1
+        return AuditEvent(**row)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for monitoring: queued, written, spilled, reingested, batches, last_error."""
+        with self._lock:
+            return {"queued": len(self._buf), **self._stats, "last_error": self._last_error}
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _run(self) -> None:
+        self._reingest_spills()
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._write_batch(batch)
+            except BaseException as exc:  # noqa: BLE001  (the writer must never die with events in hand)
+                self._note_error(exc)
+                with contextlib.suppress(Exception):
+                    self._spill([chain.event_row(r, self.instance_id) for r in batch])
+            with self._lock:
+                self._settled += len(batch)
+                self._settled_cv.notify_all()
+
+    def _next_batch(self) -> list[AuditRecord] | None:
+        with self._lock:
+            while not self._buf:
+                if self._closing:
+                    return None
+                self._not_empty.wait()
+            if len(self._buf) < self.batch_size and not self._closing and not self._flush_waiters:
+                # Let the batch fill a little: one transaction for many events is what
+                # makes the writer fast. record() wakes us early when the batch is full.
+                self._not_empty.wait(self.flush_interval)
+            n = min(self.batch_size, len(self._buf))
+            batch = [self._buf.popleft() for _ in range(n)]
+            self._not_full.notify_all()
+            return batch
+
+    def _write_batch(self, batch: list[AuditRecord]) -> None:
+        rows = [chain.event_row(r, self.instance_id) for r in batch]
+        if time.monotonic() < self._store_down_until:
+            self._spill(rows)
+            return
+        try:
+            self._insert(rows)
+        except StoreUnavailable as exc:
+            self._note_error(exc)
+            self._store_down_until = time.monotonic() + self._retry_interval
+            self._retry_interval = min(self._retry_interval * 2, MAX_RETRY_INTERVAL)
+            self._spill(rows)
+            return
+        with self._lock:
+            self._stats["written"] += len(rows)
+            self._stats["batches"] += 1
+        self._retry_interval = 0.5
+        if self._spill_path is not None:
+            # The store is back: bring what was spilled during the outage home now.
+            self._close_spill()
+            self._reingest_spills()
+
+    def _insert(self, rows: list[dict[str, Any]], *, skip_existing: bool = False) -> int:
+        """Append ``rows`` in one write transaction; returns how many were inserted."""
+        for attempt in (1, 2):
+            try:
+                with self.store.write_transaction() as conn:
+                    if skip_existing or attempt == 2:
+                        rows = _without_existing(conn, rows)
+                    before = chain.head(conn)
+                    after = chain.append(conn, rows)
+                    self._maybe_checkpoint(conn, before, after)
+                return len(rows)
+            except sa.exc.IntegrityError:
+                # An event_id that is already stored (a retried record, a re-ingested
+                # spill): drop the duplicates and try once more.
+                if attempt == 2:
+                    raise
+        return 0
+
+    def _maybe_checkpoint(self, conn: sa.Connection, before: tuple[int, str], after: tuple[int, str]) -> None:
+        self._unsigned += after[0] - before[0]
+        if after[0] // self.checkpoint_every > before[0] // self.checkpoint_every:
+            chain.write_checkpoint(conn, self._key(), after)
+            self._unsigned = 0
+            with self._lock:
+                self._stats["checkpoints"] += 1
+
+    def _final_checkpoint(self) -> None:
+        if not self._unsigned:
+            return
+        try:
+            with self.store.write_transaction() as conn:
+                chain.write_checkpoint(conn, self._key(), chain.head(conn))
+            self._unsigned = 0
+            with self._lock:
+                self._stats["checkpoints"] += 1
+        except (StoreUnavailable, sa.exc.SQLAlchemyError) as exc:
+            self._note_error(exc)
+
+    def _key(self) -> chain.CheckpointKey:
+        if self._checkpoint_key is None:
+            self._checkpoint_key = chain.CheckpointKey.for_store(self.store)
+        return self._checkpoint_key
+
+    def _note_error(self, exc: BaseException) -> None:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        with self._lock:
+            self._last_error = message
+        log.warning("connect-audit recorder: %s", message)
+
+    # ------------------------------------------------------------------ spill files
+
+    def _spill(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        if self._spill_path is None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+            self._spill_path = self.spill_dir / f"spill-{self._spill_tag}-{os.getpid()}-{stamp}.ndjson"
+        lines = "".join(_spill_line(row) for row in rows)
+        fd = os.open(self._spill_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, lines.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._stats["spilled"] += len(rows)
+        log.warning(
+            "connect-audit recorder: %d events spilled to %s", len(rows), self._spill_path
+        )
+
+    def _close_spill(self) -> None:
+        self._spill_path = None
+
+    def spill_files(self) -> list[Path]:
+        """Spill files of this store waiting in ``spill_dir`` (none once re-ingested)."""
+        if not self.spill_dir.is_dir():
+            return []
+        return sorted(self.spill_dir.glob(f"spill-{self._spill_tag}-*.ndjson*"))
+
+    def _reingest_spills(self) -> None:
+        for path in self.spill_files():
+            if path == self._spill_path:
+                continue
+            claimed = _claim(path)
+            if claimed is None:
+                continue
+            try:
+                count = self._reingest_file(claimed)
+            except (StoreUnavailable, sa.exc.SQLAlchemyError, OSError) as exc:
+                self._note_error(exc)
+                with contextlib.suppress(OSError):
+                    claimed.rename(path.with_name(path.name.split(".ndjson")[0] + ".ndjson"))
+                return
+            claimed.unlink()
+            with self._lock:
+                self._stats["reingested"] += count
+            log.info("connect-audit recorder: re-ingested %d events from %s", count, path.name)
+
+    def _reingest_file(self, path: Path) -> int:
+        count = 0
+        pending: list[dict[str, Any]] = []
+        with path.open("r", encoding="utf-8") as fh:
+            for line in fh:
+                row = _parse_spill_line(line)
+                if row is None:
+                    continue  # a line torn by a crash mid-write was never acknowledged
+                pending.append(row)
+                if len(pending) >= self.batch_size:
+                    count += self._insert(pending, skip_existing=True)
+                    pending = []
+        if pending:
+            count += self._insert(pending, skip_existing=True)
+        return count
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _store_identity(store: Store) -> str:
+    if store.dialect == "sqlite":
+        return str(Path(store.url).resolve())
+    return store.url
+
+
+def _spill_line(row: dict[str, Any]) -> str:
+    doc = {k: v for k, v in row.items() if k not in ("seq", "prev_hash", "hash")}
+    doc["ts"] = chain.ts_text(doc["ts"])
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=True) + "\n"
+
+
+def _parse_spill_line(line: str) -> dict[str, Any] | None:
+    if not line.endswith("\n"):
+        return None
+    try:
+        doc = json.loads(line)
+        doc["ts"] = datetime.strptime(doc["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except (ValueError, KeyError, TypeError):
+        return None
+    return doc
+
+
+def _claim(path: Path) -> Path | None:
+    """Take a spill file for re-ingestion, unless a live process still owns it.
+
+    The owner is the process re-ingesting it (``.ingesting.PID``) or, for a plain spill
+    file, the process that spills into it (``spill-TAG-PID-STAMP.ndjson``): taking a file
+    that is still being appended to could lose the lines written after it was read.
+    """
+    if ".ingesting." in path.name:
+        owner = path.name.rsplit(".ingesting.", 1)[1]
+    else:
+        parts = path.name.split("-")
+        owner = parts[2] if len(parts) > 3 else ""
+    if owner.isdigit() and _alive(int(owner)):
+        return None
+    base = path.name.split(".ndjson")[0] + ".ndjson"
+    claimed = path.with_name(f"{base}.ingesting.{os.getpid()}")
+    try:
+        path.rename(claimed)
+    except FileNotFoundError:
+        return None
+    return claimed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftover from an earlier failed attempt: take it again
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _without_existing(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    events = chain.EVENTS
+    ids = list({row["event_id"] for row in rows})
+    present: set[str] = set()
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        present.update(
+            conn.execute(sa.select(events.c.event_id).where(events.c.event_id.in_(chunk))).scalars()
+        )
+    unique: list[dict[str, Any]] = []
+    for row in rows:
+        if row["event_id"] not in present:
+            present.add(row["event_id"])
+            unique.append(row)
+    return unique
+
+
+def _after_fork_in_child() -> None:
+    # A forked worker (gunicorn --preload, multiprocessing) inherits the recorder object but
+    # not its thread: start afresh with an empty queue (the parent writes its own events)
+    # and new database connections.
+    for recorder in list(_live):
+        recorder._reset_state()
+        with contextlib.suppress(Exception):
+            recorder.store.engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
