@@ -43,5 +43,6 @@ if user.is_admin and user.via == "local":
                          url_path="accounts"))
 
 page = st.navigation(PAGES)
+st.session_state["connect_audit_page"] = page.url_path
 ui.sidebar(user)
 page.run()

@@ -187,6 +187,13 @@ def filter_bar(fields: Sequence[str] = ALL_FIELDS, *, expanded: bool = True) -> 
     """Render the filter widgets for ``fields``; keep them in the session and the URL."""
     _adopt_url(fields)
     state = _state()
+    page = st.session_state.get("connect_audit_page")
+    if st.session_state.get("connect_audit_filter_page") != page:
+        # Widget state belongs to the page that rendered it: after a page switch, seed
+        # this page's widgets from the session's filter instead of the old page's widgets.
+        st.session_state["connect_audit_filter_page"] = page
+        for name in (*ALL_FIELDS, "dates"):
+            st.session_state.pop(f"f_{name}", None)
     options = _options()
     values: dict[str, str] = {}
     with st.container(border=True):

@@ -1,0 +1,401 @@
+"""The dashboard through Streamlit's AppTest: sign-in first, every page, both roles, empty and
+hostile stores. Stores are filled through the real recorder (see audit_data.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from audit_data import (
+    HOSTILE_ACCOUNT,
+    HOSTILE_DETAIL,
+    HOSTILE_PATH,
+    HOSTILE_TENANT,
+    TENANTS,
+    build_store,
+)
+from streamlit.testing.v1 import AppTest
+
+from collector import events as ev
+from collector.signing import request_token
+from collector.store import Store
+from dashboard import auth
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+PAGES = ("overview", "installs", "activity", "who_acted", "denials", "token_debugger", "export",
+         "integrity")
+ADMIN_PASSWORD = "correct horse battery staple"
+AUDITOR_PASSWORD = "auditor password 123"
+SECRET_MARK = "do-not-leak"
+
+
+@pytest.fixture(scope="module")
+def hostile_url(tmp_path_factory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('hostile') / 'audit.db'}"
+    build_store(url)
+    accounts = auth.Accounts(Path(url.removeprefix("sqlite:///")).parent / auth.ACCOUNTS_FILE)
+    accounts.set_password("auditor1", AUDITOR_PASSWORD, auth.AUDITOR)
+    return url
+
+
+@pytest.fixture
+def empty_url(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    Store.open(url).close()
+    return url
+
+
+def _app(url: str, monkeypatch) -> AppTest:
+    monkeypatch.setenv("CONNECT_AUDIT_DATABASE_URL", url)
+    monkeypatch.setenv("CONNECT_AUDIT_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    monkeypatch.delenv("CONNECT_AUDIT_ACCOUNTS_FILE", raising=False)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    return at
+
+
+def _sign_in(at: AppTest, name: str, password: str) -> AppTest:
+    at.text_input(key="sign_in_name").input(name)
+    at.text_input(key="sign_in_password").input(password)
+    at.button(key="FormSubmitter:sign_in-Sign in").click().run()
+    return at
+
+
+def _signed_in(url, monkeypatch, role=auth.ADMIN) -> AppTest:
+    at = _app(url, monkeypatch)
+    if role == auth.ADMIN:
+        return _sign_in(at, "admin", ADMIN_PASSWORD)
+    return _sign_in(at, "auditor1", AUDITOR_PASSWORD)
+
+
+def _open(at: AppTest, page: str, **params) -> AppTest:
+    at.switch_page(f"views/{page}.py")
+    at.query_params.clear()
+    at.query_params.update(params)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _texts(at: AppTest) -> list[str]:
+    """Everything the page shows as plain text, tables included."""
+    out: list[str] = []
+    for kind in ("title", "header", "subheader", "caption", "text", "code", "error", "warning",
+                 "info", "success", "markdown"):
+        out += [str(e.value) for e in getattr(at, kind)]
+    out += [f"{m.label} {m.value}" for m in at.metric]
+    out += [json.dumps(j.value) if not isinstance(j.value, str) else j.value for j in at.json]
+    out += [d.value.to_csv() for d in at.dataframe]
+    return out
+
+
+def _markdown(at: AppTest) -> str:
+    return "\n".join(str(e.value) for e in (*at.markdown, *at.caption, *at.title, *at.subheader))
+
+
+# --------------------------------------------------------------------------- signed out
+
+
+def test_signed_out_shows_nothing_of_the_log(hostile_url, monkeypatch):
+    at = _app(hostile_url, monkeypatch)
+    assert [t.value for t in at.title] == ["Connect Audit"]
+    assert not at.dataframe and not at.metric and not at.json
+    shown = "\n".join(_texts(at))
+    for value in ("tenant-alpha", HOSTILE_TENANT, HOSTILE_PATH, "Overview"):
+        assert value not in shown
+    for page in PAGES:  # a deep link does not get past the sign-in either
+        at.switch_page(f"views/{page}.py").run()
+        assert not at.dataframe and not at.metric
+        assert "tenant-alpha" not in "\n".join(_texts(at))
+        assert at.text_input(key="sign_in_password")
+
+
+def test_wrong_password_is_refused_and_failures_are_rate_limited(hostile_url, monkeypatch):
+    at = _app(hostile_url, monkeypatch)
+    _sign_in(at, "ratelimited", "wrong password")
+    assert [e.value for e in at.error] == ["Wrong account or password."]
+    for _ in range(5):
+        _sign_in(at, "ratelimited", "wrong password")
+    assert "Too many failed sign-ins" in at.error[0].value
+    assert not at.dataframe
+
+
+def test_admin_password_is_stored_only_as_a_hash(hostile_url, monkeypatch):
+    _signed_in(hostile_url, monkeypatch)
+    path = Path(hostile_url.removeprefix("sqlite:///")).parent / auth.ACCOUNTS_FILE
+    text = path.read_text()
+    assert ADMIN_PASSWORD not in text and "scrypt$" in text
+    assert path.stat().st_mode & 0o077 == 0
+
+
+def test_generated_admin_password_is_printed_once(tmp_path, capsys):
+    accounts = auth.Accounts(tmp_path / auth.ACCOUNTS_FILE)
+    import os
+
+    saved = os.environ.pop(auth.ADMIN_PASSWORD_ENV, None)
+    try:
+        generated = accounts.ensure_admin()
+        assert generated and generated in capsys.readouterr().out
+        assert accounts.ensure_admin() is None
+        assert capsys.readouterr().out == ""
+    finally:
+        if saved is not None:
+            os.environ[auth.ADMIN_PASSWORD_ENV] = saved
+    assert accounts.authenticate("admin", generated).role == auth.ADMIN
+    assert accounts.authenticate("admin", generated + "x") is None
+
+
+def test_oidc_configuration_and_roles():
+    assert not auth.oidc_configured({})
+    assert auth.oidc_configured({"auth": {"client_id": "x", "redirect_uri": "y"}})
+    assert auth.oidc_configured({"auth": {"okta": {"client_id": "x"}, "cookie_secret": "s"}})
+    secrets = {"connect_audit": {"admins": ["Ann@Example.com"], "auditors": ["bob@example.com"]}}
+    assert auth.oidc_role({"email": "ann@example.com"}, secrets) == auth.ADMIN
+    assert auth.oidc_role({"email": "bob@example.com"}, secrets) == auth.AUDITOR
+    assert auth.oidc_role({"email": "eve@example.com"}, secrets) is None
+
+
+# --------------------------------------------------------------------------- every page
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", [auth.ADMIN, auth.AUDITOR])
+def test_every_page_renders_for_each_role_without_leaking_secrets(hostile_url, monkeypatch, role):
+    at = _signed_in(hostile_url, monkeypatch, role)
+    for page in PAGES:
+        _open(at, page)
+        shown = "\n".join(_texts(at))
+        assert SECRET_MARK not in shown, page
+    nav = at.session_state["connect_audit_page"]
+    assert nav == "integrity"
+    if role == auth.AUDITOR:
+        with pytest.raises(ValueError):
+            at.switch_page("views/accounts.py")
+    else:
+        _open(at, "accounts")
+        assert {"admin", "auditor1"} <= set(at.dataframe[0].value["account"])
+
+
+@pytest.mark.slow
+def test_every_page_renders_on_an_empty_store(empty_url, monkeypatch):
+    at = _signed_in(empty_url, monkeypatch)
+    for page in PAGES:
+        _open(at, page, range="all")
+    _open(at, "overview", range="all")
+    assert at.metric[0].value == "0"
+    _open(at, "installs")
+    assert "No tenant has installed the app yet." in [i.value for i in at.info]
+    _open(at, "export", range="all")
+    assert "0 events match." in [t.value for t in at.text]
+    assert at.get("download_button")[0].proto.disabled
+
+
+def test_overview_counts_match_the_store(hostile_url, monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, "overview", range="all")
+    with Store.open(hostile_url) as store:
+        from collector import query as q
+
+        expected = q.count(store, q.EventFilter())
+    assert at.metric[0].label == "Events"
+    # The store also holds the exports that other tests made: count after opening.
+    assert int(at.metric[0].value.replace(",", "")) <= expected
+    assert int(at.metric[1].value) == 3  # two tenants and the hostile one
+    tenants = at.dataframe[0].value["tenant"].tolist()
+    assert "tenant-alpha" in tenants and HOSTILE_TENANT in tenants
+
+
+# --------------------------------------------------------------------------- hostile data
+
+
+def test_activity_shows_hostile_values_verbatim_as_text(hostile_url, monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, "activity", range="1h")
+    table = at.dataframe[-1].value
+    assert HOSTILE_TENANT in table["tenant"].tolist()
+    assert HOSTILE_ACCOUNT in table["account"].tolist()
+    assert HOSTILE_PATH in table["path"].tolist()
+    assert "<script>" not in _markdown(at)
+
+
+def test_row_detail_from_the_url_shows_claims_and_fields_as_text(hostile_url, monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, "activity", range="1h", outcome="rejected", reason="bad_signature")
+    event_id = None
+    with Store.open(hostile_url) as store:
+        from collector import query as q
+
+        event_id = q.page(store, q.EventFilter(tenant=HOSTILE_TENANT)).rows[0]["event_id"]
+    _open(at, "activity", range="1h", event=event_id)
+    detail = at.json[-1].value
+    detail = json.loads(detail) if isinstance(detail, str) else detail
+    assert detail["detail"] == HOSTILE_DETAIL
+    assert detail["path"] == HOSTILE_PATH
+    claims = at.dataframe[-1].value
+    assert "<script>alert(2)</script>" in claims["value"].tolist()
+    assert "<script>" not in _markdown(at)
+    assert "![img]" not in _markdown(at)
+
+
+def test_filters_live_in_the_url_and_pagination_moves_by_keyset(hostile_url, monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, "activity", range="all", outcome="allowed")
+    assert at.selectbox(key="f_outcome").value == "allowed"
+    first = at.dataframe[-1].value
+    assert set(first["outcome"]) == {"allowed"} and len(first) == 50
+    at.button(key="older").click().run()
+    second = at.dataframe[-1].value
+    assert "after" in at.query_params
+    assert not set(first["time"]) & set(second["time"])
+    assert second["time"].max() <= first["time"].min()
+    at.button(key="newer").click().run()
+    assert at.dataframe[-1].value["time"].tolist() == first["time"].tolist()
+    at.selectbox(key="f_outcome").set_value("denied").run()
+    assert at.query_params["outcome"] == "denied"
+    assert set(at.dataframe[-1].value["outcome"]) == {"denied"}
+    assert "after" not in at.query_params  # a new filter starts at the newest page
+
+
+def test_malformed_filter_in_the_url_is_one_sentence(hostile_url, monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, "activity", range="all", status="forbidden")
+    assert any("not an HTTP status" in e.value for e in at.error)
+    assert not at.exception
+
+
+# --------------------------------------------------------------------------- other pages
+
+
+def test_denials_split_scope_and_permission_with_fixes(hostile_url, monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, "denials", range="all")
+    metrics = {m.label: m.value for m in at.metric}
+    assert int(metrics["403: scope missing"]) > 0
+    assert int(metrics["403: user lacks permission"]) > 0
+    scope_table = at.dataframe[0].value
+    assert set(scope_table["scope to add"]) == {"WRITE"}
+    reasons = at.dataframe[-1].value
+    row = reasons[reasons["reason"] == "expired"].iloc[0]
+    assert "NTP" in row["fix"]
+
+
+def test_who_acted_splits_app_user_and_users(hostile_url, monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, "who_acted", range="all")
+    metrics = {m.label: int(m.value.replace(",", "")) for m in at.metric}
+    assert metrics["As the app user"] > metrics["As a user"] > 0
+    users = at.dataframe[-1].value
+    assert "5b10ac8d82e05b22cc7d0000" in users["account id"].tolist()
+
+
+def test_installs_lists_tenants_without_secrets(hostile_url, monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, "installs")
+    table = at.dataframe[0].value
+    assert sorted(table["tenant"]) == sorted(TENANTS)
+    assert set(table["status"]) == {"installed", "enabled"}
+    assert SECRET_MARK not in table.to_csv()
+
+
+def _paste(at: AppTest, token: str, method: str = "", url: str = "") -> AppTest:
+    at.text_area(key="token_input").input(token)
+    if method:
+        at.selectbox(key="token_method").set_value(method)
+    at.text_input(key="token_url").input(url)
+    at.button(key="FormSubmitter:token_form-Inspect").click().run()
+    assert not at.exception
+    return at
+
+
+def _token(path="/rest/api/content/1?expand=body", **kw):
+    return request_token(client_key="tenant-alpha", shared_secret="secret-tenant-alpha-do-not-leak",
+                         method="GET", url=path, base_url="", now=kw.pop("now", time.time()), **kw)
+
+
+def test_token_debugger_admin_verifies_against_the_stored_secret(hostile_url, monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, "token_debugger")
+    token = _token()
+    _paste(at, f'  "JWT {token}"  ', "GET", "/rest/api/content/1?expand=body")
+    assert [s.value for s in at.success] == ["Accepted"]
+    shown = "\n".join(_texts(at))
+    assert token.rsplit(".", 1)[1] not in shown  # never the signature
+    assert SECRET_MARK not in shown
+    assert "tenant-alpha" in shown  # iss, and the matching install
+
+    _paste(at, token, "GET", "/rest/api/content/2")
+    assert [e.value for e in at.error] == ["Rejected"]
+    assert "Reason: qsh_mismatch" in [t.value for t in at.text]
+    assert at.code  # the canonical request
+
+    stale = _token(now=time.time() - 3600)
+    _paste(at, stale, "GET", "/rest/api/content/1?expand=body")
+    assert "Reason: expired" in [t.value for t in at.text]
+
+
+def test_token_debugger_auditor_does_not_verify_and_hostile_claims_are_text(hostile_url,
+                                                                             monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch, auth.AUDITOR)
+    _open(at, "token_debugger")
+    from collector.signing import sign_hs256
+
+    hostile = sign_hs256({"iss": "tenant-alpha", "sub": "<img src=x onerror=alert(1)>",
+                          "iat": int(time.time()), "exp": int(time.time()) + 60, "qsh": "=1+1"},
+                         "secret-tenant-alpha-do-not-leak")
+    _paste(at, hostile)
+    assert not at.success  # an auditor never gets a verdict from the stored secret
+    assert any("Not verified" in w.value for w in at.warning)
+    claims = at.json[1].value
+    claims = json.loads(claims) if isinstance(claims, str) else claims
+    assert claims["sub"] == "<img src=x onerror=alert(1)>"
+    assert "<img" not in _markdown(at)
+    assert "Matching install" not in [s.value for s in at.subheader]
+
+
+def test_export_page_counts_the_filter_and_offers_a_named_download(hostile_url, monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch, auth.AUDITOR)
+    _open(at, "export", range="all", outcome="rejected")
+    text = [t.value for t in at.text]
+    assert any(t.endswith("events match.") and not t.startswith("0 ") for t in text)
+    button = at.get("download_button")[0]
+    assert button.proto.label.startswith("Download connect-audit_start_")
+    assert button.proto.label.endswith(".csv")
+
+
+def test_dashboard_export_is_recorded_and_neutralised(hostile_url, monkeypatch):
+    monkeypatch.setenv("CONNECT_AUDIT_DATABASE_URL", hostile_url)
+    from dashboard import queries
+
+    with Store.open(hostile_url) as store:
+        queries.use_store(store)
+        data, result = queries.export_bytes(queries.EventFilter(outcome=ev.REJECTED), "csv",
+                                            actor="auditor1 (auditor, dashboard)")
+        recent = queries.recent_exports()
+    body = data.decode()
+    assert f"'{HOSTILE_TENANT}".replace('"', '""') in body
+    assert recent[0]["sha256"] == result.sha256 and recent[0]["via"] == "dashboard"
+    assert recent[0]["actor"] == "auditor1 (auditor, dashboard)"
+
+
+def test_integrity_verifies_the_chain(hostile_url, monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch, auth.AUDITOR)
+    _open(at, "integrity")
+    assert any(t.value.startswith("Oldest event kept:") for t in at.text)
+    at.button(key="verify").click().run()
+    assert at.success and at.success[0].value.startswith("The chain verifies")
+
+
+def test_admin_adds_an_auditor_who_can_then_sign_in(hostile_url, monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, "accounts")
+    form = at.get("form")[0] if at.get("form") else None
+    assert form is not None
+    at.text_input[0].input("carol")
+    at.text_input[1].input("carol's long password")
+    at.button(key="FormSubmitter:account_form-Save").click().run()
+    assert [s.value for s in at.success] == ["Saved."]
+    other = _app(hostile_url, monkeypatch)
+    _sign_in(other, "carol", "carol's long password")
+    assert other.session_state[auth.SESSION_KEY].role == auth.AUDITOR
