@@ -95,7 +95,8 @@ def decode_for_display(token: str) -> tuple[dict[str, Any] | None, dict[str, Any
 def _time_field(value: Any, now: float) -> dict[str, Any] | None:
     if type(value) is not int:
         return None
-    return {"epoch": value, "utc": _utc(value), "relative": _relative(value - now)}
+    utc = _utc(value)
+    return {"epoch": value, "utc": utc, "relative": _relative(value - now) if utc else None}
 
 
 def _times(claims: dict[str, Any] | None, now: float) -> dict[str, Any]:
@@ -207,7 +208,7 @@ def inspect_token(
         detail, fix = _sentence(exc.detail), exc.fix
     else:
         detail = _accepted_detail(endpoint, method, url, with_request, body_client_key)
-        fix = ""
+        fix = None
 
     report: dict[str, Any] = {
         "verdict": "rejected" if reason else "accepted",

@@ -590,7 +590,7 @@ class TokenVerifier:
         lifetime = exp - iat
         if lifetime > self.policy.max_lifetime:
             raise errors.LifetimeTooLong(
-                f"exp - iat is {lifetime} s; the cap is {self.policy.max_lifetime} s"
+                f"the lifetime exp - iat is {lifetime} s; the cap is {self.policy.max_lifetime} s"
             )
         now = self._clock()
         leeway = self.policy.leeway

@@ -201,8 +201,11 @@ def render(report: dict[str, Any]) -> str:
     row("claims", _json(report["claims"]) if report["claims"] is not None else "(unreadable)")
     times = report["times"]
     for label, name in (("issued", "iat"), ("not before", "nbf"), ("expires", "exp")):
-        if times.get(name):
-            row(label, f"{times[name]['utc']} ({times[name]['relative']})")
+        moment = times.get(name)
+        if moment and moment["utc"]:
+            row(label, f"{moment['utc']} ({moment['relative']})")
+        elif moment:
+            row(label, f"{moment['epoch']} (not a date in seconds since the epoch)")
     if report.get("qsh_checked"):
         row("canonical", report["canonical"])
         row("expected", report["expected_qsh"])
