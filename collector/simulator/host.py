@@ -32,6 +32,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,6 +188,9 @@ class ConfluenceSimulator:
         self._access: dict[str, _AccessToken] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._credentials: set[str] = set()
+        #: Counters: token_requests (at /oauth2/token), rest_calls (authenticated REST calls).
+        self.stats: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ running
 
@@ -218,6 +222,20 @@ class ConfluenceSimulator:
             return self.tenants[name]
         except KeyError:
             raise KeyError(f"the simulator has no tenant {name!r}") from None
+
+    def credentials(self) -> frozenset[str]:
+        """Every secret this host handed out or received: shared secrets, the tokens it sent
+        the app, the app JWTs, assertions and access tokens the app sent it, and the access
+        tokens it issued. Tests search the audit store for each of these (and for each
+        token's signature) to prove that none was recorded."""
+        with self._lock:
+            found = set(self._credentials)
+        found.update(t.shared_secret for t in self.tenants.values())
+        return frozenset(found)
+
+    def _remember(self, *values: str | None) -> None:
+        with self._lock:
+            self._credentials.update(v for v in values if v)
 
     def tenant_by_client_key(self, client_key: str) -> Tenant | None:
         return next((t for t in self.tenants.values() if t.client_key == client_key), None)
@@ -348,10 +366,12 @@ class ConfluenceSimulator:
             audience = "https://not-this-app.example"
         elif misbehave == "issuer_mismatch":
             client_key = f"{uuid.uuid4()}"
-        return signing.lifecycle_token(
+        token = signing.lifecycle_token(
             private_key_pem=pem, kid=kid, client_key=client_key, app_base_url=audience,
             method="POST", url=target, now=now,
         )
+        self._remember(token)
+        return token
 
     # ------------------------------------------------------------------ calls to the app
 
@@ -445,12 +465,15 @@ class ConfluenceSimulator:
         elif misbehave == "wrong_qsh":
             kwargs["url"] = url.split("?", 1)[0] + "/other"
         elif misbehave in ("alg_none", "jku_header", "no_qsh", "float_exp"):
-            return self._crafted_token(tenant, user, misbehave, now)
+            token = self._crafted_token(tenant, user, misbehave, now)
+            self._remember(token)
+            return token
         token = signing.request_token(**kwargs)
         if misbehave is None:
             token = _with_jti(token, tenant.shared_secret)
         if misbehave == "bad_signature":
             token = _tamper(token)
+        self._remember(token)
         return token
 
     @staticmethod
@@ -459,15 +482,16 @@ class ConfluenceSimulator:
                                   "qsh": "0" * 64}
         if user:
             claims["sub"] = user
+        header: dict[str, str] = {}
         if misbehave == "alg_none":
-            return signing.sign_hs256(claims, tenant.shared_secret, alg="none")
-        if misbehave == "jku_header":
-            return signing.sign_hs256(claims, tenant.shared_secret, jku="https://evil.example/keys")
-        if misbehave == "no_qsh":
+            header["alg"] = "none"
+        elif misbehave == "jku_header":
+            header["jku"] = "https://evil.example/keys"
+        elif misbehave == "no_qsh":
             del claims["qsh"]
         else:  # float_exp: milliseconds as a float, a classic issuer bug
             claims["exp"] = float(claims["exp"]) * 1000.0
-        return signing.sign_hs256(claims, tenant.shared_secret)
+        return signing.sign_hs256(claims, tenant.shared_secret, **header)
 
     # ------------------------------------------------------------------ the HTTP side
 
@@ -511,6 +535,8 @@ class ConfluenceSimulator:
         if form.get("grant_type") != signing.JWT_BEARER_GRANT:
             raise _OAuthError(400, "unsupported_grant_type", "only the JWT bearer grant is supported")
         assertion = form.get("assertion") or ""
+        self.stats["token_requests"] += 1
+        self._remember(assertion)
         tenant, account_id = self._check_assertion(assertion)
         requested = tuple(normalise_scopes(form.get("scope", "").split())) or tenant.granted
         if "ACT_AS_USER" not in tenant.granted:
@@ -519,6 +545,7 @@ class ConfluenceSimulator:
         if refused:
             raise _OAuthError(400, "invalid_scope", f"scopes not granted to the app: {' '.join(refused)}")
         access = secrets.token_urlsafe(32)
+        self._remember(access)
         with self._lock:
             now = self.clock()
             self._access = {k: v for k, v in self._access.items() if v.expires_at > now}
@@ -575,6 +602,8 @@ class ConfluenceSimulator:
     def _authenticate(self, environ: dict, tenant: Tenant, method: str) -> tuple[User, tuple[str, ...]]:
         header = environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, credential = header.partition(" ")
+        self._remember(credential.strip())
+        self.stats["rest_calls"] += 1
         if not tenant.active:
             raise HostError(401, "The app is not installed on this site or is disabled")
         if scheme.lower() == "bearer" and credential:

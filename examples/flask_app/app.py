@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from flask import Flask, jsonify, render_template_string, request
+from flask import Flask, jsonify, request
 
 from collector.app import ConnectAudit
 from collector.errors import TokenExchangeFailed, UnknownTenant
@@ -60,6 +60,7 @@ def create_app(*, base_url: str | None = None, database: str | None = None, inst
     app = Flask(__name__)
     app.wsgi_app = audit.wsgi_middleware(app.wsgi_app, ROUTES)  # connect-audit
     app.extensions["connect_audit"] = audit
+    page_template = app.jinja_env.from_string(PAGE)  # compiled once, autoescaped
 
     @app.get("/atlassian-connect.json")
     def descriptor_json():
@@ -81,9 +82,7 @@ def create_app(*, base_url: str | None = None, database: str | None = None, inst
         response = confluence.get("/rest/api/content", params={"spaceKey": space, "limit": 10})
         if not response.ok:
             return f"Confluence answered {response.status_code}", response.status_code
-        html = render_template_string(PAGE, space=space, pages=response.json()["results"],
-                                      account_id=ctx.account_id)
-        return html
+        return page_template.render(space=space, pages=response.json()["results"], account_id=ctx.account_id)
 
     @app.post("/webhooks/page-created")
     def page_created():

@@ -1,0 +1,169 @@
+"""A realistic mix of host-to-app traffic, for ``connect-audit demo`` and the load tests.
+
+:func:`plan` draws ``n`` actions from a seeded generator (so ``--seed`` reproduces a run's
+mix); :func:`drive` sends them to the app over HTTP from a few threads, as a busy site
+would. The mix covers what the audit log must show: page loads, webhooks and context-token
+API calls; calls the app makes as its app user and as users; 403s from missing scopes and
+from missing permissions; every way a token can be refused; hostile titles and queries; a
+site that disables and re-enables the app; and a site that uninstalls it part-way, after
+which its stale iframes keep calling.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import requests
+
+from collector.simulator.host import LIFECYCLE_MISBEHAVIOURS, MISBEHAVIOURS, ConfluenceSimulator
+from collector.simulator.site import HOSTILE_TITLES
+
+SEARCH_TERMS = ("plan", "notes", "release", "runbook", '"; DROP TABLE pages; --', "=cmd|' /C calc'!A0",
+                "<script>alert(1)</script>", "report\r\nX-Injected: 1", "@SUM(1)", "")
+TENANT_WEIGHTS = {"acme": 45, "globex": 20, "initech": 15, "umbrella": 20}
+
+
+@dataclass(frozen=True)
+class Action:
+    """One request the host sends (which may make the app call back several times)."""
+
+    kind: str
+    tenant: str
+    arg: str | None = None
+    choice: int = 0  # picks a user, page or title deterministically from the seed
+
+
+#: kind -> weight in the mix
+MIX = {
+    "page_load": 20, "webhook": 10, "me": 8, "search": 10, "create_page": 8, "update_page": 5,
+    "delete_page": 4, "space_pages": 8, "bad_token": 12, "bad_lifecycle": 3,
+}
+
+
+def plan(n: int, seed: int, tenants: list[str]) -> list[Action]:
+    """``n`` actions; the sequence depends only on ``seed`` and the tenant names."""
+    rng = random.Random(seed)  # a reproducible mix, not a secret
+    names = [t for t in TENANT_WEIGHTS if t in tenants] or list(tenants)
+    weights = [TENANT_WEIGHTS.get(t, 10) for t in names]
+    kinds, kind_weights = list(MIX), list(MIX.values())
+    actions = []
+    for _ in range(n):
+        kind = rng.choices(kinds, kind_weights)[0]
+        tenant = rng.choices(names, weights)[0]
+        arg = None
+        if kind == "bad_token":
+            arg = rng.choice(sorted(MISBEHAVIOURS))
+        elif kind == "bad_lifecycle":
+            arg = rng.choice(sorted(LIFECYCLE_MISBEHAVIOURS))
+        elif kind == "search":
+            arg = rng.choice(SEARCH_TERMS)
+        elif kind == "space_pages":
+            arg = rng.choice(("DEV", "DEV", "MKT", "HR"))
+        actions.append(Action(kind, tenant, arg, rng.randrange(1 << 30)))
+    return actions
+
+
+class _Runner:
+    def __init__(self, sim: ConfluenceSimulator) -> None:
+        self.sim = sim
+        self.statuses: Counter[int] = Counter()
+        self.failures = 0
+        self._lock = threading.Lock()
+
+    def run(self, action: Action) -> None:
+        try:
+            response = getattr(self, f"_{action.kind}")(action)
+        except requests.RequestException:
+            with self._lock:
+                self.failures += 1
+            return
+        with self._lock:
+            self.statuses[response.status_code] += 1
+
+    def _user(self, action: Action) -> str:
+        users = self.sim.tenant(action.tenant).users()
+        return users[action.choice % len(users)].account_id
+
+    def _page_id(self, action: Action) -> str:
+        pages = list(self.sim.tenant(action.tenant).site.pages)
+        return pages[action.choice % len(pages)]
+
+    def _page_load(self, a: Action):
+        return self.sim.page_load(a.tenant, user=self._user(a))
+
+    def _webhook(self, a: Action):
+        return self.sim.webhook(a.tenant, "page_created")
+
+    def _me(self, a: Action):
+        return self.sim.context_call(a.tenant, "GET", "/api/me", user=self._user(a))
+
+    def _search(self, a: Action):
+        params = {"q": a.arg or ""}
+        return self.sim.context_call(a.tenant, "GET", "/api/search", user=self._user(a), params=params)
+
+    def _create_page(self, a: Action):
+        title = HOSTILE_TITLES[a.choice % len(HOSTILE_TITLES)] + f" #{a.choice % 10_000}"
+        space = ("DEV", "DEV", "MKT", "HR")[a.choice % 4]
+        return self.sim.context_call(a.tenant, "POST", "/api/pages", user=self._user(a),
+                                     json_body={"title": title, "space": space, "body": f"<p>{title}</p>"})
+
+    def _update_page(self, a: Action):
+        page_id = self._page_id(a)
+        page = self.sim.tenant(a.tenant).site.pages.get(page_id)
+        version = (page.version if page else 1) + (1 if a.choice % 5 else 3)  # now and then a stale edit
+        return self.sim.context_call(a.tenant, "PUT", f"/api/pages/{page_id}", user=self._user(a),
+                                     json_body={"title": f"Edited {a.choice % 1000}", "version": version})
+
+    def _delete_page(self, a: Action):
+        return self.sim.context_call(a.tenant, "DELETE", f"/api/pages/{self._page_id(a)}", user=self._user(a))
+
+    def _space_pages(self, a: Action):
+        return self.sim.context_call(a.tenant, "GET", f"/api/spaces/{a.arg}/pages", user=self._user(a))
+
+    def _bad_token(self, a: Action):
+        if a.arg == "replay":
+            return self.sim.webhook(a.tenant, "page_created", misbehave="replay")
+        return self.sim.page_load(a.tenant, user=self._user(a), misbehave=a.arg)
+
+    def _bad_lifecycle(self, a: Action):
+        tenant = self.sim.tenant(a.tenant)
+        misbehave = a.arg
+        if misbehave == "replay" and not tenant.active:
+            # A replay's first delivery is genuine and would re-enable a disabled or
+            # uninstalled site; Atlassian never sends that, so spoil this one differently.
+            misbehave = "expired"
+        return self.sim.enable(a.tenant, misbehave=misbehave)
+
+
+def drive(sim: ConfluenceSimulator, actions: list[Action], *, workers: int = 4,
+          progress: Callable[[int, int], None] | None = None,
+          uninstall: str | None = "initech", toggle: str | None = "globex") -> Counter[int]:
+    """Send ``actions`` to the app from ``workers`` threads; returns the app's status counts.
+
+    Part-way through, ``toggle`` is disabled and re-enabled (calls in between are refused as
+    an inactive install) and ``uninstall`` uninstalls the app for good.
+    """
+    runner = _Runner(sim)
+    total = len(actions)
+    milestones = {int(total * 0.4): ("disable", toggle), int(total * 0.5): ("enable", toggle),
+                  int(total * 0.75): ("uninstall", uninstall)}
+    done = 0
+    chunk = max(1, min(50, total // 20 or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="demo-host") as pool:
+        for start in range(0, total, chunk):
+            for index in range(start, min(start + chunk, total)):
+                action, name = milestones.get(index, (None, None))
+                if action and name in sim.tenants and sim.tenant(name).status != "uninstalled":
+                    getattr(sim, action)(name)
+            list(pool.map(runner.run, actions[start : start + chunk]))
+            done = min(start + chunk, total)
+            if progress is not None:
+                progress(done, total)
+    if runner.failures:
+        runner.statuses[0] += runner.failures  # 0: no HTTP answer at all
+    return runner.statuses
