@@ -90,7 +90,14 @@ class Store:
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, url: str | None = None, *, create: bool = True, durability: str = "full") -> Store:
+    def open(
+        cls,
+        url: str | None = None,
+        *,
+        create: bool = True,
+        durability: str = "full",
+        lock_timeout: float | None = None,
+    ) -> Store:
         """Open (and if needed create and upgrade) the store at ``url``.
 
         ``url`` defaults to :func:`collector.config.database_url` (``--database``, then
@@ -98,16 +105,23 @@ class Store:
         missing SQLite file is an error instead of a new empty store: commands that only
         read or check a store (verify, export, purge) use that so a typo is not mistaken
         for an empty log.
+
+        ``lock_timeout`` is how long a writer waits for the write lock before the store
+        counts as unavailable (SQLite ``busy_timeout``, default 60 s; PostgreSQL
+        ``lock_timeout``, default none); the recorder then spills instead of waiting.
         """
         if durability not in DURABILITIES:
             raise ConfigurationError(
                 f"unknown durability {durability!r}; use one of: {', '.join(DURABILITIES)}"
             )
         parsed = _parse_url(config.database_url(url))
+        if lock_timeout is not None and not lock_timeout >= 0:
+            raise ConfigurationError(f"lock_timeout must be a number of seconds >= 0, not {lock_timeout!r}")
         if parsed.get_backend_name() == "sqlite":
-            store = _open_sqlite(parsed, create=create, durability=durability)
+            busy = SQLITE_BUSY_TIMEOUT if lock_timeout is None else lock_timeout
+            store = _open_sqlite(parsed, create=create, durability=durability, busy_timeout=busy)
         else:
-            store = _open_postgresql(parsed, durability=durability)
+            store = _open_postgresql(parsed, durability=durability, lock_timeout=lock_timeout)
         try:
             store._ensure_schema(create=create)
         except BaseException:
@@ -240,7 +254,7 @@ def _parse_url(raw: str) -> sa.URL:
 # ---------------------------------------------------------------------- SQLite
 
 
-def _open_sqlite(parsed: sa.URL, *, create: bool, durability: str) -> Store:
+def _open_sqlite(parsed: sa.URL, *, create: bool, durability: str, busy_timeout: float) -> Store:
     database = parsed.database or ""
     if database in ("", ":memory:") or database.startswith("file:"):
         raise ConfigurationError(
@@ -251,11 +265,11 @@ def _open_sqlite(parsed: sa.URL, *, create: bool, durability: str) -> Store:
     synchronous = "FULL" if durability == "full" else "NORMAL"
     engine = sa.create_engine(
         parsed.set(database=str(path)),
-        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT},
+        connect_args={"check_same_thread": False, "timeout": busy_timeout},
         pool_size=8,
         max_overflow=8,
     )
-    busy_ms = int(SQLITE_BUSY_TIMEOUT * 1000)
+    busy_ms = int(busy_timeout * 1000)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -316,7 +330,7 @@ def _check_sqlite_file(path: Path, *, create: bool) -> None:
 # ---------------------------------------------------------------------- PostgreSQL
 
 
-def _open_postgresql(parsed: sa.URL, *, durability: str) -> Store:
+def _open_postgresql(parsed: sa.URL, *, durability: str, lock_timeout: float | None) -> Store:
     try:
         import psycopg  # noqa: F401  (only to give a clear message when it is missing)
     except ImportError as exc:
@@ -325,6 +339,9 @@ def _open_postgresql(parsed: sa.URL, *, durability: str) -> Store:
         ) from exc
     masked = parsed.render_as_string(hide_password=True)
     commit = "on" if durability == "full" else "off"
+    options = f"-c synchronous_commit={commit} -c timezone=UTC"
+    if lock_timeout is not None:
+        options += f" -c lock_timeout={max(int(lock_timeout * 1000), 1)}"
     engine = sa.create_engine(
         parsed,
         pool_pre_ping=True,
@@ -333,7 +350,7 @@ def _open_postgresql(parsed: sa.URL, *, durability: str) -> Store:
         connect_args={
             "connect_timeout": 5,
             "application_name": "connect-audit",
-            "options": f"-c synchronous_commit={commit} -c timezone=UTC",
+            "options": options,
         },
     )
     try:
