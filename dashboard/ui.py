@@ -206,7 +206,8 @@ def filter_bar(fields: Sequence[str] = ALL_FIELDS, *, expanded: bool = True) -> 
                 value = _field_widget(name, state, options)
                 if value:
                     values[name] = value
-    for name in _URL_KEYS:
+    # Fields this page does not show keep their values for the pages that do.
+    for name in (*fields, "since", "until") if "range" in fields else fields:
         state.pop(name, None)
     state.update(values)
     _write_url(values)
@@ -344,7 +345,7 @@ def selected_row(event: Any) -> int | None:
 
 
 def bar_chart(rows: list[dict[str, Any]], *, x: str, y: str, color: str, title: str,
-              time_unit: str | None = None) -> None:
+              time_unit: str | None = None, palette: dict[str, str] | None = None) -> None:
     """A stacked bar chart over already aggregated rows (vega-lite via Altair)."""
     import altair as alt
 
@@ -361,7 +362,11 @@ def bar_chart(rows: list[dict[str, Any]], *, x: str, y: str, color: str, title: 
         .encode(
             x=x_enc,
             y=alt.Y(f"{y}:Q", title="events", stack=True),
-            color=alt.Color(f"{color}:N", title=color.replace("_", " ")),
+            color=alt.Color(
+                f"{color}:N", title=color.replace("_", " "),
+                scale=alt.Scale(domain=list(palette), range=list(palette.values()))
+                if palette else alt.Undefined,
+            ),
             tooltip=[alt.Tooltip(f"{x}:T" if time_unit else f"{x}:N", title=x),
                      alt.Tooltip(f"{color}:N"), alt.Tooltip(f"{y}:Q")],
         )
@@ -370,4 +375,6 @@ def bar_chart(rows: list[dict[str, Any]], *, x: str, y: str, color: str, title: 
     st.altair_chart(chart, width="stretch")
 
 
-OUTCOME_COLORS = {"allowed": "#4c9a2a", "denied": "#e8a33d", "rejected": "#d1495b", "error": "#6c4f9c"}
+#: Outcome colours: refusals stand out against the allowed bulk.
+OUTCOME_COLORS = {"allowed": "#7fb069", "denied": "#f0a202", "rejected": "#d1495b",
+                  "error": "#6c4f9c", "unknown": "#9e9e9e"}

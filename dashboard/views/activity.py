@@ -66,7 +66,7 @@ event = ui.table(
     ],
     key="activity_table",
     select=True,
-    height=420,
+    height=420 if len(rows) > 10 else "auto",
 )
 
 left, right, _ = st.columns([1, 1, 6])

@@ -30,7 +30,8 @@ if fresh["fold_error"]:
 
 step = {3600: "hour", 21600: "6 hours", 86400: "day"}.get(data["bucket_s"], "bucket")
 ui.bar_chart(data["series"], x="time", y="events", color="outcome",
-             title=f"Events per {step}, by outcome", time_unit="time")
+             title=f"Events per {step}, by outcome", time_unit="time",
+             palette=ui.OUTCOME_COLORS)
 
 left, middle, right = st.columns(3)
 with left:

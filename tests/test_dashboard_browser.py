@@ -1,0 +1,217 @@
+"""The dashboard in a real headless Chromium: sign in, filter, open a row, debug a token,
+download a CSV. Runs ``streamlit run dashboard/app.py`` as a subprocess on a loopback port.
+
+Screenshots are kept in ``test-artifacts/`` (gitignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from audit_data import HOSTILE_PATH, HOSTILE_TENANT, build_store
+
+from collector.signing import request_token
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+PASSWORD = "browser test password"
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dashboard(tmp_path):
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    build_store(url)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CONNECT_AUDIT_DATABASE_URL": url,
+        "CONNECT_AUDIT_ADMIN_PASSWORD": PASSWORD,
+    }
+    log = (tmp_path / "streamlit.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py",
+         "--server.address", "127.0.0.1", "--server.port", str(port),
+         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as resp:
+                    if resp.read() == b"ok":
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    pytest.fail("streamlit did not start:\n"
+                                + (tmp_path / "streamlit.log").read_text()[-3000:])
+                time.sleep(0.3)
+        yield {"base": base, "url": url}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
+
+
+def _go(page, title: str) -> None:
+    page.get_by_role("link", name=title, exact=True).first.click()
+    page.get_by_role("heading", name=title, exact=True).wait_for(timeout=30_000)
+    _idle(page)
+
+
+def _idle(page) -> None:
+    """Wait until Streamlit has finished running the script and drawn its tables."""
+    page.wait_for_timeout(300)
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=30_000)
+    for grid in page.locator("[data-testid='stDataFrame']").all():
+        grid.locator("canvas").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(300)
+
+
+def test_sign_in_filter_open_row_debug_token_and_download_csv(dashboard, chromium_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path, headless=True,
+                                     args=LAUNCH_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        try:
+            digest = _journey(page, dashboard["base"])
+        except BaseException:
+            _shot(page, "failure")
+            raise
+        finally:
+            context.close()
+            browser.close()
+    # The download was recorded in the log, with the SHA-256 of the bytes received.
+    from collector import query as q
+    from collector.store import Store
+
+    with Store.open(dashboard["url"]) as store:
+        rows = q.page(store, q.EventFilter(direction="internal"),
+                      columns=(*q.LIST_COLUMNS, "extra")).rows
+    recorded = [json.loads(r["extra"]) for r in rows if r["event_type"] == "export"]
+    assert recorded and recorded[0]["via"] == "dashboard"
+    assert recorded[0]["sha256"] == digest
+    assert recorded[0]["filter"]["text"] == "evil.example"  # kept across pages
+    assert "since" in recorded[0]["filter"]  # the default range, last 24 hours
+
+
+def _journey(page, base: str) -> None:
+    # Signed out: a sign-in form and nothing of the log.
+    page.goto(base)
+    page.get_by_role("textbox", name="Password").wait_for(timeout=30_000)
+    assert "tenant-alpha" not in page.content()
+    _shot(page, "sign-in")
+
+    page.get_by_role("textbox", name="Account").fill("wrong")
+    page.get_by_role("textbox", name="Password").fill("wrong")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Wrong account or password.").wait_for(timeout=30_000)
+
+    page.get_by_role("textbox", name="Account").fill("admin")
+    page.get_by_role("textbox", name="Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("heading", name="Overview", exact=True).wait_for(timeout=30_000)
+    _idle(page)
+    page.locator("[data-testid='stVegaLiteChart']").first.wait_for(timeout=30_000)
+    _shot(page, "overview")
+
+    # Activity: filter with the free-text search, then open the first row.
+    _go(page, "Activity")
+    search = page.get_by_role("textbox", name="Search", exact=True)
+    search.fill("evil.example")
+    search.press("Enter")
+    _idle(page)
+    page.wait_for_function("() => new URL(location.href).searchParams.get('text') === 'evil.example'")
+    assert "text=evil.example" in page.url
+    grid = page.locator("[data-testid='stDataFrame']").last
+    grid.wait_for(timeout=30_000)
+    box = grid.bounding_box()
+    # The first data row sits below the 35 px header; its row marker is at the left edge.
+    page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)
+    page.get_by_role("heading", name="Event detail").wait_for(timeout=30_000)
+    _idle(page)
+    detail = page.locator("[data-testid='stJson']").last.inner_text()
+    assert HOSTILE_PATH in detail  # shown as text, not markup
+    assert page.locator("script:text('alert')").count() == 0
+    page.get_by_role("heading", name="Event detail").scroll_into_view_if_needed()
+    _shot(page, "activity-detail")
+
+    # Token debugger: a token signed with tenant-alpha's shared secret, pasted sloppily.
+    _go(page, "Token debugger")
+    token = request_token(client_key="tenant-alpha",
+                          shared_secret="secret-tenant-alpha-do-not-leak", method="GET",
+                          url="/rest/api/content/1", base_url="", now=time.time())
+    page.get_by_role("textbox", name="Token", exact=True).fill(f'  "Bearer {token}" ')
+    page.get_by_role("button", name="Inspect").click()
+    page.get_by_text("Accepted", exact=True).wait_for(timeout=30_000)
+    _idle(page)
+    report = "\n".join(page.locator(
+        "[data-testid='stText'], [data-testid='stJson'], [data-testid='stCode'], "
+        "[data-testid='stAlert'], [data-testid='stMarkdown']").all_inner_texts())
+    assert "tenant-alpha" in report  # the decoded claims are shown ...
+    assert token.rsplit(".", 1)[1] not in report  # ... never the signature
+    _shot(page, "token-debugger")
+
+    _go(page, "Denials")
+    _shot(page, "denials")
+
+    # Export: the session's filter (text=evil.example) as CSV, recorded in the log.
+    _go(page, "Export")
+    matching = page.get_by_text("events match.").inner_text()
+    expected_rows = int(matching.split()[0].replace(",", ""))
+    _shot(page, "export")
+    with page.expect_download(timeout=60_000) as info:
+        page.get_by_role("button", name="Download connect-audit_").click()
+    download = info.value
+    assert download.suggested_filename.startswith("connect-audit_")
+    assert download.suggested_filename.endswith(".csv")
+    raw = Path(download.path()).read_bytes()
+    body = raw.decode("utf-8")
+    rows = list(csv.DictReader(io.StringIO(body, newline="")))
+    assert len(rows) == expected_rows >= 1
+    hostile = [r for r in rows if r["path"] == HOSTILE_PATH]
+    assert hostile and hostile[0]["tenant_client_key"] == "'" + HOSTILE_TENANT
+    assert "do-not-leak" not in body
+
+    return hashlib.sha256(raw).hexdigest()
