@@ -195,3 +195,14 @@ def test_diagnosis_of_a_matching_qsh_and_of_no_known_mistake():
         "matched_mistake", "explanation", "expected_canonical", "expected_qsh",
         "mistaken_canonical", "token_qsh",
     }  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet=st.sampled_from("ab=&+%2FC3A9~* é/?jw"), max_size=40))
+def test_fast_and_general_canonicalisers_agree(query):
+    # canonical_request() takes a fast path for the host's rules; diagnose() uses the general
+    # one with variations. With no variation they must be the same function.
+    from collector.qsh import _canonical, _Rules
+
+    url = f"/p?{query}"
+    assert _canonical("GET", url, None, None, _Rules()) == canonical_request("GET", url)
