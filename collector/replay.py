@@ -43,11 +43,12 @@ class StoreReplayGuard:
             expires_at=sa.bindparam("expires_at"),
         )
         # A key whose token has expired may be taken again (its row is simply stale).
+        # RETURNING says whether a row was written (driver rowcounts for upserts vary).
         self._stmt = stmt.on_conflict_do_update(
             index_elements=[KEYS.c.iss, KEYS.c.token_hash],
             set_={"expires_at": stmt.excluded.expires_at},
             where=KEYS.c.expires_at < sa.bindparam("now"),
-        )
+        ).returning(KEYS.c.iss)
 
     def first_use(self, iss: str, token_hash: str, expires_at: datetime) -> bool:
         """Atomically remember ``(iss, token_hash)``; False if it was already used and unexpired."""
@@ -55,15 +56,15 @@ class StoreReplayGuard:
             raise ValueError("expires_at must be timezone-aware (UTC)")
         now = datetime.now(UTC)
         params = {"iss": iss, "token_hash": token_hash, "expires_at": expires_at, "now": now}
-        with self.store.write_transaction() as conn:
-            inserted = conn.execute(self._stmt, params).rowcount == 1
+        with self.store.transaction() as conn:
+            inserted = conn.execute(self._stmt, params).first() is not None
         self._maybe_purge(now)
         return inserted
 
     def purge_expired(self, now: datetime | None = None) -> int:
         """Delete keys whose tokens have expired; returns how many."""
         now = now or datetime.now(UTC)
-        with self.store.write_transaction() as conn:
+        with self.store.transaction() as conn:
             return conn.execute(sa.delete(KEYS).where(KEYS.c.expires_at < now)).rowcount
 
     def _maybe_purge(self, now: datetime) -> None:

@@ -157,6 +157,16 @@ class Store:
             yield conn
 
     @contextlib.contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """A write transaction that does not lock the chain (replay keys, installs, rollups).
+
+        On SQLite it still begins IMMEDIATE (one writer at a time is SQLite's rule); on
+        PostgreSQL it runs beside chain appends instead of queueing behind them.
+        """
+        with self._translate_errors(), self._write_engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
     def _translate_errors(self) -> Iterator[None]:
         try:
             yield

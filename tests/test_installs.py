@@ -1,0 +1,186 @@
+"""The install registry: lifecycle callbacks, reinstalls, encrypted secrets, the lookup cache."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from storekit import isolate_keys
+
+from collector.errors import ConfigurationError, UnknownTenant
+from collector.installs import InstallRegistry, InvalidLifecyclePayload, normalise_scopes
+from collector.secretbox import SecretBox
+from collector.store import Store
+from collector.tokens import InstallSecret
+
+SECRET = "shared-secret-4f1d2a0b9c8e7d6f5a4b3c2d1e0f9a8b"
+
+
+def payload(client_key: str = "ck-1", secret: str = SECRET, **extra) -> dict:
+    body = {
+        "key": "com.example.app",
+        "clientKey": client_key,
+        "baseUrl": "https://acme.atlassian.net/wiki",
+        "displayUrl": "https://wiki.acme.example",
+        "productType": "confluence",
+        "description": "Atlassian Confluence at https://acme.atlassian.net/wiki",
+        "sharedSecret": secret,
+        "oauthClientId": "oauth-client-1",
+        "eventType": "installed",
+    }
+    body.update(extra)
+    return body
+
+
+@pytest.fixture(autouse=True)
+def _keys(monkeypatch, tmp_path):
+    isolate_keys(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def store(database_url):
+    with Store.open(database_url) as s:
+        yield s
+
+
+def test_install_then_lookup(store):
+    registry = InstallRegistry(store)
+    install = registry.apply_lifecycle("installed", payload(), declared_scopes="read, act_as_user")
+    assert install.status == "installed" and install.declared_scopes == "READ ACT_AS_USER"
+    assert install.display_url == "https://wiki.acme.example" and install.oauth_client_id == "oauth-client-1"
+    found = registry.install_secret("ck-1")
+    assert found == InstallSecret("ck-1", SECRET, True, "https://acme.atlassian.net/wiki")
+    assert SECRET not in repr(found)
+    assert registry.install_secret("someone-else") is None
+    assert [i.client_key for i in registry.list_installs()] == ["ck-1"]
+
+
+def test_the_secret_is_encrypted_at_rest_and_the_key_lives_outside_the_database(store, tmp_path):
+    InstallRegistry(store).apply_lifecycle("installed", payload())
+    with store.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT shared_secret_enc FROM installs").scalar()
+    assert SECRET not in stored and stored.startswith("gAAAA")  # a Fernet token
+    key_file = store.key_dir / "audit.key"
+    assert key_file.exists() and (key_file.stat().st_mode & 0o777) == 0o600
+    if store.dialect == "sqlite":
+        raw = b"".join(p.read_bytes() for p in store.key_dir.glob("audit.db*"))
+        assert SECRET.encode() not in raw and key_file.read_bytes().strip() not in raw
+
+
+def test_a_reinstall_replaces_the_secret_and_keeps_first_seen(store):
+    registry = InstallRegistry(store)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    registry.apply_lifecycle("installed", payload(), now=t0)
+    again = registry.apply_lifecycle(
+        "installed", payload(secret="new-secret-value"), now=t0 + timedelta(days=3)
+    )
+    assert again.first_seen == t0 and again.last_seen == t0 + timedelta(days=3)
+    assert registry.install_secret("ck-1").shared_secret == "new-secret-value"
+
+
+def test_uninstall_disable_enable(store):
+    registry = InstallRegistry(store)
+    registry.apply_lifecycle("installed", payload())
+    for event, active in (("disabled", False), ("enabled", True), ("uninstalled", False)):
+        registry.apply_lifecycle(event, payload())
+        assert registry.get("ck-1").status == event
+        assert registry.install_secret("ck-1").active is active  # invalidated at once
+
+
+def test_a_lifecycle_event_for_an_unknown_tenant_without_a_secret(store):
+    body = payload()
+    del body["sharedSecret"]
+    with pytest.raises(UnknownTenant, match="never installed"):
+        InstallRegistry(store).apply_lifecycle("enabled", body)
+
+
+@pytest.mark.parametrize("missing", ["clientKey", "key", "baseUrl", "sharedSecret"])
+def test_an_install_payload_missing_a_field(store, missing):
+    body = payload()
+    del body[missing]
+    with pytest.raises(InvalidLifecyclePayload, match=f"no {missing}"):
+        InstallRegistry(store).apply_lifecycle("installed", body)
+
+
+def test_an_unknown_lifecycle_event(store):
+    with pytest.raises(InvalidLifecyclePayload, match="unknown lifecycle event"):
+        InstallRegistry(store).apply_lifecycle("upgraded", payload())
+
+
+def test_other_processes_see_a_change_within_the_cache_ttl(store):
+    writer = InstallRegistry(store)
+    cached = InstallRegistry(store, cache_ttl=3600)
+    fresh = InstallRegistry(store, cache_ttl=0)
+    writer.apply_lifecycle("installed", payload())
+    assert cached.install_secret("ck-1").active and fresh.install_secret("ck-1").active
+    writer.apply_lifecycle("disabled", payload())
+    assert cached.install_secret("ck-1").active  # still inside its TTL
+    assert not fresh.install_secret("ck-1").active
+    cached.invalidate("ck-1")
+    assert not cached.install_secret("ck-1").active
+
+
+def test_unknown_tenants_are_cached_too(store):
+    registry = InstallRegistry(store, cache_ttl=3600)
+    assert registry.install_secret("ck-1") is None
+    InstallRegistry(store).apply_lifecycle("installed", payload())
+    assert registry.install_secret("ck-1") is None  # negative answer cached
+    registry.invalidate()
+    assert registry.install_secret("ck-1") is not None
+
+
+def test_a_wrong_key_is_a_clear_configuration_error(store, monkeypatch):
+    InstallRegistry(store).apply_lifecycle("installed", payload())
+    from cryptography.fernet import Fernet
+
+    monkeypatch.setenv("CONNECT_AUDIT_SECRET_KEY", Fernet.generate_key().decode())
+    with pytest.raises(
+        ConfigurationError, match="cannot be decrypted with the key from CONNECT_AUDIT_SECRET_KEY"
+    ):
+        InstallRegistry(store).install_secret("ck-1")
+
+
+def test_secret_keys_from_the_environment_and_rotation(store, monkeypatch):
+    from cryptography.fernet import Fernet
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    monkeypatch.setenv("CONNECT_AUDIT_SECRET_KEY", old)
+    InstallRegistry(store).apply_lifecycle("installed", payload())
+    assert not (store.key_dir / "audit.key").exists()
+    monkeypatch.setenv("CONNECT_AUDIT_SECRET_KEY", f"{new},{old}")  # new first: encrypts; old still decrypts
+    assert InstallRegistry(store).install_secret("ck-1").shared_secret == SECRET
+
+
+def test_an_invalid_environment_key(store, monkeypatch):
+    monkeypatch.setenv("CONNECT_AUDIT_SECRET_KEY", "not-a-fernet-key")
+    with pytest.raises(ConfigurationError, match="is not a Fernet key"):
+        SecretBox.for_store(store)
+
+
+def test_the_key_file_is_shared_by_concurrent_creators(tmp_path):
+    import threading
+
+    from collector import keyfiles
+
+    made = []
+    barrier = threading.Barrier(6)
+
+    def create():
+        barrier.wait()
+        made.append(
+            keyfiles.load_or_create(tmp_path / "k" / "audit.key", lambda: os.urandom(16).hex().encode())
+        )
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(made)) == 1 and [p.name for p in (tmp_path / "k").iterdir()] == ["audit.key"]
+
+
+def test_normalise_scopes():
+    assert normalise_scopes("read write, READ act-as-user") == "READ WRITE ACT_AS_USER"
+    assert normalise_scopes(["Read", "admin"]) == "READ ADMIN"
+    assert normalise_scopes("") == ""
