@@ -228,6 +228,7 @@ def test_lifecycle_callback(cli, tmp_path):
     assert (status, report["reason"]) == (1, "alg_not_allowed")
 
 
+@pytest.mark.slow  # opens and migrates a real store
 def test_installs_from_the_store(cli, database_url, tmp_path, monkeypatch):
     monkeypatch.setenv("CONNECT_AUDIT_DATA_DIR", str(tmp_path))  # key files of the store
     from collector.installs import InstallRegistry

@@ -559,7 +559,7 @@ def test_clean_pasted_token(pasted):
 
 _BOUND = settings(
     max_examples=300,
-    deadline=timedelta(milliseconds=250),
+    deadline=timedelta(milliseconds=500),  # per call ~0.1 ms: generous for loaded CI
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 _JSON = st.recursive(
@@ -609,7 +609,7 @@ def test_every_edit_of_a_valid_token_is_rejected(world, edits):
 
 
 @pytest.mark.slow
-@settings(_BOUND, max_examples=200)
+@settings(_BOUND, max_examples=150)
 @given(st.dictionaries(st.text(max_size=10), _JSON, max_size=6), st.dictionaries(
     st.sampled_from(["iss", "sub", "iat", "exp", "nbf", "qsh", "aud"]), _JSON, max_size=7))
 def test_any_signed_header_and_claims_are_accepted_or_rejected_by_code(world, header, claims):
