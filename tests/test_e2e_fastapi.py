@@ -1,0 +1,19 @@
+"""End to end over real HTTP: the FastAPI example app (served by uvicorn, lifespan and all)
+against the simulated Confluence, recording into SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+# The scenario's asserts live in helper modules: have pytest explain their failures too.
+pytest.register_assert_rewrite("e2e_scenario", "e2e_support")
+
+from e2e_scenario import Scenario, stack_fixture  # noqa: E402 - after the rewrite hook
+
+pytestmark = pytest.mark.slow
+
+stack = stack_fixture("fastapi")
+
+
+class TestFastApiExample(Scenario):
+    pass
