@@ -1,0 +1,327 @@
+"""Helpers for the attack and fault tests: an app wrapped by the real middleware, called
+in-process (WSGI environ / ASGI scope built the way servers build them), and a scanner that
+looks for leaked secrets in files, text and database rows.
+
+Nothing of the code under test is replaced: the :class:`~collector.app.ConnectAudit` behind
+the harness has a real SQLite store, a real recorder thread, a real install registry fed by a
+signed ``installed`` callback through the middleware, and a directory of install keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from collector import signing
+from collector.middleware import ENVIRON_KEY, connect_context
+
+APP_KEY = "com.example.fuzzed"
+#: The app lives under a context path, so that stripping it is exercised on every request.
+APP_BASE_URL = "https://app.example.com/connect"
+ROUTES = {
+    "GET /public": "public",
+    "POST /installed": "lifecycle",
+    "/ctx/{name}": "context",
+}
+DESCRIPTOR = {
+    "key": APP_KEY,
+    "baseUrl": APP_BASE_URL,
+    "scopes": ["READ", "WRITE"],
+    "lifecycle": {"installed": "/installed"},
+    "modules": {"webhooks": [{"event": "page_created", "url": "/hook"}]},
+}
+APP_BODY = b"the app's own answer\n"
+
+
+class ErrorLog(logging.Handler):
+    """Collects WARNING+ records of the collector's loggers (an exception the middleware
+    swallowed would show up here)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> ErrorLog:
+        logging.getLogger("collector").addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("collector").removeHandler(self)
+
+
+def wsgi_app(environ: dict, start_response) -> list[bytes]:
+    """The wrapped app: 200 with a fixed body; it checks the context it was handed."""
+    ctx = environ.get(ENVIRON_KEY)
+    assert ctx is not None, "the middleware let a request through without a context"
+    assert connect_context(environ) is ctx
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(APP_BODY)))])
+    return [APP_BODY]
+
+
+async def asgi_app(scope: dict, receive, send) -> None:
+    ctx = (scope.get("state") or {}).get("connect_audit")
+    assert ctx is not None, "the middleware let a request through without a context"
+    length = str(len(APP_BODY)).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", length)]})
+    await send({"type": "http.response.body", "body": APP_BODY})
+
+
+def rsa_pair() -> tuple[str, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    seconds: float
+
+
+@dataclass
+class Harness:
+    """One app behind both middlewares, sharing a ConnectAudit (store, registry, recorder)."""
+
+    root: Path
+    client_key: str = field(default_factory=lambda: f"tenant-{uuid.uuid4()}")
+    shared_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    sent: int = 0
+
+    def __post_init__(self) -> None:
+        from collector.app import ConnectAudit
+
+        keys = self.root / "install-keys"
+        keys.mkdir(parents=True, exist_ok=True)
+        self.kid = f"fuzz-{uuid.uuid4().hex}"
+        self._private, public = rsa_pair()
+        (keys / self.kid).write_text(public)
+        self.database = f"sqlite:///{self.root / 'audit.db'}"
+        self.audit = ConnectAudit(
+            app_key=APP_KEY, base_url=APP_BASE_URL, descriptor=DESCRIPTOR, database=self.database,
+            install_keys=str(keys), recorder_options={"spill_dir": self.root / "spill"},
+        )
+        self.wsgi = self.audit.wsgi_middleware(wsgi_app, ROUTES)
+        self.asgi = self.audit.asgi_middleware(asgi_app, ROUTES)
+        self._loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self.install()
+
+    def close(self) -> None:
+        self._loop.close()
+        self.audit.close()
+
+    # -- tokens ------------------------------------------------------------------------
+
+    def token(self, method: str, target: str, *, account_id: str | None = None, context: bool = False) -> str:
+        """A host token for ``method`` on ``target`` (path and query relative to the app)."""
+        return signing.request_token(
+            client_key=self.client_key, shared_secret=self.shared_secret, method=method,
+            url=APP_BASE_URL + target, base_url=APP_BASE_URL, now=time.time(),
+            account_id=account_id or f"user-{uuid.uuid4().hex[:12]}", context=context,
+        )
+
+    def install(self) -> None:
+        body = json.dumps({
+            "key": APP_KEY, "clientKey": self.client_key, "sharedSecret": self.shared_secret,
+            "baseUrl": "https://fuzz.atlassian.net/wiki", "productType": "confluence",
+            "eventType": "installed", "oauthClientId": uuid.uuid4().hex,
+        }).encode()
+        token = signing.lifecycle_token(
+            private_key_pem=self._private, kid=self.kid, client_key=self.client_key,
+            app_base_url=APP_BASE_URL, method="POST", url=APP_BASE_URL + "/installed", now=time.time(),
+        )
+        headers = {"Authorization": f"JWT {token}", "Content-Type": "application/json"}
+        response = self.call_wsgi("POST", "/installed", headers=headers, body=body)
+        assert response.status == 200, response
+
+    # -- calls -------------------------------------------------------------------------
+
+    def call_wsgi(self, method: str, target: str, *, headers: dict[str, str] | None = None,
+                  body: bytes = b"", raw_uri: bool = True) -> Response:
+        """Call the WSGI middleware as werkzeug would (``RAW_URI`` kept unless told not to)."""
+        path, _, query = target.partition("?")
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": method, "SCRIPT_NAME": "", "QUERY_STRING": query,
+            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"), "SERVER_NAME": "app.example.com",
+            "SERVER_PORT": "443", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "https",
+            "wsgi.input": io.BytesIO(body), "wsgi.errors": io.StringIO(), "wsgi.version": (1, 0),
+            "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+            "CONTENT_LENGTH": str(len(body)) if body else "",
+        }
+        if raw_uri:
+            environ["RAW_URI"] = environ["REQUEST_URI"] = target
+        for name, value in (headers or {}).items():
+            key = name.upper().replace("-", "_")
+            if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                environ[key] = value
+            else:
+                environ[f"HTTP_{key}"] = value
+        seen: dict[str, Any] = {}
+
+        def start_response(status: str, response_headers: list, exc_info=None):
+            seen["status"], seen["headers"] = int(status.split(" ", 1)[0]), list(response_headers)
+            return lambda data: None
+
+        started = time.perf_counter()
+        result = self.wsgi(environ, start_response)
+        try:
+            payload = b"".join(result)
+        finally:
+            getattr(result, "close", lambda: None)()
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            self.sent += 1
+        return Response(seen["status"], seen["headers"], payload, elapsed)
+
+    def call_asgi(self, method: str, target: str, *, headers: dict[str, str] | None = None,
+                  body: bytes = b"") -> Response:
+        """Call the ASGI middleware with the scope uvicorn would build."""
+        path, _, query = target.partition("?")
+        raw_path = path.encode("utf-8")
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+            "scheme": "https", "path": unquote_to_bytes(path).decode("utf-8", "replace"),
+            "raw_path": raw_path, "query_string": query.encode("latin-1", "replace"), "root_path": "",
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                        for k, v in (headers or {}).items()],
+            "client": ("127.0.0.1", 50000), "server": ("app.example.com", 443),
+        }
+        messages: list[dict] = []
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict:
+            if pending:
+                return pending.pop()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            messages.append(message)
+
+        started = time.perf_counter()
+        self._loop.run_until_complete(self.asgi(scope, receive, send))
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            self.sent += 1
+        start = next(m for m in messages if m["type"] == "http.response.start")
+        payload = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+        hdrs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])]
+        return Response(start["status"], hdrs, payload, elapsed)
+
+
+# ---------------------------------------------------------------------------- secrets
+
+
+def jwt_parts(token: str) -> list[str]:
+    """The forms of a JWT worth searching for: the whole token and its signature segment."""
+    parts = token.split(".")
+    out = [token]
+    if len(parts) == 3 and len(parts[2]) >= 16:
+        out.append(parts[2])
+    return out
+
+
+def needles_of(secret: str) -> list[str]:
+    """A secret and the encodings it could be stored in (base64 of it, hex of it)."""
+    out = [secret]
+    raw = secret.encode()
+    if len(secret) >= 12:
+        out.append(base64.b64encode(raw).decode().rstrip("="))
+        out.append(base64.urlsafe_b64encode(raw).decode().rstrip("="))
+        out.append(raw.hex())
+    return out
+
+
+@dataclass
+class Finding:
+    where: str
+    what: str
+    needle: str
+
+    def __str__(self) -> str:
+        return f"{self.what} ({self.needle[:12]}...) found in {self.where}"
+
+
+class SecretScanner:
+    """Knows the secrets of a run by label and searches bytes, text, files and rows for them."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[str, str] = {}  # needle -> label
+
+    def add(self, label: str, value: str | None, *, jwt: bool = False) -> None:
+        if not value or len(value) < 8:
+            return  # too short to be a credential, or to search without false positives
+        forms = jwt_parts(value) if jwt else [value]
+        for form in forms:
+            for needle in needles_of(form):
+                self.secrets.setdefault(needle, label)
+
+    def add_all(self, label: str, values: Iterable[str], *, jwt: bool = False) -> None:
+        for value in values:
+            self.add(label, value, jwt=jwt)
+
+    def __len__(self) -> int:
+        return len(self.secrets)
+
+    def scan_text(self, where: str, text: str | bytes) -> list[Finding]:
+        data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+        found = []
+        for needle, label in self.secrets.items():
+            if needle.encode() in data:
+                found.append(Finding(where, label, needle))
+        return found
+
+    def scan_file(self, path: Path) -> list[Finding]:
+        """Raw bytes of a file (SQLite pages, WAL frames, logs, exports): a secret stored in
+        clear text anywhere in the file, deleted rows and free pages included, shows up."""
+        return self.scan_text(str(path), path.read_bytes())
+
+    def scan_tree(self, root: Path) -> tuple[list[Finding], list[Path]]:
+        findings, scanned = [], []
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            scanned.append(path)
+            findings += self.scan_file(path)
+        return findings, scanned
+
+    def scan_database(self, url: str) -> tuple[list[Finding], int]:
+        """Every row of every table, each column cast to text in SQL (PostgreSQL or SQLite)."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url)
+        findings, rows = [], 0
+        try:
+            with engine.connect() as conn:
+                for table in sa.inspect(conn).get_table_names():
+                    columns = [c["name"] for c in sa.inspect(conn).get_columns(table)]
+                    cast = "::text" if engine.dialect.name == "postgresql" else ""
+                    quoted = ", ".join(f'COALESCE(CAST("{c}"{cast} AS TEXT), \'\')' for c in columns)
+                    sql = f'SELECT {quoted} FROM "{table}"'  # noqa: S608  (names from the catalogue)
+                    for row in conn.exec_driver_sql(sql):
+                        rows += 1
+                        findings += self.scan_text(f"{table} row", "\x1f".join(row))
+        finally:
+            engine.dispose()
+        return findings, rows
