@@ -106,6 +106,10 @@ def _times(claims: dict[str, Any] | None, now: float) -> dict[str, Any]:
     times["age_seconds"] = int(now - iat) if type(iat) is int else None
     times["expires_in_seconds"] = int(exp - now) if type(exp) is int else None
     times["lifetime_seconds"] = exp - iat if type(iat) is int and type(exp) is int else None
+    # How far the issuer's clock is ahead, when iat (in seconds) says it was issued later
+    # than now: the usual cause of not_yet_valid.
+    ahead = type(iat) is int and now < iat <= _MILLISECONDS_THRESHOLD
+    times["issuer_ahead_seconds"] = int(iat - now) if ahead else None
     return times
 
 

@@ -41,6 +41,7 @@ CONTEXT_QSH = "context-qsh"
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 _PERCENT_HEX = re.compile(r"%[0-9A-F]{2}")
 _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]*")
+_PAIRS_UP_TO = 4096  # request length (URL + form body) up to which pairs of mistakes are tried
 _METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
 
 
@@ -445,6 +446,8 @@ def _candidates(
                 f"The token was made for a {other} request, not {upper}.",
                 _canonical(other, url, base_url, form_body, _HOST_RULES),
             )
+    if len(url) + len(form_body or "") > _PAIRS_UP_TO:
+        return  # pairs cost ~100 canonicalisations: bounded for very long requests
     for a, b in itertools.combinations(mistakes, 2):
         if a.code == b.code or set(a.rules) & set(b.rules):
             continue

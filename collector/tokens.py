@@ -630,6 +630,8 @@ class TokenVerifier:
         return "computed"
 
     def _qsh_mismatch(self, qsh: str, method: str, url: str) -> errors.QshMismatch:
+        # Reached only with an authentic signature, so anonymous junk cannot make the
+        # verifier spend time diagnosing; the detail then tells the log what went wrong.
         found = diagnose(qsh, method, url, self._app_context)
         detail = f"the token's qsh is not the hash of {_show(found.expected_canonical, 120)}"
         if found.matched_mistake:

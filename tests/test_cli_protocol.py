@@ -149,6 +149,7 @@ def test_time_hints(cli, installs_file):
                                   "--now", str(NOW))
     assert (status, report["reason"]) == (1, "not_yet_valid")
     assert any("600 s ahead" in hint for hint in report["hints"])
+    assert report["times"]["issuer_ahead_seconds"] == 600
     status, report = inspect_json(cli, token(), "--installs", installs_file, "--now", str(NOW + 3600))
     assert (status, report["reason"]) == (1, "expired")
     status, report = inspect_json(cli, token(), "--installs", installs_file, "--now", str(NOW + 200),
