@@ -9,7 +9,7 @@ modules do not pay for SQLAlchemy, requests or cryptography until they are used.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -69,22 +69,6 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = ["__version__", *_EXPORTS]
-
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from collector.app import ConnectAudit
-    from collector.errors import *  # noqa: F403
-    from collector.events import AuditRecord
-    from collector.inspect import inspect_token
-    from collector.installs import InstallRegistry
-    from collector.middleware import ConnectContext, connect_context
-    from collector.qsh import CONTEXT_QSH, canonical_request, diagnose, query_string_hash
-    from collector.query import EventFilter
-    from collector.recorder import Recorder
-    from collector.routes import Route
-    from collector.scopes import ScopeMap
-    from collector.store import Store
-    from collector.tokens import Endpoint, InstallSecret, TokenVerifier, VerifiedToken, VerifyPolicy
-
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)

@@ -48,7 +48,8 @@ def test_importing_the_package_loads_no_heavy_dependency() -> None:
     # The CLI's --help and the pure protocol modules must not pay for these.
     code = (
         "import sys, collector, collector.cli; "
-        "heavy = [m for m in ('sqlalchemy', 'sqlmodel', 'requests', 'streamlit', 'pandas') if m in sys.modules]; "
+        "names = ('sqlalchemy', 'sqlmodel', 'requests', 'streamlit', 'pandas'); "
+        "heavy = [m for m in names if m in sys.modules]; "
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
