@@ -210,8 +210,9 @@ class Gate:
         claimed = payload.get("eventType") if payload else None
         if claimed in LIFECYCLE_EVENTS:
             ex.event_type = claimed
+        # A body without a clientKey cannot match the token's iss: issuer_mismatch.
         ex.verified = self.audit.verifier.verify_lifecycle(
-            ex.token, ex.method, url, body_client_key=client_key if isinstance(client_key, str) else None
+            ex.token, ex.method, url, body_client_key=client_key if isinstance(client_key, str) else ""
         )
         # The token proved who sent the body; now check the body says what the route means.
         expected = self.audit.lifecycle_event_for(ex.path)

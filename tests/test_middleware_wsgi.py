@@ -1,0 +1,240 @@
+"""The WSGI middleware over real HTTP: verification per route kind, the context handed to
+the handler, generic refusals, and what each request leaves in the audit store."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import requests
+from middleware_support import (
+    ACCOUNT,
+    CLIENT_KEY,
+    ROUTES,
+    echo_wsgi,
+    events,
+    install,
+    install_payload,
+    lifecycle_token,
+    make_audit,
+    request_token,
+)
+
+from collector.middleware import ENVIRON_KEY, WsgiMiddleware
+from collector.simulator import ServerThread
+
+
+@pytest.fixture
+def served(sqlite_url, tmp_path):
+    server = ServerThread()
+    audit = make_audit(sqlite_url, tmp_path / "keys", server.url)
+    install(audit)
+    server.mount(WsgiMiddleware(echo_wsgi, audit, ROUTES)).start()
+    try:
+        yield server.url, audit
+    finally:
+        server.stop()
+        audit.close()
+
+
+def get(url: str, path: str, *, token: str | None = None, via: str = "query", **kwargs) -> requests.Response:
+    headers = kwargs.pop("headers", {})
+    if token and via == "header":
+        headers["Authorization"] = f"JWT {token}"
+    elif token:
+        path += ("&" if "?" in path else "?") + f"jwt={token}"
+    return requests.request(kwargs.pop("method", "GET"), url + path, headers=headers, timeout=10, **kwargs)
+
+
+def test_request_route_hands_the_verified_context_to_the_handler(served):
+    url, audit = served
+    token = request_token(url, "GET", f"{url}/items/42?b=2&a=1")
+    response = get(url, "/items/42?b=2&a=1", token=token)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["client_key"] == CLIENT_KEY and body["account_id"] == ACCOUNT
+    assert body["base_url"] == "https://site.example/wiki"
+    assert (body["auth"], body["route"], body["qsh_kind"]) == ("request", "/items/{item_id}", "computed")
+    assert body["current_is_same"] is True
+    assert body["request_id"] == response.headers["X-Request-Id"]
+    [event] = events(audit, body["request_id"])
+    assert event["direction"] == "incoming" and event["auth_method"] == "app_jwt"
+    assert event["identity_kind"] == "user" and event["account_id"] == ACCOUNT
+    assert event["path"] == "/items/42?b=2&a=1"  # as received, minus the jwt parameter
+    assert event["path_template"] == "/items/{item_id}"
+    assert (event["status"], event["outcome"], event["reason"]) == (200, "allowed", None)
+    assert event["tenant_client_key"] == CLIENT_KEY and event["declared_scopes"] == "READ WRITE"
+    assert event["token_fingerprint"].startswith("sha256:") and token not in json.dumps(event, default=str)
+    assert json.loads(event["claims"])["iss"] == CLIENT_KEY
+
+
+def test_token_in_the_authorization_header(served):
+    url, _ = served
+    token = request_token(url, "GET", f"{url}/items/7")
+    assert get(url, "/items/7", token=token, via="header").status_code == 200
+
+
+def test_refusal_is_a_generic_401_and_the_reason_goes_to_the_log(served):
+    url, audit = served
+    token = request_token(url, "GET", f"{url}/items/42", now=1_000_000)
+    response = get(url, "/items/42", token=token)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("JWT")
+    assert "expired" not in response.text and "Request id:" in response.text
+    [event] = events(audit, response.headers["X-Request-Id"])
+    assert (event["outcome"], event["reason"], event["status"]) == ("rejected", "expired", 401)
+    assert event["tenant_client_key"] is None and event["account_id"] is None
+    claims = json.loads(event["claims"])
+    assert claims["verified"] is False and claims["iss"] == CLIENT_KEY
+
+
+def test_undeclared_routes_need_a_token_and_public_routes_do_not(served):
+    url, audit = served
+    refused = get(url, "/not/declared")
+    assert refused.status_code == 401
+    [event] = events(audit, refused.headers["X-Request-Id"])
+    assert (event["reason"], event["auth_method"], event["path_template"]) == ("missing_token", "none", None)
+    public = get(url, "/atlassian-connect.json")
+    assert public.status_code == 200 and public.json()["auth"] == "public"
+    [event] = events(audit, public.headers["X-Request-Id"])
+    assert (event["auth_method"], event["identity_kind"]) == ("none", "anonymous")
+    assert event["outcome"] == "allowed"
+
+
+@pytest.mark.parametrize(("code", "outcome", "reason"), [
+    (403, "denied", "permission"), (404, "allowed", None), (503, "error", None),
+])
+def test_the_apps_own_status_is_recorded(served, code, outcome, reason):
+    url, audit = served
+    path = f"/status/{code}"
+    response = get(url, path, token=request_token(url, "GET", url + path))
+    assert response.status_code == code
+    [event] = events(audit, response.headers["X-Request-Id"])
+    assert (event["status"], event["outcome"], event["reason"]) == (code, outcome, reason)
+
+
+def test_an_exception_in_the_app_is_recorded_as_an_error(served):
+    url, audit = served
+    response = get(url, "/boom", token=request_token(url, "GET", url + "/boom"))
+    assert response.status_code == 500
+    boom = [e for e in events(audit) if e["path"] == "/boom"]
+    assert len(boom) == 1 and (boom[0]["outcome"], boom[0]["status"]) == ("error", 500)
+    assert boom[0]["detail"] == "the app raised an exception"
+
+
+def test_a_request_token_is_single_use_on_a_state_changing_method(served):
+    url, audit = served
+    token = request_token(url, "POST", f"{url}/items/hook")
+    first = get(url, "/items/hook", token=token, via="header", method="POST", json={"n": 1})
+    again = get(url, "/items/hook", token=token, via="header", method="POST", json={"n": 1})
+    assert (first.status_code, again.status_code) == (200, 401)
+    assert events(audit, first.headers["X-Request-Id"])[0]["event_type"] == "webhook"
+    assert events(audit, again.headers["X-Request-Id"])[0]["reason"] == "replayed"
+    token = request_token(url, "GET", f"{url}/items/1")
+    assert [get(url, "/items/1", token=token).status_code for _ in range(2)] == [200, 200]
+
+
+def test_context_tokens_work_on_context_routes_only_and_may_be_reused(served):
+    url, audit = served
+    token = request_token(url, "POST", "ignored", context=True)
+    replies = [get(url, "/ctx", token=token, via="header", method="POST") for _ in range(2)]
+    assert [r.status_code for r in replies] == [200, 200]  # AP.context tokens are reusable
+    assert replies[0].json()["qsh_kind"] == "context"
+    assert events(audit, replies[0].headers["X-Request-Id"])[0]["auth_method"] == "context_jwt"
+    refused = get(url, "/items/1", token=token, via="header")
+    assert refused.status_code == 401
+    [event] = events(audit, refused.headers["X-Request-Id"])
+    assert (event["reason"], event["auth_method"]) == ("context_qsh_not_allowed", "context_jwt")
+    signed = request_token(url, "GET", f"{url}/ctx")  # a request token is fine on a context route
+    assert get(url, "/ctx", token=signed).json()["qsh_kind"] == "computed"
+
+
+def test_request_id_is_taken_from_the_header_only_when_it_is_a_plain_token(served):
+    url, _ = served
+    token = request_token(url, "GET", f"{url}/items/1")
+    kept = get(url, "/items/1", token=token, headers={"X-Request-Id": "trace-abc.123:x"})
+    assert kept.headers["X-Request-Id"] == "trace-abc.123:x"
+    replaced = get(url, "/items/1", token=token, headers={"X-Request-Id": "<script>alert(1)</script>"})
+    assert replaced.headers["X-Request-Id"] != "<script>alert(1)</script>"
+    assert replaced.json()["request_id"] == replaced.headers["X-Request-Id"]
+
+
+def test_signed_lifecycle_callback_updates_the_registry_and_the_app_still_reads_the_body(served):
+    url, audit = served
+    payload = install_payload(event="uninstalled")
+    body = json.dumps(payload).encode()
+    response = requests.post(f"{url}/uninstalled", data=body, timeout=10, headers={
+        "Authorization": f"JWT {lifecycle_token(url, url + '/uninstalled')}",
+        "Content-Type": "application/json"})
+    assert response.status_code == 200
+    assert response.json()["event_type"] == "uninstalled" and response.json()["body_length"] == len(body)
+    assert audit.registry.get(CLIENT_KEY).status == "uninstalled"
+    [event] = events(audit, response.headers["X-Request-Id"])
+    assert (event["direction"], event["event_type"], event["auth_method"]) == (
+        "lifecycle", "uninstalled", "lifecycle_jwt")
+    assert event["tenant_client_key"] == CLIENT_KEY and event["identity_kind"] == "anonymous"
+    stale = get(url, "/items/1", token=request_token(url, "GET", f"{url}/items/1"))
+    assert stale.status_code == 401
+    assert events(audit, stale.headers["X-Request-Id"])[0]["reason"] == "inactive_install"
+
+
+def test_lifecycle_body_must_match_the_route_and_the_token(served):
+    url, audit = served
+    wrong_event = json.dumps(install_payload(event="installed")).encode()
+    token = lifecycle_token(url, url + "/uninstalled")
+    response = requests.post(f"{url}/uninstalled", data=wrong_event, timeout=10,
+                             headers={"Authorization": f"JWT {token}"})
+    assert response.status_code == 400 and "Bad Request" in response.text
+    [event] = events(audit, response.headers["X-Request-Id"])
+    assert event["outcome"] == "error" and "does not match the route" in event["detail"]
+    assert audit.registry.get(CLIENT_KEY).status == "installed"
+    garbage = requests.post(f"{url}/uninstalled", data=b"not json", timeout=10,
+                            headers={"Authorization": f"JWT {lifecycle_token(url, url + '/uninstalled')}"})
+    assert garbage.status_code == 401
+    assert events(audit, garbage.headers["X-Request-Id"])[0]["reason"] == "issuer_mismatch"
+
+
+def test_a_store_failure_never_breaks_the_request(served, caplog):
+    url, audit = served
+    audit.recorder.close()  # every later record() raises RecorderClosed
+    with caplog.at_level(logging.ERROR, logger="collector.middleware"):
+        response = get(url, "/items/1", token=request_token(url, "GET", f"{url}/items/1"))
+    assert response.status_code == 200
+    assert any("could not record" in r.getMessage() for r in caplog.records)
+
+
+def _environ(path_info: str, query: str, *, script_name: str = "") -> dict:
+    from wsgiref.util import setup_testing_defaults
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path_info, "QUERY_STRING": query,
+               "SCRIPT_NAME": script_name, "wsgi.input": io.BytesIO()}
+    setup_testing_defaults(environ)
+    return environ
+
+
+def _call(app, environ) -> tuple[str, bytes]:
+    """Call a WSGI app as a server must (PEP 3333): iterate the body, then close it."""
+    seen = []
+    result = app(environ, lambda status, headers, exc_info=None: seen.append(status))
+    try:
+        body = b"".join(result)
+    finally:
+        result.close()
+    return seen[0], body
+
+
+def test_servers_without_raw_uri_get_the_path_re_encoded_for_the_qsh(sqlite_url, tmp_path):
+    """PATH_INFO is decoded by the server; the qsh is over the encoded path the host signed."""
+    base = "http://app.test/prefix"
+    with make_audit(sqlite_url, tmp_path / "keys", base) as audit:
+        install(audit)
+        app = WsgiMiddleware(echo_wsgi, audit, ROUTES)
+        token = request_token(base, "GET", f"{base}/items/a%20b?x=1")
+        environ = _environ("/items/a b", f"x=1&jwt={token}", script_name="/prefix")
+        status, body = _call(app, environ)
+        assert status.startswith("200"), body
+        assert environ[ENVIRON_KEY].route == "/items/{item_id}"
+        [event] = events(audit)
+        assert event["path"] == "/items/a%20b?x=1"
