@@ -117,6 +117,16 @@ def serve_asgi(factory) -> Iterator[tuple[str, Any]]:
 # ---------------------------------------------------------------------- the stack
 
 
+class Clock:
+    """Real time plus an adjustable offset (seconds), shared by the simulator and the app."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
 @dataclass
 class Stack:
     """The simulator and an example app wired together, with the app's ConnectAudit."""
@@ -181,16 +191,17 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(kind: str, database_url: str, *, tenants=DEFAULT_TENANTS, install: bool = True,
-                  **options: Any) -> Iterator[Stack]:
+                  clock=time.time, host_clock=None, **options: Any) -> Iterator[Stack]:
     """Start the simulator and the ``kind`` example ("flask" or "fastapi") on loopback, and
-    (by default) install the app on every simulated site."""
+    (by default) install the app on every simulated site. ``clock`` is the app's clock,
+    ``host_clock`` the simulator's (by default the same)."""
     module = load_example(kind)
     serve = serve_flask if kind == "flask" else serve_asgi
-    with ConfluenceSimulator(tenants=tenants) as sim:
+    with ConfluenceSimulator(tenants=tenants, clock=host_clock or clock) as sim:
 
         def factory(url: str):
             return module.create_app(base_url=url, database=database_url, install_keys=sim.install_keys_url,
-                                     authorization_server=sim.authorization_server, **options)
+                                     authorization_server=sim.authorization_server, clock=clock, **options)
 
         with serve(factory) as (url, app), _collector_logs() as records:
             audit = app.extensions["connect_audit"] if kind == "flask" else app.state.connect_audit
