@@ -592,11 +592,13 @@ class ConfluenceSimulator:
         site_path = "/" + rest  # /wiki/rest/api/...
         user, scopes = self._authenticate(environ, tenant, method)
         required = self.scope_map.lookup(method, site_path)
-        handler = _HANDLERS.get(required.operation_id) if required else None
-        if required is None or handler is None:
+        if required is None:
             raise HostError(404, f"No API at {site_path} for {method}")
-        if not satisfies(scopes, required.scope):
+        if not satisfies(scopes, required.scope):  # INACCESSIBLE operations end here too
             raise HostError(403, SCOPE_MESSAGE)
+        handler = _HANDLERS.get(required.operation_id)
+        if handler is None:
+            raise HostError(501, f"The simulator does not implement {required.operation_id}")
         return handler(self, tenant, user, environ, site_path)
 
     def _authenticate(self, environ: dict, tenant: Tenant, method: str) -> tuple[User, tuple[str, ...]]:
@@ -750,7 +752,7 @@ class _OAuthError(Exception):
 
 
 _REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 405: "Method Not Allowed", 409: "Conflict"}
+            404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 501: "Not Implemented"}
 
 
 def _read_form(environ: dict) -> dict[str, str]:
