@@ -1,0 +1,107 @@
+"""``connect-audit demo``: the simulator and the Flask example over real HTTP, recording a
+realistic mix into a store; ``--if-empty``; several demos at once on one store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from collector import chain
+from collector.cli import main
+from collector.simulator.traffic import plan
+from collector.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def event_rows(url: str) -> list[dict]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT * FROM audit_events ORDER BY seq"))
+            return [dict(r._mapping) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def test_the_traffic_mix_is_reproducible_from_its_seed():
+    names = ["acme", "globex", "initech", "umbrella"]
+    assert plan(200, 7, names) == plan(200, 7, names)
+    assert plan(200, 7, names) != plan(200, 8, names)
+    kinds = Counter(action.kind for action in plan(2000, 1, names))
+    assert {"page_load", "webhook", "me", "search", "create_page", "update_page", "delete_page",
+            "space_pages", "bad_token", "bad_lifecycle"} == set(kinds)
+
+
+@pytest.mark.slow
+def test_demo_records_a_realistic_mix_with_an_intact_chain(sqlite_url, capsys):
+    assert main(["demo", "--database", sqlite_url, "--events", "150", "--seed", "11"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("Recorded ") and "from 150 requests" in out and "(seed 11)" in out
+    assert "100.0% 150/150 requests" in err
+    rows = event_rows(sqlite_url)
+    assert {r["direction"] for r in rows} == {"incoming", "outgoing", "lifecycle"}
+    assert {"allowed", "denied", "rejected"} <= {r["outcome"] for r in rows}
+    reasons = {r["reason"] for r in rows}
+    assert {"scope", "permission", "inactive_install"} <= reasons
+    assert len(reasons - {None, "scope", "permission"}) >= 8  # many kinds of refused token
+    methods = {r["auth_method"] for r in rows}
+    assert methods >= {"app_jwt", "context_jwt", "user_bearer", "lifecycle_jwt", "none"}
+    assert len({r["tenant_client_key"] for r in rows} - {None}) == 4
+    assert any(r["event_type"] == "uninstalled" for r in rows)
+    assert any((r["account_id"] or "")[:1] in "=+-@" for r in rows)  # hostile identities reached the log
+    assert len(rows) > 150 and f"Recorded {len(rows):,} events" in out
+    with Store.open(sqlite_url, create=False) as store:
+        assert chain.verify(store).ok
+
+
+@pytest.mark.slow
+def test_if_empty_seeds_an_empty_default_store_and_then_does_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("CONNECT_AUDIT_DATABASE_URL", raising=False)
+    monkeypatch.setenv("CONNECT_AUDIT_DATA_DIR", str(tmp_path))  # the embedded default, in tmp
+    assert main(["demo", "--if-empty", "--events", "40"]) == 0
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    count = len(event_rows(url))
+    assert count > 40
+    capsys.readouterr()
+    assert main(["demo", "--if-empty"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and f"already has {count:,} events; nothing to do" in err
+    assert len(event_rows(url)) == count
+
+
+@pytest.mark.parametrize("events", ["0", "-5", "many"])
+def test_events_must_be_a_positive_whole_number(events, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--events", events])
+    assert exited.value.code == 2 and "--events" in capsys.readouterr().err
+
+
+def test_an_unreachable_store_is_one_sentence(tmp_path, capsys):
+    assert main(["demo", "--database", f"sqlite:///{tmp_path}", "--events", "5"]) == 2  # a directory
+    err = capsys.readouterr().err
+    assert err.startswith("connect-audit: error: ") and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_two_demos_at_once_share_one_store(database_url):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "collector.cli", "demo", "--database", database_url, "--events", "60"]
+    procs = [subprocess.Popen([*command, "--seed", str(seed)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    results = [p.communicate(timeout=240) for p in procs]
+    for proc, (out, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err
+        assert out.startswith("Recorded ")
+    rows = event_rows(database_url)
+    instances = Counter(r["instance_id"] for r in rows)
+    assert len(instances) == 2 and all(n > 60 for n in instances.values())
+    assert len({r["tenant_base_url"] for r in rows} - {None}) == 8  # each demo has its own sites
+    with Store.open(database_url, create=False) as store:
+        assert chain.verify(store).ok
