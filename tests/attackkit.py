@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -299,9 +301,12 @@ class SecretScanner:
         clear text anywhere in the file, deleted rows and free pages included, shows up."""
         return self.scan_text(str(path), path.read_bytes())
 
-    def scan_tree(self, root: Path) -> tuple[list[Finding], list[Path]]:
+    def scan_tree(self, root: Path, *, skip: Iterable[Path] = ()) -> tuple[list[Finding], list[Path]]:
+        skipped = {Path(p).resolve() for p in skip}
         findings, scanned = [], []
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            if path.resolve() in skipped:
+                continue
             scanned.append(path)
             findings += self.scan_file(path)
         return findings, scanned
@@ -325,3 +330,193 @@ class SecretScanner:
         finally:
             engine.dispose()
         return findings, rows
+
+
+def sqlite_files(database_url: str) -> list[Path]:
+    """The database file of an SQLite URL and its ``-wal``/``-shm`` companions, if present."""
+    db = Path(database_url.removeprefix("sqlite:///"))
+    return [p for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), Path(f"{db}-journal")) if p.exists()]
+
+
+def snapshot(paths: Iterable[Path], dest: Path) -> list[Path]:
+    """Copy files by another process (``cp``) and return the copies.
+
+    Reading an SQLite file from a process that has it open is not harmless: closing *any*
+    descriptor of the file drops every POSIX lock the process holds on it, SQLite's
+    included, and another process may then write under the nose of ours (the store gets
+    corrupted). A copy made by ``cp`` leaves this process's locks alone.
+    """
+    import subprocess
+
+    dest.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for path in paths:
+        target = dest / path.name
+        subprocess.run(["cp", str(path), str(target)], check=True)
+        copies.append(target)
+    return copies
+
+
+# ---------------------------------------------------------------------------- end to end
+
+JWT_SHAPE = re.compile(rb"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}")
+
+
+def jwt_shapes(data: bytes) -> list[str]:
+    """Anything in ``data`` that looks like a compact JWS (two JSON segments and a signature)."""
+    return [m.group(0).decode()[:40] for m in JWT_SHAPE.finditer(data)]
+
+
+@dataclass
+class Captured:
+    """Every credential that crossed the wire during a run, seen from outside the code under
+    test: a WSGI layer in front of the app (host -> app) and the ``requests`` transport
+    adapter the app's outgoing client was given (app -> host, token exchange included)."""
+
+    shared_secrets: set[str] = field(default_factory=set)
+    host_jwts: set[str] = field(default_factory=set)  # host -> app: page loads, webhooks, lifecycle
+    app_jwts: set[str] = field(default_factory=set)  # app -> host as the app user
+    assertions: set[str] = field(default_factory=set)  # OAuth 2.0 JWT bearer grant
+    access_tokens: set[str] = field(default_factory=set)  # issued by /oauth2/token, used as Bearer
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, kind: str, value: str | None) -> None:
+        if value:
+            with self.lock:
+                getattr(self, kind).add(value)
+
+    def scanner(self) -> SecretScanner:
+        scanner = SecretScanner()
+        scanner.add_all("shared secret", self.shared_secrets)
+        scanner.add_all("host JWT", self.host_jwts, jwt=True)
+        scanner.add_all("app JWT", self.app_jwts, jwt=True)
+        scanner.add_all("OAuth assertion", self.assertions, jwt=True)
+        scanner.add_all("access token", self.access_tokens)
+        return scanner
+
+
+def capturing_adapter(captured: Captured):
+    """A ``requests`` HTTPAdapter that notes the credentials of every outgoing request."""
+    from urllib.parse import parse_qs
+
+    from requests.adapters import HTTPAdapter
+
+    class CapturingAdapter(HTTPAdapter):
+        def send(self, request, **kwargs):
+            scheme, _, credential = (request.headers.get("Authorization") or "").partition(" ")
+            if scheme.upper() == "JWT":
+                captured.add("app_jwts", credential.strip())
+            elif scheme.lower() == "bearer":
+                captured.add("access_tokens", credential.strip())
+            exchange = request.url.split("?", 1)[0].endswith("/oauth2/token")
+            if exchange and request.body:
+                body = request.body.decode() if isinstance(request.body, bytes) else request.body
+                for assertion in parse_qs(body).get("assertion", []):
+                    captured.add("assertions", assertion)
+            response = super().send(request, **kwargs)
+            if exchange:
+                with contextlib.suppress(ValueError):
+                    captured.add("access_tokens", response.json().get("access_token"))
+            return response
+
+    return CapturingAdapter(pool_connections=4, pool_maxsize=16)
+
+
+def capturing_wsgi(app, captured: Captured):
+    """WSGI layer in front of the app: notes the host's tokens and the installs' secrets."""
+    from urllib.parse import parse_qsl
+
+    def wrapped(environ: dict, start_response):
+        scheme, _, credential = (environ.get("HTTP_AUTHORIZATION") or "").partition(" ")
+        if scheme.upper() == "JWT":
+            captured.add("host_jwts", credential.strip())
+        for name, value in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True):
+            if name == "jwt":
+                captured.add("host_jwts", value)
+        if environ.get("REQUEST_METHOD") == "POST":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length > 0 else b""
+            environ["wsgi.input"] = io.BytesIO(body)
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                doc = None
+            if isinstance(doc, dict) and isinstance(doc.get("sharedSecret"), str):
+                captured.add("shared_secrets", doc["sharedSecret"])
+        return app(environ, start_response)
+
+    return wrapped
+
+
+class HostSideLogFilter(logging.Filter):
+    """Drops urllib3's lines about the *simulator's* requests to the app: they are the host's
+    side of the wire (Atlassian's, in production), not something the app logs."""
+
+    def __init__(self, app_port: int) -> None:
+        super().__init__()
+        self.app_port = app_port
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("urllib3") and isinstance(record.args, tuple):
+            return self.app_port not in record.args and str(self.app_port) not in map(str, record.args)
+        return True
+
+
+@dataclass
+class EndToEnd:
+    """The Flask example app wrapped by the collector, driven by the Confluence simulator over
+    real HTTP on loopback (what ``connect-audit demo`` runs), with every log record at DEBUG
+    written to a file and every credential on the wire captured."""
+
+    root: Path
+    database: str
+    actions: int = 150
+    seed: int = 11
+    captured: Captured = field(default_factory=Captured)
+
+    def __enter__(self) -> EndToEnd:
+        from collector.simulator import ConfluenceSimulator, ServerThread
+        from collector.simulator.examples import load_example
+        from collector.simulator.traffic import drive, plan
+
+        self.log_path = self.root / "logs" / "debug.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.sim = ConfluenceSimulator(seed=self.seed).start()
+        self.server = ServerThread()
+        self._handler = logging.FileHandler(self.log_path, encoding="utf-8")
+        self._handler.setLevel(logging.DEBUG)
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        self._handler.addFilter(HostSideLogFilter(self.server.port))
+        root_logger = logging.getLogger()
+        self._old_level = root_logger.level
+        root_logger.addHandler(self._handler)
+        root_logger.setLevel(logging.DEBUG)
+        self.app = load_example("flask").create_app(
+            base_url=self.server.url, database=self.database, install_keys=self.sim.install_keys_url,
+            authorization_server=self.sim.authorization_server, http_adapter=capturing_adapter(self.captured),
+            recorder_options={"spill_dir": self.root / "spill"},
+        )
+        self.audit = self.app.extensions["connect_audit"]
+        self.server.mount(capturing_wsgi(self.app, self.captured)).start()
+        self.sim.connect(self.server.url)
+        for name in self.sim.tenants:
+            response = self.sim.install(name)
+            assert response.status_code == 204, (name, response.status_code, response.text[:200])
+        self.statuses = drive(self.sim, plan(self.actions, self.seed, list(self.sim.tenants)))
+        for tenant in self.sim.tenants.values():  # what the simulator knows, beyond the wire
+            self.captured.add("shared_secrets", tenant.shared_secret)
+        return self
+
+    def flush(self) -> None:
+        assert self.audit.flush(timeout=60)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.server.stop()
+            self.sim.stop()
+            self.audit.close()
+        finally:
+            root_logger = logging.getLogger()
+            root_logger.removeHandler(self._handler)
+            root_logger.setLevel(self._old_level)
+            self._handler.close()

@@ -1,0 +1,293 @@
+"""Request-path overhead: what the collector adds to every request of the app it wraps.
+
+Two stacks serve the same request (a Confluence page load: ``GET /panel?...`` with the
+host's JWT in the ``Authorization`` header), called in-process as a WSGI server calls them,
+interleaved in rounds so that a noisy neighbour hits both:
+
+* **floor**: the app behind a minimal middleware that does only a bare PyJWT HS256
+  ``jwt.decode`` of the token (signature and ``exp``; no qsh, no install lookup, nothing
+  recorded), what "verify a Connect JWT" costs at the least;
+* **collector**: the same app behind :meth:`ConnectAudit.wsgi_middleware` with recording on:
+  strict verification (qsh included), the install registry, and one audit event per request
+  queued to the recorder, whose background writer inserts it into a real SQLite store
+  (WAL, ``synchronous=FULL``) in a temporary directory.
+
+Two apps are measured: ``flask`` (a small Flask view, the shape of the example app) and
+``bare`` (a WSGI callable that does nothing, so the ratio is the collector against PyJWT
+alone, the harshest view). The goal (issue 6) is collector/floor <= 1.3.
+
+It then shows where the time goes and that recording is off the request thread:
+
+* the request thread's CPU time per request (``time.thread_time``) against the recorder
+  writer thread's CPU time per event (from ``/proc/self/task/<tid>/stat``);
+* ``Recorder.record()`` alone (the only recording work on the request thread), the verifier
+  alone, and the backlog the writer still had when the timed loop ended;
+* ``--profile``: a cProfile of the collector stack's request thread, to find hot spots.
+
+    python bench/overhead.py [--requests 3000] [--rounds 5] [--app flask|bare|both] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import jwt
+
+from collector import signing
+from collector.app import ConnectAudit
+from collector.events import AuditRecord
+
+GOAL = 1.3
+APP_KEY = "com.example.bench"
+APP_BASE = "https://audit-app.example.com"
+CLIENT_KEY = str(uuid.uuid4())
+SECRET = secrets.token_urlsafe(32)
+# A page load as Confluence sends it: the general page's URL with the usual context parameters.
+TARGET = (
+    "/panel?pageId=123456&spaceKey=DS&xdm_e=https%3A%2F%2Fexample.atlassian.net"
+    "&xdm_c=channel-com.example.bench__panel&cp=%2Fwiki&xdm_deprecated_addon_key_do_not_use=com.example.bench"
+    "&lic=active&cv=1001.0.0-abc&tz=Europe%2FBerlin&loc=en-GB&user_id=&user_key="
+)
+ROUTES = {"POST /installed": "lifecycle", "GET /panel": "request"}
+
+
+# ----------------------------------------------------------------------------- the two stacks
+
+
+def bare_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+    return [b"ok\n"]
+
+
+def flask_app() -> Callable:
+    from flask import Flask, request
+
+    app = Flask("bench")
+
+    @app.get("/panel")
+    def panel():
+        return f"<p>page {request.args.get('pageId', '')} in {request.args.get('spaceKey', '')}</p>"
+
+    return app.wsgi_app
+
+
+class PyJwtOnly:
+    """The floor: take the token from the header, ``jwt.decode`` it, call the app."""
+
+    def __init__(self, app: Callable, secret: str) -> None:
+        self.app = app
+        self.secret = secret
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        try:
+            environ["claims"] = jwt.decode(header[4:], self.secret, algorithms=["HS256"])
+        except jwt.InvalidTokenError:
+            start_response("401 Unauthorized", [("Content-Length", "0")])
+            return [b""]
+        return self.app(environ, start_response)
+
+
+def collector_stack(app: Callable, root: Path) -> tuple[Callable, ConnectAudit]:
+    audit = ConnectAudit(
+        app_key=APP_KEY, base_url=APP_BASE, database=f"sqlite:///{root / 'audit.db'}",
+        install_keys=str(root), descriptor={"key": APP_KEY, "scopes": ["READ"]},
+        recorder_options={"spill_dir": root / "spill"},
+    )
+    audit.apply_lifecycle("installed", {
+        "key": APP_KEY, "clientKey": CLIENT_KEY, "sharedSecret": SECRET,
+        "baseUrl": "https://example.atlassian.net/wiki", "productType": "confluence",
+    })
+    return audit.wsgi_middleware(app, ROUTES), audit
+
+
+# ----------------------------------------------------------------------------- driving
+
+
+def environ_factory(token: str) -> Callable[[], dict]:
+    path, _, query = TARGET.partition("?")
+    template = {
+        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": query,
+        "RAW_URI": TARGET, "REQUEST_URI": TARGET, "SERVER_NAME": "audit-app.example.com",
+        "SERVER_PORT": "443", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "https",
+        "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": False,
+        "wsgi.run_once": False, "HTTP_HOST": "audit-app.example.com",
+        "HTTP_AUTHORIZATION": f"JWT {token}", "HTTP_USER_AGENT": "Confluence", "CONTENT_LENGTH": "",
+    }
+
+    def make() -> dict:
+        env = template.copy()
+        env["wsgi.input"] = io.BytesIO(b"")
+        env["wsgi.errors"] = sys.stderr
+        return env
+
+    return make
+
+
+def _start_response(status: str, headers: list, exc_info=None) -> Callable:
+    if not status.startswith("200"):
+        raise SystemExit(f"the stack answered {status}: the benchmark request is not accepted")
+    return lambda data: None
+
+
+def serve(stack: Callable, make_env: Callable[[], dict], n: int) -> tuple[float, float]:
+    """n requests; returns (wall seconds, request-thread CPU seconds) per request."""
+    wall0, cpu0 = time.perf_counter(), time.thread_time()
+    for _ in range(n):
+        result = stack(make_env(), _start_response)
+        for _chunk in result:
+            pass
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return (time.perf_counter() - wall0) / n, (time.thread_time() - cpu0) / n
+
+
+def thread_cpu(thread: threading.Thread | None) -> float:
+    """CPU seconds (user + system) a thread of this process has used, from procfs."""
+    if thread is None or thread.native_id is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fmt(seconds: float) -> str:
+    return f"{seconds * 1e6:8.1f} µs"
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def measure(app_name: str, requests: int, rounds: int, profile: bool) -> float:
+    app = flask_app() if app_name == "flask" else bare_app
+    token = signing.request_token(client_key=CLIENT_KEY, shared_secret=SECRET, method="GET",
+                                  url=APP_BASE + TARGET, base_url=APP_BASE, now=time.time(), ttl=3600)
+    make_env = environ_factory(token)
+    floor = PyJwtOnly(app, SECRET)
+    with tempfile.TemporaryDirectory(prefix="ca-overhead-") as tmp:
+        stack, audit = collector_stack(app, Path(tmp))
+        try:
+            serve(floor, make_env, 200)  # warm both (imports, caches, the first install lookup)
+            serve(stack, make_env, 200)
+            audit.flush()
+            floor_wall, stack_wall, floor_cpu, stack_cpu, backlog, drain = [], [], [], [], [], []
+            writer = audit.recorder._thread
+            writer_cpu0, written0 = thread_cpu(writer), audit.recorder.stats()["written"]
+            for _ in range(rounds):
+                wall, cpu = serve(floor, make_env, requests)
+                floor_wall.append(wall)
+                floor_cpu.append(cpu)
+                wall, cpu = serve(stack, make_env, requests)
+                stack_wall.append(wall)
+                stack_cpu.append(cpu)
+                # What the writer had not yet written when the loop ended; drained outside
+                # the timing, as a server does between requests.
+                backlog.append(audit.recorder.stats()["queued"])
+                t0 = time.perf_counter()
+                audit.flush()
+                drain.append(time.perf_counter() - t0)
+            writer_cpu = thread_cpu(writer) - writer_cpu0
+            written = audit.recorder.stats()["written"] - written0
+            record_cost = time_record(audit)
+            verify_cost, decode_cost = time_verify(audit, token)
+            if profile:
+                run_profile(stack, make_env, requests, audit)
+        finally:
+            audit.close()
+    ratio = min(stack_wall) / min(floor_wall)
+    print(f"\napp = {app_name}: {rounds} rounds of {requests} requests, best (median)")
+    print(f"  floor (bare PyJWT)       {fmt(min(floor_wall))}/request ({fmt(statistics.median(floor_wall))})")
+    print(f"  collector (recording)    {fmt(min(stack_wall))}/request ({fmt(statistics.median(stack_wall))})")
+    verdict = "met" if ratio <= GOAL else "MISSED"
+    print(f"  ratio collector/floor    {ratio:8.2f}x   (goal <= {GOAL}x: {verdict})")
+    print("  where the time goes:")
+    print(f"    bare jwt.decode                         {fmt(decode_cost)}")
+    print(f"    TokenVerifier.verify_request (strict)   {fmt(verify_cost)}")
+    print(f"    Recorder.record() (request thread)      {fmt(record_cost)}")
+    print(f"    request thread CPU, floor               {fmt(min(floor_cpu))}/request")
+    print(f"    request thread CPU, collector           {fmt(min(stack_cpu))}/request")
+    per_event = writer_cpu / written if written else 0.0
+    print(f"    recorder writer thread CPU              {fmt(per_event)}/event ({written} events, "
+          f"off the request thread)")
+    print(f"    writer backlog at the end of a round    {max(backlog)} events max; "
+          f"drained in {max(drain) * 1000:.0f} ms max")
+    return ratio
+
+
+def time_record(audit: ConnectAudit, n: int = 20_000) -> float:
+    """``Recorder.record()`` alone, the request thread's whole share of recording."""
+    records = [AuditRecord(direction="incoming", outcome="allowed", method="GET", path="/panel",
+                           status=200, tenant_client_key=CLIENT_KEY) for _ in range(n)]
+    record = audit.recorder.record
+    t0 = time.thread_time()  # CPU of this thread: waiting for the GIL is not record()'s cost
+    for rec in records:
+        record(rec)
+    elapsed = (time.thread_time() - t0) / n
+    audit.flush()
+    return elapsed
+
+
+def time_verify(audit: ConnectAudit, token: str, n: int = 5000) -> tuple[float, float]:
+    verify = audit.verifier.verify_request
+    url = APP_BASE + TARGET
+    t0 = time.perf_counter()
+    for _ in range(n):
+        verify(token, "GET", url)
+    verify_cost = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for _ in range(n):
+        jwt.decode(token, SECRET, algorithms=["HS256"])
+    return verify_cost, (time.perf_counter() - t0) / n
+
+
+def run_profile(stack: Callable, make_env: Callable[[], dict], requests: int, audit: ConnectAudit) -> None:
+    """cProfile of the request thread only (the writer thread is not traced): the functions
+    with the most cumulative time per request, then the most own time."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    serve(stack, make_env, requests)
+    profiler.disable()
+    audit.flush()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out).strip_dirs()
+    stats.sort_stats("cumulative").print_stats(30)
+    stats.sort_stats("tottime").print_stats(15)
+    print(f"  profile of {requests} requests on the request thread (divide times by {requests}):")
+    print(out.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=3000, help="requests per round and stack")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--app", choices=("flask", "bare", "both"), default="both")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of the collector stack")
+    args = parser.parse_args(argv)
+    apps = ("flask", "bare") if args.app == "both" else (args.app,)
+    ratios = {name: measure(name, args.requests, args.rounds, args.profile) for name in apps}
+    print("\nsummary: " + ", ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios.items())
+          + f" (goal <= {GOAL}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
