@@ -237,6 +237,84 @@ def append(conn: sa.Connection, rows: list[dict[str, Any]]) -> tuple[int, str]:
     return new_head
 
 
+# ---------------------------------------------------------------------- prepared rows
+# The recorder's fast path. Everything about an event's hash that does not depend on the
+# previous event (the canonical text around ``prev_hash``, the SHA-256 state of the part
+# before it, the SQLite parameter tuple) is computed *outside* the chain lock, on the
+# recorder's preparing thread, while the writing thread is inside SQLite (which releases
+# the GIL). Under the lock only the last step remains: one hash update per event.
+
+_PREV = HASHED_COLUMNS.index("prev_hash")
+_BEFORE_PREV = HASHED_COLUMNS[:_PREV]
+_AFTER_PREV = HASHED_COLUMNS[_PREV + 1 :]
+_SEQ_INDEX = _INSERT_COLUMNS.index("seq")
+_PREV_INDEX = _INSERT_COLUMNS.index("prev_hash")
+_HASH_INDEX = _INSERT_COLUMNS.index("hash")
+
+
+class Prepared:
+    """An event row with its hash precomputed up to ``prev_hash``."""
+
+    __slots__ = ("prefix", "row", "sqlite_values", "suffix")
+
+    def __init__(
+        self, row: dict[str, Any], prefix: Any, suffix: bytes, sqlite_values: list[Any] | None
+    ) -> None:
+        self.row = row
+        self.prefix = prefix  # hashlib sha256 state over the canonical text before prev_hash
+        self.suffix = suffix
+        self.sqlite_values = sqlite_values
+
+
+def prepare(row: dict[str, Any], *, sqlite: bool) -> Prepared:
+    """Precompute what :func:`append_prepared` needs, outside any lock.
+
+    ``prefix + json(prev_hash) + suffix`` is byte for byte :func:`canonical` of the row
+    once ``prev_hash`` is set (tests hold the two paths equal).
+    """
+    before = {name: row[name] for name in _BEFORE_PREV}
+    after = {name: row[name] for name in _AFTER_PREV}
+    ts = after["ts"] = ts_text(row["ts"])
+    latency = before["latency_ms"]
+    if latency is not None and latency.__class__ is not float:
+        before["latency_ms"] = float(latency)
+    prefix = hashlib.sha256(("{" + _encode_row(before)[1:-1] + ',"prev_hash":').encode())
+    suffix = ("," + _encode_row(after)[1:-1] + "}").encode()
+    values = None
+    if sqlite:
+        values = list(_insert_values_of(row | {"seq": None, "hash": None}))
+        values[_TS_INDEX] = ts[:10] + " " + ts[11:26]  # SQLAlchemy's SQLite DATETIME text
+    return Prepared(row, prefix, suffix, values)
+
+
+def append_prepared(conn: sa.Connection, batch: list[Prepared]) -> tuple[tuple[int, str], tuple[int, str]]:
+    """Link and insert prepared rows after the current head; returns ``(before, after)`` heads."""
+    before = head(conn)
+    seq, prev = before
+    sqlite = conn.dialect.name == "sqlite"
+    params: list[Any] = []
+    for item in batch:
+        seq += 1
+        digest = item.prefix.copy()
+        digest.update(encode_basestring_ascii(prev).encode())
+        digest.update(item.suffix)
+        row = item.row
+        row["seq"], row["prev_hash"] = seq, prev
+        prev = row["hash"] = digest.hexdigest()
+        if sqlite:
+            values = item.sqlite_values
+            values[_SEQ_INDEX], values[_PREV_INDEX], values[_HASH_INDEX] = seq, row["prev_hash"], prev
+            params.append(tuple(values))
+        else:
+            params.append(row)
+    if batch:
+        if sqlite:
+            conn.exec_driver_sql(_SQLITE_INSERT, params)
+        else:
+            conn.execute(EVENTS.insert(), params)
+    return before, (seq, prev)
+
+
 # ---------------------------------------------------------------------- checkpoints
 
 

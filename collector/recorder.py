@@ -99,9 +99,9 @@ class Recorder:
 
     def _reset_state(self) -> None:
         self._lock = threading.Lock()
-        self._not_empty = threading.Condition(self._lock)
-        self._not_full = threading.Condition(self._lock)
-        self._settled_cv = threading.Condition(self._lock)
+        self._not_empty = threading.Condition(self._lock)  # records queued (writer)
+        self._not_full = threading.Condition(self._lock)  # room in the queue (callers)
+        self._settled_cv = threading.Condition(self._lock)  # progress (flush waiters)
         self._buf: deque[AuditRecord] = deque()
         self._enqueued = 0
         self._settled = 0
@@ -119,13 +119,20 @@ class Recorder:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> Recorder:
-        """Start the background writer (idempotent); it first re-ingests old spill files."""
+        """Start the background writer (idempotent); it first re-ingests old spill files.
+
+        One thread does all the work, preparation included: a second CPU-bound thread would
+        make the writer wait for the GIL after every row the database driver writes (the
+        "convoy" effect), which measured slower than doing both in turn.
+        """
         with self._lock:
             if self._closed:
                 raise RecorderClosed("the recorder is closed; create a new one")
             if self._thread is not None:
                 return self
-            self._thread = threading.Thread(target=self._run, name="connect-audit-recorder", daemon=True)
+            self._thread = threading.Thread(
+                target=self._write_loop, name="connect-audit-recorder", daemon=True
+            )
             self._thread.start()
         atexit.register(self._atexit)
         return self
@@ -151,15 +158,13 @@ class Recorder:
         if thread is not None:
             thread.join(timeout)
         with self._lock:
-            leftover = list(self._buf)
+            leftover = [chain.event_row(r, self.instance_id) for r in self._buf]
             self._buf.clear()
-            self._closed = True
+            self._closed = True  # a writer still busy finishes its batch and stops
             self._not_full.notify_all()
         if leftover:
-            self._spill([chain.event_row(r, self.instance_id) for r in leftover])
-            with self._lock:
-                self._settled += len(leftover)
-                self._settled_cv.notify_all()
+            self._spill(leftover)
+            self._settle(len(leftover))
         if thread is None or not thread.is_alive():
             self._final_checkpoint()
         self._close_spill()
@@ -235,22 +240,6 @@ class Recorder:
 
     # ------------------------------------------------------------------ writer thread
 
-    def _run(self) -> None:
-        self._reingest_spills()
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            try:
-                self._write_batch(batch)
-            except BaseException as exc:  # noqa: BLE001  (the writer must never die with events in hand)
-                self._note_error(exc)
-                with contextlib.suppress(Exception):
-                    self._spill([chain.event_row(r, self.instance_id) for r in batch])
-            with self._lock:
-                self._settled += len(batch)
-                self._settled_cv.notify_all()
-
     def _next_batch(self) -> list[AuditRecord] | None:
         with self._lock:
             while not self._buf:
@@ -266,21 +255,48 @@ class Recorder:
             self._not_full.notify_all()
             return batch
 
-    def _write_batch(self, batch: list[AuditRecord]) -> None:
-        rows = [chain.event_row(r, self.instance_id) for r in batch]
+    def _write_loop(self) -> None:
+        self._reingest_spills()
+        sqlite = self.store.dialect == "sqlite"
+        while True:
+            records = self._next_batch()
+            if records is None:
+                return
+            batch: list[chain.Prepared] = []
+            for rec in records:
+                try:
+                    batch.append(chain.prepare(chain.event_row(rec, self.instance_id), sqlite=sqlite))
+                except Exception as exc:  # noqa: BLE001  (one unstorable record must not stop the others)
+                    self._note_error(exc)
+                    log.error("connect-audit recorder: event %s cannot be stored: %s", rec.event_id, exc)
+                    self._settle(1)
+            try:
+                self._write_batch(batch)
+            except BaseException as exc:  # noqa: BLE001  (the writer must never die with events in hand)
+                self._note_error(exc)
+                with contextlib.suppress(Exception):
+                    self._spill([_unlinked(p.row) for p in batch])
+            self._settle(len(batch))
+
+    def _settle(self, n: int) -> None:
+        with self._lock:
+            self._settled += n
+            self._settled_cv.notify_all()
+
+    def _write_batch(self, batch: list[chain.Prepared]) -> None:
         if time.monotonic() < self._store_down_until:
-            self._spill(rows)
+            self._spill([_unlinked(p.row) for p in batch])
             return
         try:
-            self._insert(rows)
+            written = self._insert_prepared(batch)
         except StoreUnavailable as exc:
             self._note_error(exc)
             self._store_down_until = time.monotonic() + self._retry_interval
             self._retry_interval = min(self._retry_interval * 2, MAX_RETRY_INTERVAL)
-            self._spill(rows)
+            self._spill([_unlinked(p.row) for p in batch])
             return
         with self._lock:
-            self._stats["written"] += len(rows)
+            self._stats["written"] += written
             self._stats["batches"] += 1
         self._retry_interval = 0.5
         if self._spill_path is not None:
@@ -288,23 +304,31 @@ class Recorder:
             self._close_spill()
             self._reingest_spills()
 
-    def _insert(self, rows: list[dict[str, Any]], *, skip_existing: bool = False) -> int:
-        """Append ``rows`` in one write transaction; returns how many were inserted."""
+    def _insert_prepared(self, batch: list[chain.Prepared]) -> int:
         for attempt in (1, 2):
             try:
                 with self.store.write_transaction() as conn:
-                    if skip_existing or attempt == 2:
-                        rows = _without_existing(conn, rows)
-                    before = chain.head(conn)
-                    after = chain.append(conn, rows)
+                    if attempt == 2:
+                        kept = {id(r) for r in _without_existing(conn, [p.row for p in batch])}
+                        batch = [p for p in batch if id(p.row) in kept]
+                    before, after = chain.append_prepared(conn, batch)
                     self._maybe_checkpoint(conn, before, after)
-                return len(rows)
+                return len(batch)
             except sa.exc.IntegrityError:
-                # An event_id that is already stored (a retried record, a re-ingested
-                # spill): drop the duplicates and try once more.
+                # An event_id that is already stored (a record retried by its caller):
+                # drop the duplicates and try once more.
                 if attempt == 2:
                     raise
         return 0
+
+    def _insert(self, rows: list[dict[str, Any]]) -> int:
+        """Append plain rows (re-ingested spill lines), skipping event ids already stored."""
+        with self.store.write_transaction() as conn:
+            rows = _without_existing(conn, rows)
+            before = chain.head(conn)
+            after = chain.append(conn, rows)
+            self._maybe_checkpoint(conn, before, after)
+        return len(rows)
 
     def _maybe_checkpoint(self, conn: sa.Connection, before: tuple[int, str], after: tuple[int, str]) -> None:
         self._unsigned += after[0] - before[0]
@@ -355,9 +379,7 @@ class Recorder:
             os.close(fd)
         with self._lock:
             self._stats["spilled"] += len(rows)
-        log.warning(
-            "connect-audit recorder: %d events spilled to %s", len(rows), self._spill_path
-        )
+        log.warning("connect-audit recorder: %d events spilled to %s", len(rows), self._spill_path)
 
     def _close_spill(self) -> None:
         self._spill_path = None
@@ -397,10 +419,10 @@ class Recorder:
                     continue  # a line torn by a crash mid-write was never acknowledged
                 pending.append(row)
                 if len(pending) >= self.batch_size:
-                    count += self._insert(pending, skip_existing=True)
+                    count += self._insert(pending)
                     pending = []
         if pending:
-            count += self._insert(pending, skip_existing=True)
+            count += self._insert(pending)
         return count
 
 
@@ -463,6 +485,11 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _unlinked(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as it was before linking (for the spill file: the chain is recomputed on re-ingest)."""
+    return {k: v for k, v in row.items() if k not in ("seq", "hash")} | {"prev_hash": None}
 
 
 def _without_existing(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

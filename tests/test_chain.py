@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from storekit import count, isolate_keys, record, records, tamper
@@ -83,11 +84,28 @@ def test_any_stored_event_rehashes_identically_after_a_round_trip(
         rec = record(
             3, ts=ts, path=path, account_id=account, detail=detail, latency_ms=latency, status=status
         )
+        twin = record(
+            4, ts=ts, path=path, account_id=account, detail=detail, latency_ms=latency, status=status
+        )
         with store.write_transaction() as conn:
-            chain.append(conn, [chain.event_row(rec)])
+            chain.append(conn, [chain.event_row(rec)])  # the generic path (purge, re-ingest)
+            # The recorder's fast path: precomputed around prev_hash, outside the lock.
+            chain.append_prepared(conn, [chain.prepare(chain.event_row(twin), sqlite=True)])
         report = chain.verify(store)
         assert report.ok, report.problem
         tamper(store, "DELETE FROM audit_events")
+
+
+def test_the_prepared_fast_path_hashes_exactly_the_canonical_form():
+    rows = [chain.event_row(record(i, detail="\u00e9\n=x" * i, latency_ms=i or None)) for i in range(5)]
+    prepared = [chain.prepare(dict(r), sqlite=False) for r in rows]
+    prev = chain.GENESIS
+    for row, item in zip(rows, prepared, strict=True):
+        row["prev_hash"] = prev
+        digest = item.prefix.copy()
+        digest.update(json.dumps(prev).encode() + item.suffix)
+        assert digest.hexdigest() == chain.event_hash(row)
+        prev = row["hash"] = chain.event_hash(row)
 
 
 def test_text_is_normalised_to_what_both_backends_store(store):
@@ -181,7 +199,9 @@ def test_an_inserted_event_is_named(store):
     with store.write_transaction() as conn:
         # Make room at seq 6 and insert a self-consistent forged event there.
         for seq in range(10, 5, -1):
-            conn.exec_driver_sql(f"UPDATE audit_events SET seq = {seq + 1} WHERE seq = {seq}")
+            conn.execute(
+                sa.text("UPDATE audit_events SET seq = :new WHERE seq = :old"), {"new": seq + 1, "old": seq}
+            )
         forged["seq"] = 6
         chain.insert(conn, [forged])
     report = chain.verify(store)
