@@ -987,3 +987,66 @@ def _as_utc(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
     return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+
+
+def overview(
+    source: Any, flt: EventFilter, *, bucket_s: int = 3600, n: int = 10,
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT,
+) -> dict[str, Any]:
+    """Everything the overview shows, from two grouped reads instead of five.
+
+    One read by (hour, outcome, tenant) yields the totals, the rates, the series and the top
+    tenants; one by (method, template, reason) yields the top endpoints and reasons.
+    """
+    per = max(1, bucket_s // 3600)
+    outcomes: dict[str, int] = defaultdict(int)
+    tenants: dict[Any, int] = defaultdict(int)
+    buckets: dict[tuple[int, Any], int] = defaultdict(int)
+    for (hour, outcome, tenant), count_ in aggregate(
+        source, flt, (HOUR, "outcome", "tenant_client_key"), time_limit_s=time_limit_s
+    ):
+        outcomes[outcome] += count_
+        tenants[tenant] += count_
+        buckets[(int(hour or 0) // per * per, outcome)] += count_
+    endpoints: dict[tuple, int] = defaultdict(int)
+    reasons: dict[Any, int] = defaultdict(int)
+    for (method, template, reason), count_ in aggregate(
+        source, flt, ("method", "path_template", "reason"), time_limit_s=time_limit_s
+    ):
+        endpoints[(method, template)] += count_
+        if reason is not None:
+            reasons[reason] += count_
+    total = sum(outcomes.values())
+
+    def top(counts: dict) -> list[tuple[Any, int]]:
+        return sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))[:n]
+
+    return {
+        "events": total,
+        "tenants": sum(1 for t in tenants if t),
+        "outcomes": dict(outcomes),
+        "rates": {o: (outcomes.get(o, 0) / total if total else 0.0) for o in ev.OUTCOMES},
+        "series": [
+            (datetime.fromtimestamp(h * 3600, UTC), o, c)
+            for (h, o), c in sorted(buckets.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))
+        ],
+        "top_tenants": top(tenants),
+        "top_endpoints": top(endpoints),
+        "top_reasons": top(reasons),
+    }
+
+
+def count_at_most(
+    source: Any, flt: EventFilter, cap: int, *, time_limit_s: float | None = DEFAULT_TIME_LIMIT
+) -> tuple[int, bool]:
+    """``(n, exact)``: the match count, or ``(cap, False)`` when there are more than ``cap``.
+
+    Filters the rollups can answer are counted exactly (cheap at any size); free-text and
+    substring filters stop scanning after ``cap`` matches.
+    """
+    if not flt.raw_only_fields(ROLLUP_DIMS):
+        return count(source, flt, time_limit_s=time_limit_s), True
+    inner = sa.select(EVENTS.c.seq).where(where_clause(flt)).limit(cap + 1).subquery()
+    with reading(source, time_limit_s) as conn:
+        n = conn.execute(sa.select(sa.func.count()).select_from(inner)).scalar() or 0
+    return (n, True) if n <= cap else (cap, False)

@@ -150,6 +150,11 @@ def tenant_labels() -> dict[str, str]:
     return labels
 
 
+def tenant_sites() -> dict[str, str]:
+    """clientKey -> the site's baseUrl (installs only; logged tenants may be unknown)."""
+    return {inst["client_key"]: inst["base_url"] for inst in installs()}
+
+
 # --------------------------------------------------------------------------- overview
 
 
@@ -157,31 +162,26 @@ def overview(flt: EventFilter) -> dict[str, Any]:
     s = store()
     b = q.bounds(s)
     bucket = q.bucket_seconds(flt, oldest=b["oldest"])
+    data = q.overview(s, flt, bucket_s=bucket, time_limit_s=PAGE_TIME_LIMIT)
+    rates = data["rates"]
     return {
-        "summary": q.summary(s, flt, time_limit_s=PAGE_TIME_LIMIT),
-        "series": [
-            {"time": t, "outcome": o or "unknown", "events": n}
-            for t, o, n in q.series(s, flt, "outcome", bucket_s=bucket, time_limit_s=PAGE_TIME_LIMIT)
-        ],
+        "summary": {
+            "events": data["events"],
+            "tenants": data["tenants"],
+            "outcomes": data["outcomes"],
+            "rejection_rate": rates[ev.REJECTED],
+            "denial_rate": rates[ev.DENIED],
+            "error_rate": rates[ev.ERROR],
+        },
+        "series": [{"time": t, "outcome": o or "unknown", "events": n}
+                   for t, o, n in data["series"]],
         "bucket_s": bucket,
-        "top_tenants": _top(s, flt, ("tenant_client_key",)),
-        "top_endpoints": _top(s, flt, ("method", "path_template")),
-        "top_reasons": _top(s, flt.replace(outcome=None), ("reason",), exclude_none=True),
+        "top_tenants": [{"tenant_client_key": k, "events": n} for k, n in data["top_tenants"]],
+        "top_endpoints": [{"method": m, "path_template": p, "events": n}
+                          for (m, p), n in data["top_endpoints"]],
+        "top_reasons": [{"reason": r, "events": n} for r, n in data["top_reasons"]],
         "freshness": freshness(b),
     }
-
-
-def _top(s: Any, flt: EventFilter, by: tuple[str, ...], *, exclude_none: bool = False,
-         n: int = 10) -> list[dict[str, Any]]:
-    rows = q.aggregate(s, flt, by, time_limit_s=PAGE_TIME_LIMIT)
-    out = []
-    for key, count in rows:
-        if exclude_none and all(k is None for k in key):
-            continue
-        out.append({**dict(zip(by, key, strict=True)), "events": count})
-        if len(out) == n:
-            break
-    return out
 
 
 def freshness(b: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -241,6 +241,12 @@ def facets(flt: EventFilter) -> dict[str, list[tuple[Any, int]]]:
 
 def count(flt: EventFilter) -> int:
     return q.count(store(), flt, time_limit_s=PAGE_TIME_LIMIT)
+
+
+def count_label(flt: EventFilter, cap: int = 10_000) -> str:
+    """"1,234" or "more than 10,000" (free-text filters stop counting at ``cap``)."""
+    n, exact = q.count_at_most(store(), flt, cap, time_limit_s=PAGE_TIME_LIMIT)
+    return f"{n:,}" if exact else f"more than {cap:,}"
 
 
 def event_detail(event_id: str) -> dict[str, Any] | None:

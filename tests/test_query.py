@@ -248,3 +248,24 @@ def test_statement_time_limit_raises_a_clear_error(database_url):
         else:
             conn.exec_driver_sql("SELECT pg_sleep(5)").scalar()
     assert "limit" in str(info.value) and "narrow" in str(info.value)
+
+
+def test_overview_and_capped_counts(filled):
+    store, data = filled
+    q.refresh_rollups(store)
+    flt = q.EventFilter(since=data.now - timedelta(hours=30))
+    expected = _expected(data, flt)
+    view = q.overview(store, flt, bucket_s=6 * 3600, n=3)
+    assert view["events"] == len(expected) == sum(n for _, _, n in view["series"])
+    assert view["rates"][ev.DENIED] == pytest.approx(
+        sum(1 for r in expected if r.outcome == ev.DENIED) / len(expected))
+    top_tenant, top_n = view["top_tenants"][0]
+    assert top_n == sum(1 for r in expected if r.tenant_client_key == top_tenant)
+    assert dict(view["top_reasons"])["expired"] == sum(1 for r in expected if r.reason == "expired")
+    assert len(view["top_endpoints"]) <= 3
+
+    assert q.count_at_most(store, flt, 5) == (len(expected), True)  # rollups: exact
+    text = flt.replace(text="/rest/api/content/")
+    n = sum(1 for r in expected if r.path and "/rest/api/content/" in r.path)
+    assert q.count_at_most(store, text, 10_000) == (n, True)
+    assert q.count_at_most(store, text, 7) == (7, False)

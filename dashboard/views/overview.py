@@ -8,6 +8,7 @@ st.title("Overview")
 flt = ui.filter_bar(("range", "tenant"))
 with ui.guard():
     data = queries.overview(flt)
+    sites = queries.tenant_sites()
 
 summary = data["summary"]
 cols = st.columns(5)
@@ -36,8 +37,8 @@ ui.bar_chart(data["series"], x="time", y="events", color="outcome",
 left, middle, right = st.columns(3)
 with left:
     st.subheader("Top tenants")
-    ui.table([{"tenant": r["tenant_client_key"], "events": r["events"]}
-              for r in data["top_tenants"]], key="top_tenants")
+    ui.table([{"site": sites.get(r["tenant_client_key"]), "tenant": r["tenant_client_key"],
+               "events": r["events"]} for r in data["top_tenants"]], key="top_tenants")
 with middle:
     st.subheader("Top endpoints")
     ui.table([{"method": r["method"], "endpoint": r["path_template"], "events": r["events"]}

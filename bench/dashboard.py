@@ -1,0 +1,208 @@
+# ruff: noqa: S608 - the SQL is the benchmark's own constant text, not input
+"""Dashboard at scale: each page's first render and a filter change, against raw SQL.
+
+Fills (or reuses) a store of 1,000,000 events with ``connect-audit generate`` (``--ten-million``
+for 10M), folds the rollups once (a one-off cost, reported), then renders every page with
+Streamlit's AppTest as a signed-in admin would see it first, and times a filter change on
+Overview and Activity. Each figure is set against the raw SQL of the same question on the
+same SQLite file (no rollups), measured in the same run, and printed with its ratio.
+
+Goals (issue 4 and 6): first render < 1 s and filter change < 300 ms at 1M events; < 2 s and
+< 1 s at 10M.
+
+    .venv/bin/python bench/dashboard.py                 # 1M, data/bench-dashboard-1_000_000.db
+    .venv/bin/python bench/dashboard.py --ten-million   # 10M, data/bench-dashboard-10_000_000.db
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # before bench/, so that `dashboard` is the package, not this file
+
+from _stores import ensure_store  # noqa: E402  (bench/_stores.py)
+
+PAGES = ("overview", "installs", "activity", "who_acted", "denials", "export", "integrity")
+
+
+def _timed(fn, repeat: int = 3) -> float:
+    """Median wall time of ``fn`` over ``repeat`` runs, in seconds."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------- raw SQL
+
+
+def _raw_questions(path: Path) -> dict[str, callable]:
+    """The same questions each page asks, as plain SQL over the raw table (no rollups)."""
+    since = (datetime.now(UTC) - timedelta(hours=24)).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    def run(*sqls):
+        def go():
+            con = sqlite3.connect(path)
+            try:
+                for sql in sqls:
+                    con.execute(sql, {"since": since}).fetchall()
+            finally:
+                con.close()
+        return go
+
+    where = "WHERE ts >= :since"
+    return {
+        "overview": run(
+            f"SELECT outcome, tenant_client_key, count(*) FROM audit_events {where} GROUP BY 1, 2",
+            f"SELECT CAST(strftime('%s', ts) AS INTEGER) / 3600, outcome, count(*) FROM audit_events "
+            f"{where} GROUP BY 1, 2",
+            f"SELECT method, path_template, count(*) FROM audit_events {where} GROUP BY 1, 2 "
+            "ORDER BY 3 DESC LIMIT 10",
+            f"SELECT reason, count(*) FROM audit_events {where} AND reason IS NOT NULL GROUP BY 1 "
+            "ORDER BY 2 DESC LIMIT 10",
+            "SELECT min(ts), max(ts), max(seq) FROM audit_events",
+        ),
+        "installs": run("SELECT * FROM installs ORDER BY base_url"),
+        "activity": run(
+            f"SELECT * FROM audit_events {where} ORDER BY ts DESC, seq DESC LIMIT 51",
+            f"SELECT outcome, direction, identity_kind, tenant_client_key, reason, status, method, "
+            f"count(*) FROM audit_events {where} GROUP BY 1, 2, 3, 4, 5, 6, 7",
+        ),
+        "activity_filter": run(
+            f"SELECT * FROM audit_events {where} AND outcome = 'rejected' "
+            "ORDER BY ts DESC, seq DESC LIMIT 51",
+            f"SELECT outcome, direction, identity_kind, tenant_client_key, reason, status, method, "
+            f"count(*) FROM audit_events {where} AND outcome = 'rejected' GROUP BY 1, 2, 3, 4, 5, 6, 7",
+        ),
+        "who_acted": run(
+            f"SELECT tenant_client_key, method, path_template, identity_kind, count(*) FROM "
+            f"audit_events {where} GROUP BY 1, 2, 3, 4",
+            f"SELECT tenant_client_key, account_id, count(*), min(ts), max(ts) FROM audit_events "
+            f"{where} AND identity_kind = 'user' AND account_id IS NOT NULL GROUP BY 1, 2",
+        ),
+        "denials": run(
+            f"SELECT reason, tenant_client_key, required_scope, method, path_template, count(*) "
+            f"FROM audit_events {where} AND outcome = 'denied' GROUP BY 1, 2, 3, 4, 5",
+            f"SELECT CAST(strftime('%s', ts) AS INTEGER) / 3600, reason, count(*) FROM audit_events "
+            f"{where} AND outcome = 'rejected' GROUP BY 1, 2",
+        ),
+        "export": run(f"SELECT count(*) FROM audit_events {where}"),
+        "integrity": run(
+            "SELECT min(ts), max(ts), min(seq), max(seq) FROM audit_events",
+            "SELECT * FROM checkpoints ORDER BY seq DESC LIMIT 1",
+        ),
+        "overview_filter": run(
+            f"SELECT outcome, count(*) FROM audit_events {where} AND tenant_client_key = "
+            "(SELECT client_key FROM installs ORDER BY client_key LIMIT 1) GROUP BY 1",
+            f"SELECT CAST(strftime('%s', ts) AS INTEGER) / 3600, outcome, count(*) FROM audit_events "
+            f"{where} AND tenant_client_key = (SELECT client_key FROM installs ORDER BY client_key "
+            "LIMIT 1) GROUP BY 1, 2",
+        ),
+    }
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def _app():
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard import auth
+
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120)
+    at.session_state[auth.SESSION_KEY] = auth.User("bench", auth.ADMIN, "local")
+    return at
+
+
+def _render(page: str) -> float:
+    """A new session opening ``page`` (the app is already imported and the store open)."""
+    at = _app()
+    at.switch_page(f"views/{page}.py")
+    started = time.perf_counter()
+    at.run()
+    elapsed = time.perf_counter() - started
+    if at.exception:
+        raise SystemExit(f"{page} failed: {at.exception[0].value}")
+    if at.warning:
+        print(f"  note on {page}: {at.warning[0].value}")
+    return elapsed
+
+
+def _filter_change(page: str, key: str, value: str) -> float:
+    at = _app()
+    at.switch_page(f"views/{page}.py")
+    at.run()
+    started = time.perf_counter()
+    at.selectbox(key=key).set_value(value).run()
+    elapsed = time.perf_counter() - started
+    if at.exception:
+        raise SystemExit(f"{page} failed: {at.exception[0].value}")
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ten-million", action="store_true", help="10M events instead of 1M")
+    parser.add_argument("--database", metavar="PATH", help="SQLite file to fill or reuse")
+    parser.add_argument("--events", type=int, help="another size (smoke runs)")
+    args = parser.parse_args()
+    events = args.events or (10_000_000 if args.ten_million else 1_000_000)
+    path = Path(args.database or ROOT / "data" / f"bench-dashboard-{events:_}.db")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_store(path, events)
+    os.environ["CONNECT_AUDIT_DATABASE_URL"] = f"sqlite:///{path}"
+    os.environ.setdefault("CONNECT_AUDIT_ADMIN_PASSWORD", "bench-only-password")
+
+    from collector import query as q
+    from collector.store import Store
+
+    with Store.open(f"sqlite:///{path}") as store:
+        lag = q.rollup_lag(store)
+        started = time.perf_counter()
+        q.refresh_rollups(store)
+        fold = time.perf_counter() - started
+    print(f"rollups: folded {lag:,} new events in {fold:.1f} s (one-off; the dashboard then "
+          "folds every 5 s in the background)")
+
+    goal_render, goal_change = (2.0, 1.0) if args.ten_million else (1.0, 0.3)
+    raw = _raw_questions(path)
+    _render("installs")  # imports, store open, caches: not part of any page's figure
+    print(f"\n{events:,} events, SQLite, range 'last 24 hours' (the default)")
+    print(f"{'page':<22}{'dashboard':>12}{'raw SQL':>12}{'ratio':>8}   goal")
+    rows = []
+    for page in PAGES:
+        t_page = statistics.median(_render(page) for _ in range(3))
+        t_raw = _timed(raw[page])
+        rows.append((f"{page} first render", t_page, t_raw, goal_render))
+    for page, key, value, raw_key in (
+        ("activity", "f_outcome", "rejected", "activity_filter"),
+        ("overview", "f_tenant", None, "overview_filter"),
+    ):
+        if value is None:
+            con = sqlite3.connect(path)
+            value = con.execute("SELECT client_key FROM installs ORDER BY client_key").fetchone()[0]
+            con.close()
+        t_page = statistics.median(_filter_change(page, key, value) for _ in range(3))
+        rows.append((f"{page} filter change", t_page, _timed(raw[raw_key]), goal_change))
+    failed = 0
+    for label, t_page, t_raw, goal in rows:
+        ok = t_page < goal
+        failed += not ok
+        print(f"{label:<22}{t_page * 1000:>10.0f}ms{t_raw * 1000:>10.0f}ms{t_page / t_raw:>8.2f}   "
+              f"< {goal * 1000:.0f} ms {'ok' if ok else 'MISSED'}")
+    print(f"\n{len(rows) - failed} of {len(rows)} figures meet their goal")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Export at scale: ``connect-audit export`` of 1M events against a raw ``csv.writer``.
+
+Both run as child processes over the same SQLite table, in the same run; each one's wall
+time and peak resident memory (``wait4`` rusage) are printed. The baseline is the floor: a
+``SELECT *`` in chain order written with ``csv.writer``, no neutralisation, no timestamp
+formatting, no hashing, no audit event. Goals (issue 6): ratio <= 1.5x, peak memory under
+200 MB whatever the row count.
+
+    .venv/bin/python bench/export.py [--database PATH] [--events N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _stores import ensure_store  # noqa: E402  (bench/_stores.py)
+
+BASELINE = """
+import csv, sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+with open(sys.argv[2], "w", newline="") as fh:
+    w = csv.writer(fh)
+    cur = con.execute("SELECT * FROM audit_events ORDER BY seq")
+    w.writerow([d[0] for d in cur.description])
+    while True:
+        rows = cur.fetchmany(2000)
+        if not rows:
+            break
+        w.writerows(rows)
+"""
+
+
+def _run(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one child process."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[2:5]} failed: {err}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database", metavar="PATH",
+                        default=str(ROOT / "data" / "bench-dashboard-1_000_000.db"))
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    path = Path(args.database)
+    ensure_store(path, args.events)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        out = Path(tmp)
+        results = {"connect-audit export": [], "raw csv.writer": []}
+        for _ in range(args.repeat):  # interleaved, so drift hits both alike
+            results["raw csv.writer"].append(
+                _run([sys.executable, "-c", BASELINE, str(path), str(out / "raw.csv")]))
+            results["connect-audit export"].append(
+                _run([sys.executable, "-m", "collector.cli", "export", "--database",
+                      f"sqlite:///{path}", "-o", str(out / "export.csv")]))
+        sizes = {name: (out / f).stat().st_size for name, f in
+                 (("connect-audit export", "export.csv"), ("raw csv.writer", "raw.csv"))}
+    print(f"export of {args.events:,} events (SQLite), best of {args.repeat}")
+    best = {name: min(runs) for name, runs in results.items()}
+    for name, (secs, _rss) in best.items():
+        peak = max(r for _, r in results[name])
+        print(f"  {name:<22}{secs:>7.2f} s   peak RSS {peak:>6.0f} MiB   "
+              f"{sizes[name] / 2**20:>6.0f} MiB written")
+    ratio = best["connect-audit export"][0] / best["raw csv.writer"][0]
+    peak = max(r for _, r in results["connect-audit export"])
+    print(f"  ratio {ratio:.2f}x (goal <= 1.5x: {'ok' if ratio <= 1.5 else 'MISSED'}); "
+          f"peak {peak:.0f} MiB (goal < 200 MB: {'ok' if peak * 1.048576 < 200 else 'MISSED'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
