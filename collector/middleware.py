@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, unquote_plus
 
 from collector import events
-from collector.errors import ConnectAuditError, MissingToken, TokenRejected
+from collector.errors import ConnectAuditError, MissingToken, StoreUnavailable, TokenRejected
 from collector.routes import CONTEXT, LIFECYCLE, PUBLIC, Route, RoutePolicy, is_state_changing
 
 if TYPE_CHECKING:
@@ -61,7 +61,13 @@ MAX_LIFECYCLE_BODY = 256 * 1024
 _MAX_UNVERIFIED = 200
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-_REFUSAL_BODY = b"Unauthorized: the request's Atlassian Connect token was not accepted.\n"
+_REFUSALS = {
+    401: b"Unauthorized: the request's Atlassian Connect token was not accepted.\n",
+    400: b"Bad Request: the lifecycle callback could not be applied.\n",
+    503: b"Service Unavailable: the app cannot verify requests right now; retry shortly.\n",
+}
+
+_REASONS = {400: "Bad Request", 401: "Unauthorized", 503: "Service Unavailable"}
 
 _CURRENT: contextvars.ContextVar[Exchange | None] = contextvars.ContextVar(
     "connect_audit_exchange", default=None
@@ -144,11 +150,13 @@ class Exchange:
     verified: VerifiedToken | None = None
     context: ConnectContext | None = None
     rejection: TokenRejected | None = None
-    failure: str | None = None  # a verified lifecycle callback that could not be applied
+    failure: str | None = None  # why a request could not be handled (nothing wrong with its token)
+    failure_status: int = 400
     event_type: str = "request"
     forbidden: str | None = None  # cause of the last 403 the product gave while handling it
     tenant_base_url: str | None = None
     product: str | None = None
+    declared_scopes: str | None = None
 
 
 class Gate:
@@ -176,6 +184,15 @@ class Gate:
         if ex.route.auth == PUBLIC:
             ex.context = ConnectContext(route=self._template(ex), auth=PUBLIC, request_id=ex.request_id)
             return
+        try:
+            self._verify(ex, authorization, body)
+        except StoreUnavailable as exc:
+            # No verdict on the token: the install's secret or the replay table is out of
+            # reach. Refuse for now (503, retryable); the event goes to the spill file.
+            ex.context = None
+            ex.failure, ex.failure_status = _safe_text(exc), 503
+
+    def _verify(self, ex: Exchange, authorization: str | None, body: bytes | None) -> None:
         from collector.tokens import Endpoint, extract_token
 
         try:
@@ -199,10 +216,15 @@ class Gate:
         except TokenRejected as exc:
             ex.rejection = exc
             return
+        self._describe_tenant(ex)
+        ex.context = self._context(ex)
+
+    def _describe_tenant(self, ex: Exchange) -> None:
+        # Read now, on the verification path, so that recording needs no store access.
         tenant = self.audit.tenant(ex.verified.client_key)
         if tenant is not None:
             ex.tenant_base_url, ex.product = tenant.base_url, tenant.product
-        ex.context = self._context(ex)
+            ex.declared_scopes = tenant.declared_scopes
 
     def _admit_lifecycle(self, ex: Exchange, url: str, body: bytes | None) -> None:
         payload = _json_object(body)
@@ -221,13 +243,12 @@ class Gate:
             return
         try:
             self.audit.apply_lifecycle(claimed, payload)
+        except StoreUnavailable:
+            raise
         except (ConnectAuditError, ValueError, TypeError, KeyError) as exc:
             ex.failure = f"the {claimed} callback could not be applied: {_safe_text(exc)}"
             return
-        base_url = payload.get("baseUrl")
-        ex.tenant_base_url = base_url if isinstance(base_url, str) else None
-        product = payload.get("productType")
-        ex.product = product if isinstance(product, str) else None
+        self._describe_tenant(ex)
         ex.context = self._context(ex, event_type=claimed)
 
     def _context(self, ex: Exchange, *, event_type: str | None = None) -> ConnectContext:
@@ -244,13 +265,14 @@ class Gate:
 
     def refusal(self, ex: Exchange) -> tuple[int, list[tuple[str, str]], bytes]:
         """The response for a refused request: generic, with only the request id to quote."""
-        status = 400 if ex.failure else 401
-        body = (b"Bad Request: the lifecycle callback could not be applied.\n" if ex.failure
-                else _REFUSAL_BODY) + f"Request id: {ex.request_id}\n".encode()
+        status = ex.failure_status if ex.failure else 401
+        body = _REFUSALS[status] + f"Request id: {ex.request_id}\n".encode()
         headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
                    (REQUEST_ID_HEADER, ex.request_id), ("Cache-Control", "no-store")]
         if status == 401:
             headers.append(("WWW-Authenticate", 'JWT realm="atlassian-connect"'))
+        elif status == 503:
+            headers.append(("Retry-After", "5"))
         return status, headers, body
 
     def finish(self, ex: Exchange, status: int | None, *, crashed: bool = False) -> None:
@@ -286,12 +308,14 @@ class Gate:
             log.info("rejected %s %s: %s (%s)", ex.method, rec.path, rec.reason, ex.request_id)
             return rec
         v = ex.verified
+        if v is None:  # the store was unavailable before the token could be judged
+            rec.outcome, rec.detail = events.ERROR, ex.failure
+            return rec
         rec.tenant_client_key, rec.account_id = v.client_key, v.account_id
         rec.tenant_base_url, rec.product = ex.tenant_base_url, ex.product
         rec.identity_kind = events.USER if v.account_id and not lifecycle else events.ANONYMOUS
         rec.token_fingerprint, rec.claims = v.fingerprint, v.summary()
-        tenant = self.audit.tenant(v.client_key)
-        rec.declared_scopes = tenant.declared_scopes if tenant is not None else None
+        rec.declared_scopes = ex.declared_scopes
         if ex.failure:
             rec.outcome, rec.detail = events.ERROR, ex.failure
             return rec
@@ -404,7 +428,7 @@ class WsgiMiddleware:
         self.gate.admit(ex, environ.get("HTTP_AUTHORIZATION"), body)
         if ex.context is None:
             status, headers, payload = self.gate.refusal(ex)
-            start_response(f"{status} {'Bad Request' if status == 400 else 'Unauthorized'}", headers)
+            start_response(f"{status} {_REASONS[status]}", headers)
             self.gate.finish(ex, status)
             return [payload]
 
@@ -515,10 +539,10 @@ class AsgiMiddleware:
         await asyncio.to_thread(self.gate.admit, ex, headers.get("authorization"), body)
         if ex.context is None:
             status, out_headers, payload = self.gate.refusal(ex)
+            self.gate.finish(ex, status)  # queued before the caller can see the answer
             await send({"type": "http.response.start", "status": status,
                         "headers": [(k.lower().encode(), v.encode()) for k, v in out_headers]})
             await send({"type": "http.response.body", "body": payload})
-            self.gate.finish(ex, status)
             return
 
         scope = dict(scope)

@@ -135,14 +135,23 @@ async def echo_asgi(scope, receive, send):
 
 
 def events(audit: ConnectAudit, request_id: str | None = None) -> list[dict]:
-    """The store's audit events (after a flush), oldest first, optionally for one request."""
+    """The store's audit events (after a flush), oldest first, optionally for one request.
+
+    A server may hand the client its response a moment before the middleware queues the
+    event (it records once the body is sent), so with ``request_id`` wait for it.
+    """
     import sqlalchemy as sa
 
     from collector.models import AuditEvent
 
-    assert audit.flush(timeout=30)
     query = sa.select(AuditEvent.__table__)
     if request_id is not None:
         query = query.where(AuditEvent.request_id == request_id)
-    with audit.store.engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query.order_by(AuditEvent.seq))]
+    deadline = time.monotonic() + 10
+    while True:
+        assert audit.flush(timeout=30)
+        with audit.store.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query.order_by(AuditEvent.seq))]
+        if rows or request_id is None or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.01)

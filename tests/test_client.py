@@ -8,12 +8,16 @@ import json
 
 import pytest
 import requests
-from e2e_support import Clock, assert_no_credentials_stored, provision_database, running_stack
 from requests.adapters import HTTPAdapter
 
-from collector.client import ConnectSession
-from collector.errors import TokenExchangeFailed, UnknownTenant
-from collector.simulator.host import ACCESS_TOKEN_TTL
+# Helper modules hold asserts too: have pytest explain their failures (registered before import).
+pytest.register_assert_rewrite("e2e_scenario", "e2e_support", "middleware_support")
+
+from e2e_support import Clock, assert_no_credentials_stored, provision_database, running_stack  # noqa: E402
+
+from collector.client import ConnectSession  # noqa: E402
+from collector.errors import TokenExchangeFailed, UnknownTenant  # noqa: E402
+from collector.simulator.host import ACCESS_TOKEN_TTL  # noqa: E402
 
 pytestmark = pytest.mark.slow  # one stack per module, about 2 s to start
 

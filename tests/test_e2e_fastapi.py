@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-# The scenario's asserts live in helper modules: have pytest explain their failures too.
-pytest.register_assert_rewrite("e2e_scenario", "e2e_support")
+# Helper modules hold asserts too: have pytest explain their failures (registered before import).
+pytest.register_assert_rewrite("e2e_scenario", "e2e_support", "middleware_support")
 
 from e2e_scenario import Scenario, stack_fixture  # noqa: E402 - after the rewrite hook
 

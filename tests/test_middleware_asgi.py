@@ -8,8 +8,12 @@ import json
 
 import pytest
 import requests
-from e2e_support import serve_asgi
-from middleware_support import (
+
+# Helper modules hold asserts too: have pytest explain their failures (registered before import).
+pytest.register_assert_rewrite("e2e_scenario", "e2e_support", "middleware_support")
+
+from e2e_support import serve_asgi  # noqa: E402
+from middleware_support import (  # noqa: E402
     ACCOUNT,
     CLIENT_KEY,
     ROUTES,
@@ -22,7 +26,7 @@ from middleware_support import (
     request_token,
 )
 
-from collector.middleware import STATE_KEY, AsgiMiddleware
+from collector.middleware import STATE_KEY, AsgiMiddleware  # noqa: E402
 
 
 @pytest.fixture

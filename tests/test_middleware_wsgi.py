@@ -9,7 +9,11 @@ import logging
 
 import pytest
 import requests
-from middleware_support import (
+
+# Helper modules hold asserts too: have pytest explain their failures (registered before import).
+pytest.register_assert_rewrite("e2e_scenario", "e2e_support", "middleware_support")
+
+from middleware_support import (  # noqa: E402
     ACCOUNT,
     CLIENT_KEY,
     ROUTES,
@@ -22,8 +26,8 @@ from middleware_support import (
     request_token,
 )
 
-from collector.middleware import ENVIRON_KEY, WsgiMiddleware
-from collector.simulator import ServerThread
+from collector.middleware import ENVIRON_KEY, WsgiMiddleware  # noqa: E402
+from collector.simulator import ServerThread  # noqa: E402
 
 
 @pytest.fixture
@@ -238,3 +242,32 @@ def test_servers_without_raw_uri_get_the_path_re_encoded_for_the_qsh(sqlite_url,
         assert environ[ENVIRON_KEY].route == "/items/{item_id}"
         [event] = events(audit)
         assert event["path"] == "/items/a%20b?x=1"
+
+
+@pytest.mark.postgres
+def test_an_unreachable_store_is_a_503_and_the_event_is_spilled_not_lost(pg_url, tmp_path):
+    import sqlalchemy as sa
+
+    server = ServerThread()
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    audit = make_audit(pg_url, tmp_path / "keys", server.url, recorder_options={"spill_dir": spill})
+    install(audit)
+    server.mount(WsgiMiddleware(echo_wsgi, audit, ROUTES)).start()
+    try:
+        name = sa.engine.make_url(pg_url).database
+        admin = sa.create_engine(pg_url.replace(f"/{name}", "/postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:  # the store disappears under the running app
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+        token = request_token(server.url, "GET", f"{server.url}/items/1")
+        response = get(server.url, "/items/1", token=token)
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+        assert "Service Unavailable" in response.text
+        assert audit.flush(timeout=30)
+        spilled = "".join(p.read_text() for p in spill.glob("*"))
+        assert response.headers["X-Request-Id"] in spilled and '"outcome":"error"' in spilled.replace(" ", "")
+    finally:
+        server.stop()
+        audit.recorder.close(timeout=5)
+        audit.store.close()
