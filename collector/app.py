@@ -128,9 +128,14 @@ class ConnectAudit:
             self.store.close()
             raise
         self.instance_id = self.recorder.instance_id
-        self._http_adapter = http_adapter
-        self._shared_adapter: Any = None
+        from requests.adapters import HTTPAdapter
+
         from collector.client import AccessTokenCache
+
+        # One pooled transport for every outgoing session, so calls reuse connections.
+        self._owned_adapter = None if http_adapter is not None else HTTPAdapter(pool_connections=16,
+                                                                                pool_maxsize=64)
+        self.http_adapter = http_adapter if http_adapter is not None else self._owned_adapter
 
         self.access_tokens = AccessTokenCache()
         self._tenants: dict[str, tuple[float, TenantInfo | None]] = {}
@@ -158,17 +163,6 @@ class ConnectAudit:
         from collector.client import TenantClient
 
         return TenantClient(self, client_key, adapter=adapter)
-
-    @property
-    def http_adapter(self) -> Any:
-        """The transport adapter outgoing sessions mount (injected, or one shared pool)."""
-        if self._http_adapter is not None:
-            return self._http_adapter
-        if self._shared_adapter is None:
-            from requests.adapters import HTTPAdapter
-
-            self._shared_adapter = HTTPAdapter(pool_connections=16, pool_maxsize=64)
-        return self._shared_adapter
 
     # ------------------------------------------------------------------ used by middleware and client
 
@@ -232,8 +226,8 @@ class ConnectAudit:
         try:
             self.recorder.close()
         finally:
-            if self._shared_adapter is not None:
-                self._shared_adapter.close()
+            if self._owned_adapter is not None:
+                self._owned_adapter.close()
             self.store.close()
 
     def __enter__(self) -> ConnectAudit:
