@@ -371,12 +371,16 @@ class Recorder:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
             self._spill_path = self.spill_dir / f"spill-{self._spill_tag}-{os.getpid()}-{stamp}.ndjson"
         lines = "".join(_spill_line(row) for row in rows)
+        created = not self._spill_path.exists()
         fd = os.open(self._spill_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(fd, lines.encode())
             os.fsync(fd)
         finally:
             os.close(fd)
+        if created:
+            _fsync_dir(self.spill_dir)  # so that the new file's name survives a power loss too
+
         with self._lock:
             self._stats["spilled"] += len(rows)
         log.warning("connect-audit recorder: %d events spilled to %s", len(rows), self._spill_path)
@@ -520,3 +524,11 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
