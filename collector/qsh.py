@@ -157,10 +157,10 @@ def _encode(text: str, style: str) -> str:
     return encoded
 
 
-def _java_order(value: str) -> bytes | str:
+def _java_order(value: str) -> bytes:
     """Sort key equal to Java's String.compareTo (UTF-16 code units)."""
-    if value.isascii():
-        return value
+    # Always bytes: a str key for ASCII values cannot be compared with the bytes key of a
+    # non-ASCII value (a TypeError on ``?a=x&a=%C3%A9``).
     return value.encode("utf-16-be", "surrogatepass")
 
 
