@@ -1050,3 +1050,24 @@ def count_at_most(
     with reading(source, time_limit_s) as conn:
         n = conn.execute(sa.select(sa.func.count()).select_from(inner)).scalar() or 0
     return (n, True) if n <= cap else (cap, False)
+
+
+def internal_events(source: Any, event_type: str | None = None, *, limit: int = 20
+                    ) -> list[dict[str, Any]]:
+    """The tool's own acts (exports, purges), newest first.
+
+    They carry no tenant, so ``tenant_client_key IS NULL`` lets the (tenant, ts) index find
+    them without walking a busy log backwards.
+    """
+    c = EVENTS.c
+    conds = [c.tenant_client_key.is_(None), c.direction == ev.INTERNAL]
+    if event_type:
+        conds.append(c.event_type == event_type)
+    stmt = (
+        sa.select(*(c[name] for name in (*LIST_COLUMNS, "detail", "extra")))
+        .where(*conds)
+        .order_by(*_order_desc())
+        .limit(limit)
+    )
+    with reading(source) as conn:
+        return [dict(r._mapping) for r in conn.execute(stmt)]

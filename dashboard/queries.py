@@ -396,15 +396,12 @@ def export_file_name(flt: EventFilter, fmt: str) -> str:
 
 
 def recent_exports(limit: int = 20) -> list[dict[str, Any]]:
-    flt = EventFilter(direction=ev.INTERNAL)
     rows = []
-    for row in q.page(store(), flt, limit=200, columns=(*q.LIST_COLUMNS, "extra")).rows:
+    for row in q.internal_events(store(), "export", limit=limit):
         try:
             extra = json.loads(row.get("extra") or "{}")
         except ValueError:
             extra = {}
-        if row["event_type"] != "export":
-            continue
         rows.append({
             "time": row["ts"],
             "actor": extra.get("actor"),
@@ -414,8 +411,6 @@ def recent_exports(limit: int = 20) -> list[dict[str, Any]]:
             "sha256": extra.get("sha256"),
             "filter": json.dumps(extra.get("filter") or {}, sort_keys=True),
         })
-        if len(rows) == limit:
-            break
     return rows
 
 
