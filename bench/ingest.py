@@ -9,7 +9,9 @@ batch:
   1000-row batches, each row hash-chained with SHA-256 over its values and the previous
   hash, the cheapest honest way to write the same rows;
 * recorder: ``Recorder.record()`` for every event then ``flush()``, i.e. the real path:
-  queue, background writer, canonical serialisation, hash chain, signed checkpoints.
+  queue, background writer, canonical serialisation, hash chain, signed checkpoints,
+  with ``batch_size=1000`` like the floor (so both commit and fsync equally often).
+
 
 The two alternate for ``--rounds`` rounds and the best of each is kept (shared machines
 drift). The goal (issue 6) is recorder/floor >= 0.5. PostgreSQL runs too when
@@ -41,6 +43,7 @@ from collector.recorder import Recorder
 from collector.store import Store
 
 GOAL = 0.5
+FLOOR_BATCH = 1000
 COLUMNS = [c.name for c in chain.EVENTS.columns]
 
 
@@ -78,7 +81,7 @@ def _chained(tuples: list[tuple], start_seq: int, prev: str) -> tuple[list[tuple
     return out, prev
 
 
-def floor_sqlite(path: Path, tuples: list[tuple], batch: int = 1000) -> float:
+def floor_sqlite(path: Path, tuples: list[tuple], batch: int = FLOOR_BATCH) -> float:
     Store.open(f"sqlite:///{path}").close()  # same schema and indexes as the recorder's store
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -96,7 +99,7 @@ def floor_sqlite(path: Path, tuples: list[tuple], batch: int = 1000) -> float:
     return len(tuples) / elapsed
 
 
-def floor_postgres(url: str, tuples: list[tuple], batch: int = 1000) -> float:
+def floor_postgres(url: str, tuples: list[tuple], batch: int = FLOOR_BATCH) -> float:
     import psycopg
     import sqlalchemy as sa
 
@@ -118,7 +121,8 @@ def floor_postgres(url: str, tuples: list[tuple], batch: int = 1000) -> float:
 
 def through_recorder(url: str, records: list) -> float:
     store = Store.open(url)
-    recorder = Recorder(store, queue_size=len(records) + 1).start()
+    # Same batch size as the floor: both sides then commit (and fsync) equally often.
+    recorder = Recorder(store, queue_size=len(records) + 1, batch_size=FLOOR_BATCH).start()
     started = time.perf_counter()
     for rec in records:
         recorder.record(rec)

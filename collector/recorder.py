@@ -265,7 +265,7 @@ class Recorder:
             batch: list[chain.Prepared] = []
             for rec in records:
                 try:
-                    batch.append(chain.prepare(chain.event_row(rec, self.instance_id), sqlite=sqlite))
+                    batch.append(chain.prepare_record(rec, self.instance_id, sqlite=sqlite))
                 except Exception as exc:  # noqa: BLE001  (one unstorable record must not stop the others)
                     self._note_error(exc)
                     log.error("connect-audit recorder: event %s cannot be stored: %s", rec.event_id, exc)

@@ -108,7 +108,18 @@ def test_the_prepared_fast_path_hashes_exactly_the_canonical_form():
         prev = row["hash"] = chain.event_hash(row)
 
 
+@pytest.mark.parametrize("sqlite", [True, False])
+def test_the_fused_recorder_path_equals_the_generic_one(sqlite):
+    odd = record(7, path="/p\x00ath", detail="caf\u00e9 \ud800", latency_ms=3, status="201", instance_id=None)
+    for rec in (record(1), record(2, account_id="5b-acc", extra={"k": [1, 2]}), odd):
+        fused = chain.prepare_record(rec, "host:1", sqlite=sqlite)
+        generic = chain.prepare(chain.event_row(rec, "host:1"), sqlite=sqlite)
+        assert fused.row == generic.row and fused.values == generic.values
+        assert fused.suffix == generic.suffix and fused.prefix.digest() == generic.prefix.digest()
+
+
 def test_text_is_normalised_to_what_both_backends_store(store):
+
     rec = record(1, path="/a\x00b", detail="caf\u00e9 \ud800 end", latency_ms=float("nan"))
     with Recorder(store) as r:
         r.record(rec)
