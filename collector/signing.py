@@ -16,6 +16,7 @@ returned tokens and assertions are credentials that callers must never log or st
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -57,16 +58,25 @@ def sign_rs256(claims: dict[str, Any], private_key_pem: str | bytes, *, kid: str
     """A compact RS256 JWS of ``claims`` with ``kid`` in the header."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     pem = private_key_pem.encode("ascii") if isinstance(private_key_pem, str) else private_key_pem
-    key = load_pem_private_key(pem, password=None)
-    if not isinstance(key, RSAPrivateKey):
-        raise ValueError("RS256 needs an RSA private key")
+    key = _rsa_private_key(pem)
     signing_input = _signing_input({"alg": "RS256", "typ": "JWT", "kid": kid}, claims)
     signature = key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
     return f"{signing_input}.{_b64(signature)}"
+
+
+@functools.lru_cache(maxsize=8)
+def _rsa_private_key(pem: bytes) -> Any:
+    # Loading a PEM validates the RSA key, which costs tens of milliseconds; a signer
+    # (the simulator, a test) signs many tokens with one key, so load each key once.
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key(pem, password=None)
+    if not isinstance(key, RSAPrivateKey):
+        raise ValueError("RS256 needs an RSA private key")
+    return key
 
 
 def _times(now: float, ttl: int) -> dict[str, int]:

@@ -90,22 +90,6 @@ def test_lifecycle_callbacks_are_rs256_signed_for_the_app(world):
     assert body["baseUrl"] == sim.tenant_by_client_key(body["clientKey"]).base_url
 
 
-def test_the_simulators_lifecycle_signer_makes_signing_lifecycle_tokens_exactly():
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    from collector.simulator.host import sign_lifecycle
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    args = {"kid": "k1", "client_key": "ck", "app_base_url": "https://app.example/base",
-            "url": "https://app.example/base/installed?x=1", "now": 1_700_000_000}
-    ours = sign_lifecycle(key, **args)
-    reference = signing.lifecycle_token(private_key_pem=pem, method="POST", **args)
-    assert ours == reference  # PKCS#1 v1.5 signatures are deterministic
-
-
 def test_only_the_install_callback_carries_the_shared_secret(world):
     sim, app = world
     assert sim.disable("acme").status_code == 204 and sim.enable("acme").status_code == 204

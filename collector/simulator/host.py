@@ -42,7 +42,6 @@ import requests
 
 from collector import signing
 from collector.errors import TokenRejected
-from collector.qsh import query_string_hash
 from collector.scopes import ScopeMap, normalise_scopes, satisfies
 from collector.simulator.server import ServerThread
 from collector.simulator.site import HostError, Site, User
@@ -368,8 +367,8 @@ class ConfluenceSimulator:
             audience = "https://not-this-app.example"
         elif misbehave == "issuer_mismatch":
             client_key = f"{uuid.uuid4()}"
-        token = sign_lifecycle(key, kid=kid, client_key=client_key, app_base_url=audience, url=target,
-                               now=now)
+        token = signing.lifecycle_token(private_key_pem=key, kid=kid, client_key=client_key,
+                                        app_base_url=audience, method="POST", url=target, now=now)
         self._remember(token)
         return token
 
@@ -801,49 +800,24 @@ def _tamper(token: str) -> str:
     return f"{head}.{forged}.{sig}"
 
 
-def sign_lifecycle(private_key: Any, *, kid: str, client_key: str, app_base_url: str, url: str,
-                   now: float, ttl: int = 180) -> str:
-    """The token :func:`collector.signing.lifecycle_token` makes (same header and claims),
-    signed with an already-loaded key object.
-
-    ``signing.sign_rs256`` takes a PEM and loads it on every call, and loading validates the
-    RSA key (about 70 ms here); the simulator signs hundreds of callbacks, so it keeps the
-    key object. ``tests/test_simulator.py`` checks both functions produce the same token.
-    """
-    import base64
-
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
-
-    def b64(data: bytes) -> str:
-        return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-    def compact(value: dict) -> bytes:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-    claims = {"iss": client_key, "aud": [app_base_url], "iat": int(now), "exp": int(now) + int(ttl),
-              "qsh": query_string_hash("POST", url, app_base_url)}
-    signing_input = f"{b64(compact({'alg': 'RS256', 'typ': 'JWT', 'kid': kid}))}.{b64(compact(claims))}"
-    signature = private_key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
-    return f"{signing_input}.{b64(signature)}"
-
-
 _FOREIGN: list[Any] = []
 
 
-def _foreign_key() -> Any:
-    """A second private key (made once per process: RSA generation is slow)."""
+def _foreign_key() -> str:
+    """A second private key in PEM (made once per process: RSA generation is slow)."""
     if not _FOREIGN:
         _FOREIGN.append(_rsa_key_pair()[0])
     return _FOREIGN[0]
 
 
-def _rsa_key_pair() -> tuple[Any, str]:
-    """A new 2048-bit RSA private key object and its public key in PEM."""
+def _rsa_key_pair() -> tuple[str, str]:
+    """A new 2048-bit RSA private key and its public key, both in PEM."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
     public = key.public_key().public_bytes(serialization.Encoding.PEM,
                                            serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return key, public
+    return private, public
