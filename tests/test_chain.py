@@ -65,6 +65,7 @@ def test_the_same_instant_in_another_time_zone_hashes_the_same():
 _text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=()), max_size=40) | st.none()
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     path=_text,

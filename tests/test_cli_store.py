@@ -164,6 +164,7 @@ def test_verify_from_the_environment_url(capsys, sqlite_url, monkeypatch):
     assert cli(capsys, "verify")[0] == 0
 
 
+@pytest.mark.slow
 def test_a_bad_url_from_a_real_process_is_one_line_without_traceback(tmp_path):
     result = subprocess.run(
         [
