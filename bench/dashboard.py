@@ -46,9 +46,16 @@ def _timed(fn, repeat: int = 3) -> float:
 # --------------------------------------------------------------------------- raw SQL
 
 
+RANGES = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30),
+          "all": None}
+RANGE = "24h"
+
+
 def _raw_questions(path: Path) -> dict[str, callable]:
     """The same questions each page asks, as plain SQL over the raw table (no rollups)."""
-    since = (datetime.now(UTC) - timedelta(hours=24)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    span = RANGES[RANGE]
+    start = datetime.now(UTC) - span if span else datetime(1970, 1, 1, tzinfo=UTC)
+    since = start.strftime("%Y-%m-%d %H:%M:%S.%f")
 
     def run(*sqls):
         def go():
@@ -121,6 +128,7 @@ def _app():
 
     at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120)
     at.session_state[auth.SESSION_KEY] = auth.User("bench", auth.ADMIN, "local")
+    at.query_params["range"] = RANGE
     return at
 
 
@@ -155,7 +163,11 @@ def main() -> int:
     parser.add_argument("--ten-million", action="store_true", help="10M events instead of 1M")
     parser.add_argument("--database", metavar="PATH", help="SQLite file to fill or reuse")
     parser.add_argument("--events", type=int, help="another size (smoke runs)")
+    parser.add_argument("--range", choices=list(RANGES), default="24h",
+                        help="the pages' time range (default 24h, the dashboard's default)")
     args = parser.parse_args()
+    global RANGE
+    RANGE = args.range
     events = args.events or (10_000_000 if args.ten_million else 1_000_000)
     path = Path(args.database or ROOT / "data" / f"bench-dashboard-{events:_}.db")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +189,7 @@ def main() -> int:
     goal_render, goal_change = (2.0, 1.0) if args.ten_million else (1.0, 0.3)
     raw = _raw_questions(path)
     _render("installs")  # imports, store open, caches: not part of any page's figure
-    print(f"\n{events:,} events, SQLite, range 'last 24 hours' (the default)")
+    print(f"\n{events:,} events, SQLite, time range {RANGE}")
     print(f"{'page':<22}{'dashboard':>12}{'raw SQL':>12}{'ratio':>8}   goal")
     rows = []
     for page in PAGES:

@@ -920,9 +920,12 @@ def denial_split(source: Any, flt: EventFilter, *, n: int = 20,
     return {"by_reason": dict(by_reason), "scope": scope_rows[:n], "permission": permission_rows[:n]}
 
 
-def who_acted(source: Any, flt: EventFilter, *, n: int = 50,
+def who_acted(source: Any, flt: EventFilter, *, n: int | None = 50,
               time_limit_s: float | None = DEFAULT_TIME_LIMIT) -> list[dict[str, Any]]:
-    """Per tenant and endpoint, how many calls ran as the app user, as users, anonymously."""
+    """Per tenant and endpoint, how many calls ran as the app user, as users, anonymously.
+
+    Largest first; ``n=None`` returns every row (their sums are the identity split).
+    """
     rows = aggregate(source, flt, ("tenant_client_key", "method", "path_template", "identity_kind"),
                      time_limit_s=time_limit_s)
     table: dict[tuple, dict[str, Any]] = {}
@@ -933,7 +936,8 @@ def who_acted(source: Any, flt: EventFilter, *, n: int = 50,
                                        ev.ANONYMOUS: 0, "total": 0})
         entry[kind or ev.ANONYMOUS] = entry.get(kind or ev.ANONYMOUS, 0) + count_
         entry["total"] += count_
-    return sorted(table.values(), key=lambda e: -e["total"])[:n]
+    ranked = sorted(table.values(), key=lambda e: -e["total"])
+    return ranked if n is None else ranked[:n]
 
 
 def acting_users(source: Any, flt: EventFilter, *, n: int = 100,

@@ -280,15 +280,14 @@ def claims_summary(claims: dict[str, Any] | None) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------- who acted
 
 
-def who_acted(flt: EventFilter) -> dict[str, Any]:
+def who_acted(flt: EventFilter, *, n: int = 50) -> dict[str, Any]:
     s = store()
+    rows = q.who_acted(s, flt, n=None, time_limit_s=PAGE_TIME_LIMIT)
+    split = {kind: sum(r[kind] for r in rows) for kind in ev.IDENTITY_KINDS}
     return {
-        "by_endpoint": q.who_acted(s, flt, time_limit_s=PAGE_TIME_LIMIT),
+        "by_endpoint": rows[:n],
         "users": q.acting_users(s, flt.replace(identity_kind=ev.USER), time_limit_s=PAGE_TIME_LIMIT),
-        "split": dict(
-            (k[0] or ev.ANONYMOUS, n)
-            for k, n in q.aggregate(s, flt, ("identity_kind",), time_limit_s=PAGE_TIME_LIMIT)
-        ),
+        "split": split,
     }
 
 
