@@ -184,7 +184,16 @@ def test_an_edit_with_recomputed_hashes_is_caught_by_a_checkpoint(store):
     assert "checkpoint" in report.problem and "rewritten" in report.problem
 
 
+def test_an_impossible_stored_value_is_reported_not_raised(sqlite_url):
+    with Store.open(sqlite_url) as store:
+        fill(store, 5)
+        tamper(store, "UPDATE audit_events SET ts = 'yesterday', latency_ms = 'slow' WHERE seq = 3")
+        report = chain.verify(store)
+    assert not report.ok and report.first_bad_seq == 3 and "altered" in report.problem
+
+
 def test_a_deleted_event_is_named(store):
+
     fill(store, 20)
     tamper(store, "DELETE FROM audit_events WHERE seq = 8")
     report = chain.verify(store)
