@@ -72,6 +72,8 @@ class _Folder:
             return 0
 
     def _run(self) -> None:
+        # Fold at once (the first fold of a large store takes a while), then keep up.
+        self.fold_now()
         while not self._stop.wait(FOLD_INTERVAL):
             self.fold_now()
 
@@ -89,9 +91,9 @@ def _open(url: str) -> _Handle:
     from collector.store import Store
 
     store = Store.open(url, create=False)
-    folder = _Folder(store)
-    folder.fold_now()  # the first fold of a large store takes a while; pages are exact anyway
-    return _Handle(store, folder.start())
+    # Folding runs beside the pages, never before them: until it has caught up, pages read
+    # the unfolded tail from the log, so they stay exact, only slower.
+    return _Handle(store, _Folder(store).start())
 
 
 def _handle() -> _Handle:

@@ -25,7 +25,7 @@ ui.table(
 st.subheader("403 because the acting user lacks the permission")
 st.caption(queries.FIXES["permission"])
 ui.table(
-    [{"tenant": r["tenant"], "scope held": r["scope"], "method": r["method"],
+    [{"tenant": r["tenant"], "scope (declared)": r["scope"], "method": r["method"],
       "endpoint": r["path_template"], "events": r["count"]} for r in split["permission"]],
     key="denied_permission",
 )
