@@ -225,10 +225,6 @@ _insert_values_of = operator.itemgetter(*_INSERT_COLUMNS)
 _SQLITE_INSERT = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608  (fixed identifiers only)
     EVENTS.name, ", ".join(_INSERT_COLUMNS), ", ".join("?" * len(_INSERT_COLUMNS))
 )
-# psycopg's executemany pipelines the rows; measured faster than a multi-row VALUES statement.
-_PG_INSERT = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608  (fixed identifiers only)
-    EVENTS.name, ", ".join(_INSERT_COLUMNS), ", ".join(["%s"] * len(_INSERT_COLUMNS))
-)
 
 
 def _sqlite_values(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -266,21 +262,58 @@ def append(conn: sa.Connection, rows: list[dict[str, Any]]) -> tuple[int, str]:
 _PREV = HASHED_COLUMNS.index("prev_hash")
 _BEFORE_PREV = HASHED_COLUMNS[:_PREV]
 _AFTER_PREV = HASHED_COLUMNS[_PREV + 1 :]
-_SEQ_INDEX = _INSERT_COLUMNS.index("seq")
-_PREV_INDEX = _INSERT_COLUMNS.index("prev_hash")
-_HASH_INDEX = _INSERT_COLUMNS.index("hash")
+
+
+_PREPARED_COLUMNS = (*_BEFORE_PREV, "prev_hash", *_AFTER_PREV, "seq", "hash")
+_P_TS = len(_BEFORE_PREV) + 1 + _AFTER_PREV.index("ts")
+_SQLITE_INSERT_PREPARED = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608  (fixed identifiers only)
+    EVENTS.name, ", ".join(_PREPARED_COLUMNS), ", ".join("?" * len(_PREPARED_COLUMNS))
+)
+# psycopg's executemany pipelines the rows; measured faster than a multi-row VALUES statement.
+_PG_INSERT_PREPARED = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608  (fixed identifiers only)
+    EVENTS.name, ", ".join(_PREPARED_COLUMNS), ", ".join(["%s"] * len(_PREPARED_COLUMNS))
+)
 
 
 class Prepared:
-    """An event row with its hash precomputed up to ``prev_hash``."""
+    """An event with its hash precomputed up to ``prev_hash`` and its parameters laid out.
 
-    __slots__ = ("prefix", "row", "suffix", "values")
+    ``head`` and ``tail`` are the stored values of the columns sorting before and after
+    ``prev_hash`` (``ts`` in the database's form), so that linking under the lock is one
+    hash update and one tuple per event.
+    """
 
-    def __init__(self, row: dict[str, Any], prefix: Any, suffix: bytes, values: list[Any]) -> None:
-        self.row = row
+    __slots__ = ("hash", "head", "prefix", "prev_hash", "seq", "suffix", "tail", "ts")
+
+    def __init__(self, head: tuple, tail: tuple, ts: datetime, prefix: Any, suffix: bytes) -> None:
+        self.head = head
+        self.tail = tail
+        self.ts = ts
         self.prefix = prefix  # hashlib sha256 state over the canonical text before prev_hash
         self.suffix = suffix
-        self.values = values  # the INSERT's parameters, in column order
+        self.seq: int | None = None
+        self.prev_hash: str | None = None
+        self.hash: str | None = None
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """The event as a row dict (built on demand: only spills and duplicates need it)."""
+        row = dict(zip(_BEFORE_PREV, self.head, strict=True))
+        row.update(zip(_AFTER_PREV, self.tail, strict=True))
+        row["ts"], row["prev_hash"] = self.ts, self.prev_hash
+        if self.seq is not None:
+            row["seq"], row["hash"] = self.seq, self.hash
+        return row
+
+
+def _prepared(before: dict[str, Any], after: dict[str, Any], ts: datetime, *, sqlite: bool) -> Prepared:
+    """``before``/``after`` hold the canonical values (``after["ts"]`` the canonical text)."""
+    text = after["ts"]
+    prefix = hashlib.sha256(("{" + _encode_row(before)[1:-1] + ',"prev_hash":').encode())
+    suffix = ("," + _encode_row(after)[1:-1] + "}").encode()
+    # SQLite: the exact text SQLAlchemy's DATETIME stores; PostgreSQL: the aware datetime.
+    after["ts"] = f"{text[:10]} {text[11:26]}" if sqlite else ts
+    return Prepared(tuple(before.values()), tuple(after.values()), ts, prefix, suffix)
 
 
 def prepare(row: dict[str, Any], *, sqlite: bool) -> Prepared:
@@ -291,16 +324,14 @@ def prepare(row: dict[str, Any], *, sqlite: bool) -> Prepared:
     """
     before = {name: row[name] for name in _BEFORE_PREV}
     after = {name: row[name] for name in _AFTER_PREV}
-    ts = after["ts"] = ts_text(row["ts"])
+    ts = row["ts"]
+    if ts.utcoffset():
+        ts = ts.astimezone(UTC)
+    after["ts"] = ts_text(ts)
     latency = before["latency_ms"]
     if latency is not None and latency.__class__ is not float:
         before["latency_ms"] = float(latency)
-    prefix = hashlib.sha256(("{" + _encode_row(before)[1:-1] + ',"prev_hash":').encode())
-    suffix = ("," + _encode_row(after)[1:-1] + "}").encode()
-    values = list(_insert_values_of(row | {"seq": None, "hash": None}))
-    if sqlite:
-        values[_TS_INDEX] = ts[:10] + " " + ts[11:26]  # SQLAlchemy's SQLite DATETIME text
-    return Prepared(row, prefix, suffix, values)
+    return _prepared(before, after, ts, sqlite=sqlite)
 
 
 _B_TEXT = tuple(n for n in _BEFORE_PREV if n in _TEXT_FIELDS)
@@ -340,42 +371,30 @@ def prepare_record(rec: AuditRecord, instance_id: str | None = None, *, sqlite: 
         raise ValueError("AuditRecord.ts must be timezone-aware (UTC)")
     if ts.utcoffset():
         ts = ts.astimezone(UTC)
-    text = ts.isoformat(timespec="microseconds")[:26] + "Z"
     after["status"] = None if rec.status is None else int(rec.status)
     latency = rec.latency_ms
     before["latency_ms"] = None if latency is None or not math.isfinite(latency) else float(latency)
     before["claims"] = canonical_json(rec.claims)
     before["extra"] = canonical_json(rec.extra)
-    after["ts"] = text
-    prefix = hashlib.sha256(("{" + _encode_row(before)[1:-1] + ',"prev_hash":').encode())
-    suffix = ("," + _encode_row(after)[1:-1] + "}").encode()
-    row = before | after
-    row["ts"], row["prev_hash"], row["seq"], row["hash"] = ts, None, None, None
-    values = list(_insert_values_of(row))
-    if sqlite:
-        values[_TS_INDEX] = text[:10] + " " + text[11:26]  # SQLAlchemy's SQLite DATETIME text
-    del row["seq"], row["hash"]
-    return Prepared(row, prefix, suffix, values)
+    after["ts"] = ts.isoformat(timespec="microseconds")[:26] + "Z"
+    return _prepared(before, after, ts, sqlite=sqlite)
 
 
 def append_prepared(conn: sa.Connection, batch: list[Prepared]) -> tuple[tuple[int, str], tuple[int, str]]:
     """Link and insert prepared rows after the current head; returns ``(before, after)`` heads."""
     before = head(conn)
     seq, prev = before
-    params: list[Any] = []
+    params: list[tuple] = []
     for item in batch:
         seq += 1
         digest = item.prefix.copy()
         digest.update(encode_basestring_ascii(prev).encode())
         digest.update(item.suffix)
-        row = item.row
-        row["seq"], row["prev_hash"] = seq, prev
-        prev = row["hash"] = digest.hexdigest()
-        values = item.values
-        values[_SEQ_INDEX], values[_PREV_INDEX], values[_HASH_INDEX] = seq, row["prev_hash"], prev
-        params.append(tuple(values))
+        item.seq, item.prev_hash = seq, prev
+        prev = item.hash = digest.hexdigest()
+        params.append((*item.head, item.prev_hash, *item.tail, seq, prev))
     if batch:
-        sql = _SQLITE_INSERT if conn.dialect.name == "sqlite" else _PG_INSERT
+        sql = _SQLITE_INSERT_PREPARED if conn.dialect.name == "sqlite" else _PG_INSERT_PREPARED
         conn.exec_driver_sql(sql, params)
     return before, (seq, prev)
 

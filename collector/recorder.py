@@ -309,8 +309,10 @@ class Recorder:
             try:
                 with self.store.write_transaction() as conn:
                     if attempt == 2:
-                        kept = {id(r) for r in _without_existing(conn, [p.row for p in batch])}
-                        batch = [p for p in batch if id(p.row) in kept]
+                        rows = [p.row for p in batch]
+                        kept = {id(r) for r in _without_existing(conn, rows)}
+                        batch = [p for p, r in zip(batch, rows, strict=True) if id(r) in kept]
+
                     before, after = chain.append_prepared(conn, batch)
                     self._maybe_checkpoint(conn, before, after)
                 return len(batch)
