@@ -32,8 +32,10 @@ def _accounts(path: str) -> auth.Accounts:
 
 
 @st.cache_resource(show_spinner=False)
-def _throttle() -> auth.Throttle:
-    return auth.Throttle()
+def _throttles() -> tuple[auth.Throttle, auth.Throttle]:
+    """Per account name (5 failures in 5 min) and per client address (20: people behind one
+    proxy share an address, and one of them must not lock out the others for long)."""
+    return auth.Throttle(limit=5), auth.Throttle(limit=20)
 
 
 def accounts() -> auth.Accounts:
@@ -87,17 +89,18 @@ def _local_sign_in() -> None:
         return
     address = f"ip:{getattr(st.context, 'ip_address', None) or 'local'}"
     account_key = f"name:{name.strip().lower()}"
-    throttle = _throttle()
-    wait = throttle.retry_after(account_key, address)
+    by_account, by_address = _throttles()
+    wait = max(by_account.retry_after(account_key), by_address.retry_after(address))
     if wait > 0:
         st.error(f"Too many failed sign-ins; try again in {int(wait) + 1} seconds.")
         return
     user = store.authenticate(name.strip(), password)
     if user is None:
-        throttle.failed(account_key, address)
+        by_account.failed(account_key)
+        by_address.failed(address)
         st.error("Wrong account or password.")
         return
-    throttle.succeeded(account_key)
+    by_account.succeeded(account_key)
     st.session_state[auth.SESSION_KEY] = user
     st.rerun()
 

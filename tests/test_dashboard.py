@@ -399,3 +399,15 @@ def test_admin_adds_an_auditor_who_can_then_sign_in(hostile_url, monkeypatch):
     other = _app(hostile_url, monkeypatch)
     _sign_in(other, "carol", "carol's long password")
     assert other.session_state[auth.SESSION_KEY].role == auth.AUDITOR
+
+
+def test_throttle_counts_failures_per_key_within_the_window():
+    throttle = auth.Throttle(limit=2, window=60)
+    assert throttle.retry_after("name:a") == 0
+    throttle.failed("name:a")
+    assert throttle.retry_after("name:a") == 0
+    throttle.failed("name:a")
+    assert 0 < throttle.retry_after("name:a") <= 60
+    assert throttle.retry_after("name:b") == 0  # other keys are not affected
+    throttle.succeeded("name:a")
+    assert throttle.retry_after("name:a") == 0
