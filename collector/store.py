@@ -302,7 +302,9 @@ def _open_sqlite(parsed: sa.URL, *, create: bool, durability: str, busy_timeout:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
 
-    store = Store(engine, url=str(path), dialect="sqlite", key_dir=path.parent, durability=durability)
+    store = Store(
+        engine, url=str(path), dialect="sqlite", key_dir=path.parent.absolute(), durability=durability
+    )
     try:
         with engine.connect():
             pass
@@ -370,4 +372,6 @@ def _open_postgresql(parsed: sa.URL, *, durability: str, lock_timeout: float | N
         engine.dispose()
         where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
         raise StoreUnavailable(f"cannot reach PostgreSQL at {where}: {_first_line(exc)}") from exc
-    return Store(engine, url=masked, dialect="postgresql", key_dir=config.data_dir(), durability=durability)
+    return Store(
+        engine, url=masked, dialect="postgresql", key_dir=config.data_dir().absolute(), durability=durability
+    )

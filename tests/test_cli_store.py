@@ -262,3 +262,13 @@ def test_progress_bar_redraws_on_a_terminal_and_prints_tenths_elsewhere():
     # Redrawn in place: carriage returns, a single newline at the very end.
     assert drawn.startswith("\rgenerate: [") and drawn.count("\r") == 2
     assert drawn.endswith("\n") and "\n" not in drawn[:-1] and "3/10 events" in drawn
+
+
+def test_generate_into_postgresql(capsys, pg_url):
+    code, _, err = cli(
+        capsys, "generate", "--database", pg_url, "--events", "400", "--tenants", "3", "--days", "2"
+    )
+    assert code == 0, err
+    with Store.open(pg_url) as store:
+        assert count(store) == 400 and len(InstallRegistry(store).list_installs()) == 3
+    assert cli(capsys, "verify", "--database", pg_url)[0] == 0
