@@ -102,7 +102,7 @@ def _idle(page) -> None:
     page.wait_for_timeout(300)
     page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=30_000)
     for grid in page.locator("[data-testid='stDataFrame']").all():
-        grid.locator("canvas").first.wait_for(timeout=30_000)
+        grid.locator("canvas").first.wait_for(state="attached", timeout=30_000)
     page.wait_for_timeout(300)
 
 
