@@ -101,11 +101,17 @@ class PyJwtOnly:
         return self.app(environ, start_response)
 
 
-def collector_stack(app: Callable, root: Path) -> tuple[Callable, ConnectAudit]:
+def collector_stack(app: Callable, root: Path, *, deferred: bool = False) -> tuple[Callable, ConnectAudit]:
+    """The app behind the collector; ``deferred`` holds the writer back until ``flush()``
+    (a batch size and an interval no round reaches), as if it ran in the server's idle time."""
+    root.mkdir(parents=True, exist_ok=True)
+    options: dict = {"spill_dir": root / "spill"}
+    if deferred:
+        options.update(queue_size=1_000_000, batch_size=1_000_000, flush_interval=3600.0)
     audit = ConnectAudit(
         app_key=APP_KEY, base_url=APP_BASE, database=f"sqlite:///{root / 'audit.db'}",
         install_keys=str(root), descriptor={"key": APP_KEY, "scopes": ["READ"]},
-        recorder_options={"spill_dir": root / "spill"},
+        recorder_options=options,
     )
     audit.apply_lifecycle("installed", {
         "key": APP_KEY, "clientKey": CLIENT_KEY, "sharedSecret": SECRET,
@@ -181,12 +187,15 @@ def measure(app_name: str, requests: int, rounds: int, profile: bool) -> float:
     make_env = environ_factory(token)
     floor = PyJwtOnly(app, SECRET)
     with tempfile.TemporaryDirectory(prefix="ca-overhead-") as tmp:
-        stack, audit = collector_stack(app, Path(tmp))
+        stack, audit = collector_stack(app, Path(tmp) / "concurrent")
+        held, held_audit = collector_stack(app, Path(tmp) / "deferred", deferred=True)
         try:
-            serve(floor, make_env, 200)  # warm both (imports, caches, the first install lookup)
-            serve(stack, make_env, 200)
+            for warm in (floor, stack, held):  # imports, caches, the first install lookup
+                serve(warm, make_env, 200)
             audit.flush()
-            floor_wall, stack_wall, floor_cpu, stack_cpu, backlog, drain = [], [], [], [], [], []
+            held_audit.flush()
+            floor_wall, stack_wall, held_wall, floor_cpu, stack_cpu, held_cpu = [], [], [], [], [], []
+            backlog, drain = [], []
             writer = audit.recorder._thread
             writer_cpu0, written0 = thread_cpu(writer), audit.recorder.stats()["written"]
             for _ in range(rounds):
@@ -202,6 +211,10 @@ def measure(app_name: str, requests: int, rounds: int, profile: bool) -> float:
                 t0 = time.perf_counter()
                 audit.flush()
                 drain.append(time.perf_counter() - t0)
+                wall, cpu = serve(held, make_env, requests)
+                held_wall.append(wall)
+                held_cpu.append(cpu)
+                held_audit.flush()
             writer_cpu = thread_cpu(writer) - writer_cpu0
             written = audit.recorder.stats()["written"] - written0
             record_cost = time_record(audit)
@@ -210,24 +223,29 @@ def measure(app_name: str, requests: int, rounds: int, profile: bool) -> float:
                 run_profile(stack, make_env, requests, audit)
         finally:
             audit.close()
+            held_audit.close()
     ratio = min(stack_wall) / min(floor_wall)
+    held_ratio = min(held_wall) / min(floor_wall)
     print(f"\napp = {app_name}: {rounds} rounds of {requests} requests, best (median)")
     print(f"  floor (bare PyJWT)       {fmt(min(floor_wall))}/request ({fmt(statistics.median(floor_wall))})")
     print(f"  collector (recording)    {fmt(min(stack_wall))}/request ({fmt(statistics.median(stack_wall))})")
     verdict = "met" if ratio <= GOAL else "MISSED"
     print(f"  ratio collector/floor    {ratio:8.2f}x   (goal <= {GOAL}x: {verdict})")
+    print(f"  collector, writer held back until idle "
+          f"{fmt(min(held_wall))}/request: {held_ratio:.2f}x the floor")
     print("  where the time goes:")
     print(f"    bare jwt.decode                         {fmt(decode_cost)}")
     print(f"    TokenVerifier.verify_request (strict)   {fmt(verify_cost)}")
     print(f"    Recorder.record() (request thread)      {fmt(record_cost)}")
     print(f"    request thread CPU, floor               {fmt(min(floor_cpu))}/request")
-    print(f"    request thread CPU, collector           {fmt(min(stack_cpu))}/request")
+    print(f"    request thread CPU, collector           {fmt(min(stack_cpu))}/request "
+          f"(writer held back: {fmt(min(held_cpu))})")
     per_event = writer_cpu / written if written else 0.0
     print(f"    recorder writer thread CPU              {fmt(per_event)}/event ({written} events, "
           f"off the request thread)")
     print(f"    writer backlog at the end of a round    {max(backlog)} events max; "
           f"drained in {max(drain) * 1000:.0f} ms max")
-    return ratio
+    return ratio, held_ratio
 
 
 def time_record(audit: ConnectAudit, n: int = 20_000) -> float:
@@ -284,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     apps = ("flask", "bare") if args.app == "both" else (args.app,)
     ratios = {name: measure(name, args.requests, args.rounds, args.profile) for name in apps}
-    print("\nsummary: " + ", ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios.items())
-          + f" (goal <= {GOAL}x)")
+    print("\nsummary (collector/floor; with the writer held back until idle in brackets): "
+          + ", ".join(f"{name} {r:.2f}x ({held:.2f}x)" for name, (r, held) in ratios.items())
+          + f"; goal <= {GOAL}x")
     return 0
 
 

@@ -208,7 +208,8 @@ class Harness:
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
             "scheme": "https", "path": unquote_to_bytes(path).decode("utf-8", "replace"),
             "raw_path": raw_path, "query_string": query.encode("latin-1", "replace"), "root_path": "",
-            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1"))
+            # A header is bytes on the wire: what Latin-1 cannot carry arrives as '?'.
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1", "replace"))
                         for k, v in (headers or {}).items()],
             "client": ("127.0.0.1", 50000), "server": ("app.example.com", 443),
         }

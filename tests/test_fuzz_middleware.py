@@ -44,9 +44,9 @@ B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 #: What an attacker can put in a token: base64url, the separators and padding of other
 #: encodings, whitespace, quoting, percent signs, Latin-1 (all an HTTP header can carry).
 TOKEN_ALPHABET = B64URL + ".=+/ \t%\"',;:\\" + "".join(chr(c) for c in range(0xA0, 0x100))
-PROPERTY = settings(max_examples=250, deadline=None, derandomize=False,
+PROPERTY = settings(max_examples=150, deadline=None, derandomize=False,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-SMALL = settings(PROPERTY, max_examples=60)
+SMALL = settings(PROPERTY, max_examples=50)
 
 
 @pytest.fixture(scope="module")
