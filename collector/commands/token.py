@@ -143,7 +143,7 @@ def _installs(args: argparse.Namespace, notes: list[str]) -> tuple[Any, Any]:
 
         store = Store.open(config.database_url(args.database), create=False)
     except ConnectAuditError:
-        if args.database:
+        if config.database_url(args.database) != config.default_database_url():  # flag or env: explicit
             raise
         notes.append(
             "No installs were available (no --installs, and the default store could not be "
