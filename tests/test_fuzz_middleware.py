@@ -36,8 +36,6 @@ from hypothesis import strategies as st
 from collector.errors import REJECTION_CODES
 from collector.qsh import query_string_hash
 
-pytestmark = pytest.mark.slow
-
 #: Generous: an in-process request costs about a millisecond; a megabyte header a few.
 TIME_BOUND = 2.0
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -194,6 +192,7 @@ def _effective_header_token(value: str) -> str:
 DELIVERY = st.sampled_from(["header", "query", "lowercase-scheme", "both-places"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interface", ["wsgi", "asgi"])
 def test_mutated_tokens_are_refused(harness, interface):
     def prop_body(mutate, delivery):
@@ -283,6 +282,7 @@ def _mutate_request(method: str, path: str, query: str, kind: str, other: str, e
     return method, path + ("?" + "&".join(pairs) if pairs else "")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interface", ["wsgi", "asgi"])
 def test_requests_altered_after_signing(harness, interface):
     @PROPERTY
@@ -341,6 +341,7 @@ def odd_request(draw) -> tuple[str, str]:
     return method.upper() if draw(st.booleans()) else method, path + ("?" + query if query else "")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interface", ["wsgi", "asgi"])
 def test_valid_tokens_for_odd_requests_reach_the_app(harness, interface):
     """Signed for exactly what is sent, any method, path and query reaches the app."""
@@ -356,6 +357,7 @@ def test_valid_tokens_for_odd_requests_reach_the_app(harness, interface):
     run_property(harness, prop)
 
 
+@pytest.mark.slow
 def test_a_server_without_raw_uri_never_crashes(harness):
     """wsgiref gives only the decoded PATH_INFO: the path is re-encoded, so an unusual
     encoding may no longer match its token; the answer is then a 401, never a crash."""
@@ -388,6 +390,7 @@ def hostile_headers(draw) -> tuple[dict[str, str], bool]:
     return kind, size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interface", ["wsgi", "asgi"])
 def test_hostile_and_huge_headers(harness, interface):
     @SMALL
@@ -441,6 +444,7 @@ def test_hostile_and_huge_headers(harness, interface):
     run_property(harness, prop)
 
 
+@pytest.mark.slow
 def test_huge_query_strings(harness):
     """A megabyte query, tens of thousands of parameters, or thousands of jwt parameters."""
     for interface in ("wsgi", "asgi"):
@@ -459,6 +463,7 @@ def test_huge_query_strings(harness):
 # ----------------------------------------------------------------------------- lifecycle route
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interface", ["wsgi", "asgi"])
 def test_mutated_lifecycle_callbacks_are_refused(harness, interface):
     import json
@@ -551,6 +556,7 @@ def http_call(port: int, method: str, target: str, headers: dict[str, str]) -> R
     return Response(resp.status, resp.getheaders(), body, time.perf_counter() - started)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interface", ["wsgi", "asgi"])
 def test_over_real_http(harness, http_servers, interface):
     """The same properties, smaller, through werkzeug's and uvicorn's HTTP parsers."""

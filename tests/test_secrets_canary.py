@@ -31,8 +31,6 @@ from pathlib import Path
 import pytest
 from attackkit import EndToEnd, Finding, SecretScanner, jwt_shapes, snapshot, sqlite_files
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = str(ROOT / "dashboard" / "app.py")
 ADMIN_PASSWORD = "canary admin password 42"
@@ -167,6 +165,7 @@ def test_the_scanner_finds_what_it_looks_for(tmp_path):
     assert not jwt_shapes(b"sha256:0123456789abcdef eyJhbGciOi.notajwt")
 
 
+@pytest.mark.slow
 def test_no_secret_survives_an_end_to_end_run(database_url, tmp_path, monkeypatch):
     _isolate(monkeypatch, tmp_path)
     work = tmp_path / "run"
@@ -233,6 +232,7 @@ def test_no_secret_survives_an_end_to_end_run(database_url, tmp_path, monkeypatc
         + [f"{len(v)} raw JWTs in {k}: {v[:2]}" for k, v in sorted(leaked_shapes.items())])
 
 
+@pytest.mark.slow
 def test_demo_command_leaves_no_raw_jwt(tmp_path):
     """``connect-audit demo`` as a user runs it: its store, WAL and console output hold
     nothing shaped like a JWT (its secrets are unknown from outside, their shape is not)."""
