@@ -15,7 +15,8 @@ simulator's own account of what it handed out (:meth:`ConfluenceSimulator.creden
 shared secrets, the host's JWTs, the app's JWTs, OAuth assertions and access tokens. Each is
 searched (and each JWT's signature segment on its own, and base64/hex forms of the secrets) in:
 the database files with their ``-wal`` and ``-shm`` while the app runs and after it stopped,
-spill files, key directory, the DEBUG log, every export and its console output, and the bytes
+spill files (on PostgreSQL the database is taken away mid-run so that the recorder spills), key
+directory, the DEBUG log, every export and its console output, and the bytes
 of every element the dashboard sent to the browser. On PostgreSQL, every row of every table
 is read back as text. Independently of what was captured, nothing shaped like a raw JWT may
 appear either. A planted secret proves that the search finds what it looks for.
@@ -139,6 +140,35 @@ def dashboard_export(url: str, monkeypatch, out_dir: Path) -> None:
         (out_dir / f"dashboard-export.{fmt}").write_bytes(data)
 
 
+# ---------------------------------------------------------------------------- a spill
+
+
+def spill_during_an_outage(run: EndToEnd, url: str) -> list[Path]:
+    """Take the PostgreSQL database away under the running app (no new connections, the
+    open ones terminated), send page loads, and copy the spill files the recorder writes."""
+    import sqlalchemy as sa
+
+    name = sa.engine.make_url(url).database
+    admin = sa.create_engine(os.environ["CONNECT_AUDIT_TEST_PG_URL"], isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name})
+        try:
+            users = run.sim.tenant("acme").users()
+            for i in range(12):
+                run.sim.page_load("acme", user=users[i % len(users)].account_id)
+            run.flush()  # returns once every event is written or fsync'd to a spill file
+            spills = sorted((run.root / "spill").glob("spill-*"))
+            return snapshot(spills, run.root / "spill-during-outage")
+        finally:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+    finally:
+        admin.dispose()
+
+
 # ---------------------------------------------------------------------------- the test
 
 
@@ -185,6 +215,9 @@ def test_no_secret_survives_an_end_to_end_run(database_url, tmp_path, monkeypatc
         for value in run.sim.credentials():
             scanner.add("simulator credential", value, jwt=value.count(".") == 2)
         assert run.statuses.get(401) and run.statuses.get(403), run.statuses
+        if not sqlite:
+            spilled = spill_during_an_outage(run, database_url)
+            assert spilled and sum(p.stat().st_size for p in spilled) > 1000, spilled
 
         # While the app is up: the WAL holds the recent pages before any checkpoint.
         if sqlite:
