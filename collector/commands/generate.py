@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write synthetic, realistic audit events (for benchmarks and scale tests)",
         description=(
             "Write N synthetic events into the store through the real recorder: Zipf-sized tenants "
-            "installed through the registry, about 10%% of calls as users, a few %% of 403s and "
+            "installed through the registry, about 10% of calls as users, a few % of 403s and "
             "rejected tokens, spread over D days up to now, hash chain and checkpoints included."
         ),
     )
