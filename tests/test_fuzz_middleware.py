@@ -1,7 +1,7 @@
 """Property tests of the incoming middleware under attack: mutated tokens, mutated requests,
 odd methods, paths and query strings, huge headers, against BOTH the WSGI and the ASGI
 middleware (called in-process the way servers call them), plus a smaller run over real HTTP
-(werkzeug and uvicorn on loopback).
+(the WSGI server the demo uses, built on http.server, and uvicorn, on loopback).
 
 What must hold for every request:
 
@@ -559,7 +559,7 @@ def http_call(port: int, method: str, target: str, headers: dict[str, str]) -> R
 @pytest.mark.slow
 @pytest.mark.parametrize("interface", ["wsgi", "asgi"])
 def test_over_real_http(harness, http_servers, interface):
-    """The same properties, smaller, through werkzeug's and uvicorn's HTTP parsers."""
+    """The same properties, smaller, over real HTTP: the demo's WSGI server and uvicorn."""
     port = http_servers[interface]
 
     @SMALL
