@@ -163,6 +163,7 @@ class Paths:
     foreign: Path
     newer: Path
     missing: Path
+    empty: Path
     array_json: Path
     closed_port: int
 
@@ -195,6 +196,9 @@ DEEP_DB_FAULTS = [
 ]
 DEEP_COMMANDS = {("export",), ("generate",)}
 MISSING_STORE = Fault("db-missing-file", _db("sqlite:///{p.missing}", "{p.missing.name}"))
+#: A zero-byte file (a store truncated by a disk fault or an attacker) is no store either: a
+#: command that reads or checks a store must not turn it into a fresh, "intact", empty log.
+EMPTY_STORE = Fault("db-empty-file", _db("sqlite:///{p.empty}", "{p.empty.name}"))
 
 #: Malformed values per filter (by the option's last word); the message must name the value.
 MALFORMED_FILTERS = {
@@ -225,7 +229,7 @@ def _cases() -> list[pytest.param]:
                 # schema beside foreign tables) and creates a missing file: neither is a fault.
                 faults = [f for f in faults if f.name != "db-foreign-sqlite"]
             else:
-                faults.append(MISSING_STORE)
+                faults += [MISSING_STORE, EMPTY_STORE]
             out += [pytest.param(command, f, id=f"{cid}:{f.name}") for f in faults]
         for opt, action in opts.items():
             if not opt.startswith("--"):
@@ -289,9 +293,11 @@ def paths(tmp_path_factory) -> Paths:
         conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
         conn.execute("INSERT INTO alembic_version VALUES ('9999_from_the_future')")
     (d / "installs.json").write_text(json.dumps(["not", "an", "object"]))
+    (d / "zeroed.db").write_bytes(b"")
     return Paths(healthy=healthy, text_file=d / "notes.txt", directory=d / "a-directory",
                  corrupt=d / "corrupt.db", foreign=d / "foreign.db", newer=d / "newer.db",
-                 missing=d / "no-such-store.db", array_json=d / "installs.json", closed_port=_closed_port())
+                 missing=d / "no-such-store.db", empty=d / "zeroed.db", array_json=d / "installs.json",
+                 closed_port=_closed_port())
 
 
 def run_cli(argv: list[str], env_extra: dict[str, str], cwd: Path,
@@ -369,3 +375,36 @@ def test_sql_metacharacters_in_text_filters_match_nothing(command, value, paths,
     assert proc.returncode == 0, proc.stderr
     if command == ("export",):
         assert "exported 0 events" in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------------- opening a store twice
+
+
+def test_a_second_open_in_the_same_process_keeps_sqlite_locks(tmp_path):
+    """Opening a store that this process already has open must not drop SQLite's locks.
+
+    POSIX advisory locks belong to the process and a file: closing *any* descriptor of the
+    database file releases every lock the process's SQLite connections hold on it (SQLite's
+    "How To Corrupt" guide, 2.2.1). Reading the file's header with ``open()`` while a store is
+    open does exactly that; then another process closing its last connection believes it is
+    alone, checkpoints and deletes the WAL under the first process's feet. The dashboard, the
+    example apps' tests and any app that exports in-process open a store twice.
+    """
+    from collector.store import Store
+
+    db = tmp_path / "twice.db"
+    first = Store.open(f"sqlite:///{db}")
+    try:
+        with first.write_transaction() as conn:
+            conn.exec_driver_sql("CREATE TABLE probe (x INTEGER)")
+        Store.open(f"sqlite:///{db}").close()  # the second open, in the same process
+        other = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA journal_mode=WAL');"
+            " c.execute('INSERT INTO probe VALUES (1)'); c.commit(); c.close()"
+        )
+        subprocess.run([sys.executable, "-c", other, str(db)], check=True, timeout=60)
+        # The first store still has a connection open: the other process was not the last
+        # one out, so the WAL must still be there.
+        assert Path(f"{db}-wal").exists(), "another process removed the WAL of a store still open here"
+    finally:
+        first.close()
