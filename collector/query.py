@@ -604,13 +604,17 @@ def _write(source: Any) -> Iterator[sa.Connection]:
         yield conn
 
 
-def refresh_rollups(source: Any, *, step: int = FOLD_STEP) -> int:
+def refresh_rollups(source: Any, *, step: int = FOLD_STEP, limit: int | None = None) -> int:
     """Fold events not yet counted into the rollups; returns how many events were folded.
 
     Incremental (only ``seq`` above the watermark) and safe to run from several processes:
     each step runs under the store's write lock. After a purge, rollup hours older than the
-    oldest event kept are dropped so that aggregates never count purged events.
+    oldest event kept are dropped so that aggregates never count purged events. ``limit``
+    stops after about that many events, so that a caller on a write path (the recorder)
+    never holds the lock for long when it finds a large backlog.
     """
+    if limit is not None:
+        step = max(1, min(step, limit))
     folded = 0
     while True:
         with _write(source) as conn:
@@ -631,7 +635,7 @@ def refresh_rollups(source: Any, *, step: int = FOLD_STEP) -> int:
                 _prune(conn, name, oldest)
             done = all(_watermark(conn, name) >= hi for name in ROLLUPS)
         folded += behind
-        if done or not behind:
+        if done or not behind or (limit is not None and folded >= limit):
             return folded
 
 

@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 WHEN_FULL = ("block", "raise")
 #: Longest pause between attempts to reach an unavailable store (seconds).
 MAX_RETRY_INTERVAL = 30.0
+#: At most this many events are folded into the rollups per fold, so that a recorder that
+#: meets a large unfolded backlog never holds the write lock for long.
+ROLLUP_FOLD_LIMIT = 20_000
 
 _live: weakref.WeakSet[Recorder] = weakref.WeakSet()
 
@@ -78,6 +81,7 @@ class Recorder:
         spill_dir: Path | None = None,
         checkpoint_every: int = 1000,
         instance_id: str | None = None,
+        rollup_interval: float | None = 1.0,
     ) -> None:
         if when_full not in WHEN_FULL:
             raise ValueError(f"when_full must be one of {WHEN_FULL}, not {when_full!r}")
@@ -91,6 +95,11 @@ class Recorder:
         self.block_timeout = block_timeout
         self.spill_dir = Path(spill_dir) if spill_dir is not None else store.key_dir
         self.checkpoint_every = checkpoint_every
+        # The dashboard's hourly rollups are folded here, on the writer thread, at most
+        # once per interval and a bounded number of events at a time (None: never; the
+        # dashboard then folds them itself).
+        self.rollup_interval = rollup_interval
+        self._next_fold = 0.0
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}"
         self._spill_tag = hashlib.sha256(_store_identity(store).encode()).hexdigest()[:12]
         self._checkpoint_key: chain.CheckpointKey | None = None
@@ -167,6 +176,8 @@ class Recorder:
             self._settle(len(leftover))
         if thread is None or not thread.is_alive():
             self._final_checkpoint()
+            if thread is not None:
+                self._maybe_fold_rollups(force=True)
         self._close_spill()
         with contextlib.suppress(Exception):
             atexit.unregister(self._atexit)
@@ -299,10 +310,24 @@ class Recorder:
             self._stats["written"] += written
             self._stats["batches"] += 1
         self._retry_interval = 0.5
+        self._maybe_fold_rollups()
         if self._spill_path is not None:
             # The store is back: bring what was spilled during the outage home now.
             self._close_spill()
             self._reingest_spills()
+
+    def _maybe_fold_rollups(self, *, force: bool = False) -> None:
+        if self.rollup_interval is None or (not force and time.monotonic() < self._next_fold):
+            return
+        self._next_fold = time.monotonic() + self.rollup_interval
+        from collector import query  # the rollups' owner; imported late, off the start-up path
+
+        try:
+            query.refresh_rollups(self.store, limit=ROLLUP_FOLD_LIMIT)
+        except (StoreUnavailable, sa.exc.SQLAlchemyError) as exc:
+            # Rollups are derived data: a failed fold is retried next time and never
+            # costs an event. The dashboard reads the unfolded tail from the log meanwhile.
+            self._note_error(exc)
 
     def _insert_prepared(self, batch: list[chain.Prepared]) -> int:
         for attempt in (1, 2):

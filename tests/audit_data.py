@@ -145,7 +145,9 @@ def build_store(url: str, *, events: int = 240, hostile: bool = True,
                     tenant_client_key=key, tenant_base_url=base, method="POST", path="/installed",
                     status=204,
                 ))
-        recorder = Recorder(store).start()
+        # Rollups are left unfolded so that tests see both paths: the raw log before a
+        # fold and the rollups after it (the writer's own folding is tested in test_recorder).
+        recorder = Recorder(store, rollup_interval=None).start()
         for rec in data.records:
             recorder.record(rec)
         recorder.close()

@@ -174,7 +174,7 @@ def test_rollups_catch_up_with_new_events_and_stay_exact(filled):
 
     extra = ev.AuditRecord(direction=ev.INCOMING, outcome=ev.DENIED, status=403, reason=ev.SCOPE,
                            tenant_client_key="tenant-alpha", ts=data.now - timedelta(hours=5))
-    with Recorder(store) as rec:
+    with Recorder(store, rollup_interval=None) as rec:
         rec.write_now(extra)
     flt = q.EventFilter(outcome=ev.DENIED)
     expected = len(_expected(data, flt)) + 1

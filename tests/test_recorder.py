@@ -277,3 +277,40 @@ def test_events_are_flushed_at_interpreter_exit(sqlite_url, tmp_path):
     with Store.open(sqlite_url) as store:
         assert count(store) == 300
         assert chain.verify(store).ok
+
+
+def test_the_writer_keeps_the_rollups_current(database_url):
+    # Issue 6: rollups are maintained at ingest, so the dashboard never meets a backlog.
+    from collector import query
+    from collector.events import AuditRecord
+    from collector.recorder import Recorder
+    from collector.store import Store
+
+    store = Store.open(database_url)
+    try:
+        with Recorder(store, rollup_interval=0.0) as recorder:
+            for i in range(250):
+                recorder.record(AuditRecord(direction="incoming", outcome="allowed", path=f"/p/{i}"))
+            recorder.flush()
+        assert query.rollup_lag(store) == 0
+        assert query.count(store, query.EventFilter()) == 250
+    finally:
+        store.close()
+
+
+def test_rollups_can_be_left_to_the_dashboard(sqlite_url):
+    from collector import query
+    from collector.events import AuditRecord
+    from collector.recorder import Recorder
+    from collector.store import Store
+
+    store = Store.open(sqlite_url)
+    try:
+        with Recorder(store, rollup_interval=None) as recorder:
+            for _ in range(10):
+                recorder.record(AuditRecord(direction="incoming", outcome="allowed"))
+        assert query.rollup_lag(store) == 10
+        assert query.refresh_rollups(store, limit=4) >= 4  # a bounded fold stops early
+        assert 0 < query.rollup_lag(store) <= 6
+    finally:
+        store.close()
