@@ -35,6 +35,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,7 +60,6 @@ SCHEMA_HEAD = "0001"
 KNOWN_REVISIONS = ("0001",)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]*@")
 
 
@@ -319,13 +320,10 @@ def _check_sqlite_file(path: Path, *, create: bool) -> None:
     if path.is_dir():
         raise StoreUnavailable(f"{path} is a directory, not an SQLite database file")
     if path.exists():
-        try:
-            with path.open("rb") as fh:
-                header = fh.read(len(_SQLITE_MAGIC))
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot read the audit store {path}: {exc.strerror or exc}") from exc
-        if header and header != _SQLITE_MAGIC:
-            raise StoreUnavailable(f"{path} is not an SQLite database")
+        if path.stat().st_size == 0 and not create:
+            # A zeroed store is total loss of the log, never "an empty chain".
+            raise StoreUnavailable(f"{path} is an empty file, not an audit store")
+        _check_sqlite_header(path)
         if not os.access(path, os.W_OK):
             raise StoreUnavailable(f"the audit store {path} is not writable")
         return
@@ -337,6 +335,24 @@ def _check_sqlite_file(path: Path, *, create: bool) -> None:
         raise StoreUnavailable(
             f"cannot create the directory {path.parent} for the audit store: {exc.strerror or exc}"
         ) from exc
+
+
+def _check_sqlite_header(path: Path) -> None:
+    """Refuse a file that is not an SQLite database, reading it through SQLite itself.
+
+    Not with Python's open(): closing any descriptor of a database file drops every POSIX
+    lock this process's SQLite connections hold on it (another process could then, say,
+    delete a live WAL). SQLite's own VFS shares one descriptor per file within a process.
+    """
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreUnavailable(f"{path} is not an SQLite database ({exc})") from exc
 
 
 # ---------------------------------------------------------------------- PostgreSQL
