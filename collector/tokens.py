@@ -177,6 +177,16 @@ def extract_token(authorization_header: str | None, query_string: str | None) ->
 
 
 _JWT_IN_URL = re.compile(r"(?:^|[?&#])jwt=([^&#\s\"']+)")
+_JWT_PARAM_VALUE = re.compile(r"(?<=[?&]jwt=)[^&#\s\"']+")
+
+
+def redact_jwt_params(text: str) -> str:
+    """``text`` (a URL, a request line, a log message) with every ``jwt=`` value redacted.
+
+    A page load carries its token in the query string, so any line that quotes the URL
+    (an access log, an error message) would otherwise carry a bearer credential.
+    """
+    return _JWT_PARAM_VALUE.sub("<redacted>", text)
 
 
 def clean_pasted_token(text: str) -> str:

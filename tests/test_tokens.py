@@ -616,3 +616,13 @@ def test_any_signed_header_and_claims_are_accepted_or_rejected_by_code(world, he
     v = world.verifier()
     token = hs256(raw_json({"alg": "HS256", **header}), raw_json(claims))
     _only_rejections(lambda: v.verify_request(token, "GET", URL, endpoint="context"))
+
+
+def test_redact_jwt_params_hides_every_token_in_a_line():
+    from collector.tokens import redact_jwt_params
+
+    line = '"GET /page?a=1&jwt=eyJ.abc.def&b=2 HTTP/1.1" 200 -; retry /p?jwt=x.y.z'
+    redacted = redact_jwt_params(line)
+    assert "eyJ.abc.def" not in redacted and "x.y.z" not in redacted
+    assert redacted == '"GET /page?a=1&jwt=<redacted>&b=2 HTTP/1.1" 200 -; retry /p?jwt=<redacted>'
+    assert redact_jwt_params("/page?notjwt=keep&ajwt=keep") == "/page?notjwt=keep&ajwt=keep"

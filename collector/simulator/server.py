@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote_to_bytes
 
+from collector.tokens import redact_jwt_params
+
 LOOPBACK = "127.0.0.1"
 #: Largest request body read into memory (bytes).
 MAX_BODY = 10 * 1024 * 1024
@@ -92,7 +94,8 @@ class _WsgiHandler(BaseHTTPRequestHandler):
         super().finish()
 
     def log_message(self, format: str, *args) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        # An access-log line quotes the request line, and a page load's token is in it.
+        log.debug("%s %s", self.address_string(), redact_jwt_params(format % args))
 
     def __getattr__(self, name: str):
         # BaseHTTPRequestHandler dispatches to do_<METHOD>; every method goes to WSGI.
@@ -129,7 +132,7 @@ class _WsgiHandler(BaseHTTPRequestHandler):
                 if chunk:
                     chunks.append(chunk)
         except Exception:
-            log.exception("the WSGI app raised on %s %s", self.command, self.path)
+            log.exception("the WSGI app raised on %s %s", self.command, redact_jwt_params(self.path))
             self._plain(500, b"Internal Server Error\n")
             self.close_connection = True
             return
