@@ -25,9 +25,9 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2
 
-## test-fast: the fast set, in seconds
+## test-fast: the fast set (no subprocess-heavy, PostgreSQL or browser tests), in seconds
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow and not postgres and not browser" -q -n 2
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -65,3 +65,14 @@ def chromium_path() -> str:
     if not path or not Path(path).exists():
         _unavailable("Chromium (CONNECT_AUDIT_CHROMIUM or /usr/bin/chromium)")
     return path
+
+
+def pytest_collection_modifyitems(items) -> None:
+    # A test that needs a server or a browser is marked by what it uses, so that the fast
+    # set (`make test-fast`) can never pick one up by a forgotten marker.
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "pg_url" in names:
+            item.add_marker(pytest.mark.postgres)
+        if "chromium_path" in names:
+            item.add_marker(pytest.mark.browser)
