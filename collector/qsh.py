@@ -186,29 +186,59 @@ def _encode_value(text: str) -> str:
     return text if _UNRESERVED.fullmatch(text) else _percent_encode(text)
 
 
+def _host_piece(piece: str) -> tuple[str, str, str, str, str] | None:
+    """One ``name=value`` piece under the host's rules: (encoded name, value, name, encoded
+    value, ``encoded name=encoded value``), or None for a piece that is not hashed. The order
+    makes a list of pieces sort as the host sorts them (by encoded name, then value)."""
+    name, _, value = piece.partition("=")
+    if "%" in name or "+" in name:
+        name = _form_decode(name)
+    if not name or name == "jwt":
+        return None
+    if "%" in value or "+" in value:
+        value = _form_decode(value)
+    encoded_name, encoded_value = _encode_value(name), _encode_value(value)
+    return encoded_name, value, name, encoded_value, f"{encoded_name}={encoded_value}"
+
+
+# Pieces repeat from request to request (xdm_e, cp, tz, lic, loc...), so one cache lookup
+# per piece replaces decoding and re-encoding it. Long pieces, and the jwt parameter (new
+# on every request), bypass the cache: it holds at most 4096 short strings.
+_cached_piece = lru_cache(maxsize=4096)(_host_piece)
+_CACHED_PIECE_LEN = 256
+
+
 def _host_query(query: str) -> str:
     """The host's rules only, written for speed: this runs on every verified request."""
-    params: dict[str, list[str]] = {}
+    entries = []
     for piece in query.split("&"):
-        if not piece:
-            continue
-        name, _, value = piece.partition("=")
-        if "%" in name or "+" in name:
-            name = _form_decode(name)
-        if "%" in value or "+" in value:
-            value = _form_decode(value)
-        if name and name != "jwt":
-            if name in params:
-                params[name].append(value)
+        if piece:
+            if len(piece) <= _CACHED_PIECE_LEN and not piece.startswith("jwt="):
+                entry = _cached_piece(piece)
             else:
-                params[name] = [value]
-    entries = sorted((_encode_value(name), values) for name, values in params.items())
-    return "&".join(
-        f"{name}={_encode_value(values[0])}"
-        if len(values) == 1
-        else f"{name}={','.join(map(_encode_value, sorted(values, key=_java_order)))}"
-        for name, values in entries
-    )
+                entry = _host_piece(piece)
+            if entry is not None:
+                entries.append(entry)
+    if len({entry[2] for entry in entries}) == len(entries):
+        # Every name once (the usual case): sorting the pieces is sorting by encoded name.
+        entries.sort()
+        return "&".join([entry[4] for entry in entries])
+    return _grouped_query(entries)
+
+
+def _grouped_query(entries: list[tuple[str, str, str, str, str]]) -> str:
+    """The canonical query when a name repeats: its values sorted (Java order) and joined by ','."""
+    groups: dict[str, list[tuple[str, str, str, str, str]]] = {}
+    for entry in entries:
+        groups.setdefault(entry[2], []).append(entry)
+    keyed = []
+    for group in groups.values():
+        name = group[0][0]
+        ordered = sorted(group, key=lambda entry: _java_order(entry[1]))
+        text = f"{name}={','.join(entry[3] for entry in ordered)}"
+        keyed.append((name, [entry[1] for entry in group], text))
+    keyed.sort()
+    return "&".join([entry[2] for entry in keyed])
 
 
 def _canonical_query(query: str | None, form_body: str | None, rules: _Rules) -> str:
