@@ -59,6 +59,23 @@ def database_url(request) -> str:
     return request.getfixturevalue("pg_url")
 
 
+@pytest.fixture
+def isolated_keys(monkeypatch, tmp_path: Path) -> Path:
+    """Key files and spill files under the test's own directory, no key from the environment."""
+    from storekit import isolate_keys
+
+    return isolate_keys(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def store(database_url):
+    """The store at ``database_url`` (SQLite, then PostgreSQL), closed after the test."""
+    from collector.store import Store
+
+    with Store.open(database_url) as s:
+        yield s
+
+
 @pytest.fixture(scope="session")
 def chromium_path() -> str:
     path = os.environ.get("CONNECT_AUDIT_CHROMIUM") or shutil.which("chromium")

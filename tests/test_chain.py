@@ -9,23 +9,15 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from storekit import count, isolate_keys, record, records, tamper
+from storekit import count, record, records, tamper
 
 from collector import chain, retention
 from collector.errors import ConfigurationError
 from collector.recorder import Recorder
 from collector.store import Store
 
-
-@pytest.fixture(autouse=True)
-def _keys(monkeypatch, tmp_path):
-    isolate_keys(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def store(database_url):
-    with Store.open(database_url) as s:
-        yield s
+# Key files under the test's own directory; `store` (conftest) opens `database_url`.
+pytestmark = pytest.mark.usefixtures("isolated_keys")
 
 
 def fill(store: Store, n: int, *, checkpoint_every: int = 10, flush_every: int | None = None) -> None:

@@ -6,12 +6,10 @@ import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from storekit import isolate_keys
 
 from collector.errors import ConfigurationError, UnknownTenant
 from collector.installs import InstallRegistry, InvalidLifecyclePayload, normalise_scopes
 from collector.secretbox import SecretBox
-from collector.store import Store
 from collector.tokens import InstallSecret
 
 SECRET = "shared-secret-4f1d2a0b9c8e7d6f5a4b3c2d1e0f9a8b"
@@ -33,15 +31,8 @@ def payload(client_key: str = "ck-1", secret: str = SECRET, **extra) -> dict:
     return body
 
 
-@pytest.fixture(autouse=True)
-def _keys(monkeypatch, tmp_path):
-    isolate_keys(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def store(database_url):
-    with Store.open(database_url) as s:
-        yield s
+# Key files under the test's own directory; `store` (conftest) opens `database_url`.
+pytestmark = pytest.mark.usefixtures("isolated_keys")
 
 
 def test_install_then_lookup(store):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from storekit import count, env_for_child, event_ids, isolate_keys, record, records
+from storekit import count, env_for_child, event_ids, record, records
 
 from collector import chain
 from collector.errors import QueueFull
@@ -21,16 +21,8 @@ from collector.models import AuditEvent
 from collector.recorder import Recorder, RecorderClosed
 from collector.store import CHAIN_LOCK_KEY, Store
 
-
-@pytest.fixture(autouse=True)
-def _keys(monkeypatch, tmp_path):
-    isolate_keys(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def store(database_url):
-    with Store.open(database_url) as s:
-        yield s
+# Key files under the test's own directory; `store` (conftest) opens `database_url`.
+pytestmark = pytest.mark.usefixtures("isolated_keys")
 
 
 @contextlib.contextmanager

@@ -9,22 +9,14 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from storekit import count, env_for_child, isolate_keys
+from storekit import count, env_for_child
 
 from collector.replay import StoreReplayGuard
 from collector.store import Store
 from collector.tokens import ReplayGuard
 
-
-@pytest.fixture(autouse=True)
-def _keys(monkeypatch, tmp_path):
-    isolate_keys(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def store(database_url):
-    with Store.open(database_url) as s:
-        yield s
+# Key files under the test's own directory; `store` (conftest) opens `database_url`.
+pytestmark = pytest.mark.usefixtures("isolated_keys")
 
 
 def soon(minutes: float = 3) -> datetime:
