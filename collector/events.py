@@ -12,7 +12,7 @@ vocabularies, so a Forge invocation token can later be recorded as
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -57,7 +57,13 @@ def utcnow() -> datetime:
 
 
 def new_event_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID in its usual text form, ``str(uuid.uuid4())``, built without
+    the UUID object: one is made for every event, on the request thread."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(slots=True)
@@ -94,7 +100,8 @@ class AuditRecord:
     def __post_init__(self) -> None:
         if self.ts.tzinfo is None:
             raise ValueError("AuditRecord.ts must be timezone-aware (UTC)")
-        self.ts = self.ts.astimezone(UTC)
+        if self.ts.tzinfo is not UTC:  # datetime.now(UTC), the usual value, is already normal
+            self.ts = self.ts.astimezone(UTC)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
