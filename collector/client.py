@@ -338,6 +338,7 @@ class _Call:
         """Record a call that never reached the product: its user token was not issued."""
         rec = self._record()
         rec.status, rec.outcome, rec.detail = status, outcome, detail
+        rec.reason = events.TOKEN_EXCHANGE_REFUSED if outcome == events.REJECTED else None
         rec.latency_ms = round(elapsed * 1000, 3)
         rec.extra = {"stage": "token_exchange"}
         self._emit(rec)

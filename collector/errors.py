@@ -235,3 +235,8 @@ class UnknownTenant(ConnectAuditError):
 class TokenExchangeFailed(ConnectAuditError):
     """Raised when the authorization server will not exchange an assertion for an access token
     (acting as a user needs ACT_AS_USER granted on the site and a user the site knows)."""
+
+    #: Stored as the reason of the outgoing call that could not be made.
+    code = "token_exchange_refused"
+    fix = ("Declare ACT_AS_USER in the descriptor (the site must approve the upgrade), check the "
+           "install's oauthClientId and that the accountId exists on the site.")

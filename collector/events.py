@@ -49,6 +49,9 @@ OUTCOMES = (ALLOWED, DENIED, REJECTED, ERROR)
 SCOPE = "scope"  # the descriptor's scopes do not cover the call
 PERMISSION = "permission"  # scopes cover it; the acting user lacks the right
 
+#: An outgoing call as a user whose access token was refused by the authorization server.
+TOKEN_EXCHANGE_REFUSED = "token_exchange_refused"  # noqa: S105 (a reason word)
+
 CONNECT = "connect"
 
 

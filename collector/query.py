@@ -32,7 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from collector import events as ev
-from collector.errors import ConfigurationError, ConnectAuditError
+from collector.errors import REJECTION_CODES, ConfigurationError, ConnectAuditError
 from collector.models import ActorRollup, AuditEvent, EventRollup, RollupState
 
 EVENTS = AuditEvent.__table__
@@ -42,6 +42,10 @@ STATE = RollupState.__table__
 
 #: Default statement time limit, in seconds, for interactive reads.
 DEFAULT_TIME_LIMIT = 10.0
+
+
+#: Every reason word the log can hold: a rejection code, a 403's cause, a refused exchange.
+REASONS = (*REJECTION_CODES, ev.SCOPE, ev.PERMISSION, ev.TOKEN_EXCHANGE_REFUSED)
 
 
 class FilterError(ConfigurationError):
@@ -119,6 +123,7 @@ class EventFilter:
         _check_word("direction", self.direction, ev.DIRECTIONS)
         _check_word("identity kind", self.identity_kind, ev.IDENTITY_KINDS)
         _check_word("outcome", self.outcome, ev.OUTCOMES)
+        _check_word("reason", self.reason, REASONS)
         if self.status is not None and not _STATUS_RE.match(str(self.status)):
             raise FilterError(
                 f"'{self.status}' is not an HTTP status: use a code such as 403 or a class such as 4xx"
@@ -204,7 +209,8 @@ _ROLLUP_COLUMN = {
 
 def _check_word(label: str, value: str | None, allowed: Sequence[str]) -> None:
     if value is not None and value not in allowed:
-        raise FilterError(f"'{value}' is not a {label}: use one of {', '.join(allowed)}")
+        article = "an" if label[:1] in "aeiou" else "a"
+        raise FilterError(f"'{value}' is not {article} {label}: use one of {', '.join(allowed)}")
 
 
 def _like(column: sa.ColumnElement, needle: str) -> sa.ColumnElement[bool]:

@@ -26,7 +26,7 @@ from typing import Any
 from collector import config
 from collector import events as ev
 from collector import query as q
-from collector.errors import REJECTIONS, ConnectAuditError
+from collector.errors import REJECTIONS, ConnectAuditError, TokenExchangeFailed
 from collector.query import Cursor, EventFilter, FilterError, Page, QueryTimeout
 
 __all__ = [
@@ -296,6 +296,7 @@ def who_acted(flt: EventFilter, *, n: int = 50) -> dict[str, Any]:
 # --------------------------------------------------------------------------- denials
 
 FIXES: dict[str, str] = {cls.code: cls.fix for cls in REJECTIONS}
+FIXES[TokenExchangeFailed.code] = TokenExchangeFailed.fix
 FIXES[ev.SCOPE] = "Add the required scope to the app descriptor's scopes and have each site update the app."
 FIXES[ev.PERMISSION] = (
     "The scopes are fine: the acting user lacks the permission (space or page restriction); "

@@ -15,6 +15,9 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+# Imported here, not lazily: two script threads importing altair (and numpy) at once
+# raced into a half-initialised module ("numpy has no attribute ndarray").
+import altair as alt
 import streamlit as st
 
 from dashboard import auth, queries
@@ -350,7 +353,6 @@ def selected_row(event: Any) -> int | None:
 def bar_chart(rows: list[dict[str, Any]], *, x: str, y: str, color: str, title: str,
               time_unit: str | None = None, palette: dict[str, str] | None = None) -> None:
     """A stacked bar chart over already aggregated rows (vega-lite via Altair)."""
-    import altair as alt
 
     if not rows:
         st.caption("No events in this range.")

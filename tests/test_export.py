@@ -170,8 +170,8 @@ def test_cli_streams_to_stdout_with_time_and_status_filters(sqlite_url, capsysbi
     [
         (["--since", "last tuesday"], "not a time"),
         (["--status", "forbidden"], "not an HTTP status"),
-        (["--outcome", "blocked"], "not a outcome"),
-        (["--identity-kind", "robot"], "not a identity kind"),
+        (["--outcome", "blocked"], "not an outcome"),
+        (["--identity-kind", "robot"], "not an identity kind"),
     ],
 )
 def test_cli_bad_filter_is_one_sentence_exit_2(sqlite_url, capsys, flags, needle):

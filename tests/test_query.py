@@ -62,7 +62,7 @@ def test_from_params_parses_times_ages_and_vocabulary():
     [
         ({"since": "yesterday"}, "not a time"),
         ({"status": "40x"}, "not an HTTP status"),
-        ({"outcome": "blocked"}, "not a outcome"),
+        ({"outcome": "blocked"}, "not an outcome"),
         ({"direction": "sideways"}, "not a direction"),
         ({"since": "2026-02-01", "until": "2026-01-01"}, "time range is empty"),
     ],
@@ -271,3 +271,14 @@ def test_overview_and_capped_counts(filled):
     n = sum(1 for r in expected if r.path and "/rest/api/content/" in r.path)
     assert q.count_at_most(store, text, 10_000) == (n, True)
     assert q.count_at_most(store, text, 7) == (7, False)
+
+
+def test_reason_filter_accepts_every_stored_reason_and_refuses_others():
+    from collector.errors import REJECTION_CODES
+
+    for reason in (*REJECTION_CODES, ev.SCOPE, ev.PERMISSION, ev.TOKEN_EXCHANGE_REFUSED):
+        assert q.EventFilter.from_params({"reason": reason}).reason == reason
+    with pytest.raises(q.FilterError, match="is not a reason"):
+        q.EventFilter.from_params({"reason": "x"})
+    with pytest.raises(q.FilterError, match="is not an outcome"):
+        q.EventFilter.from_params({"outcome": "nope"})
