@@ -15,9 +15,12 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-# Imported here, not lazily: two script threads importing altair (and numpy) at once
-# raced into a half-initialised module ("numpy has no attribute ndarray").
+# Imported here, fully, before any chart is built: altair looks numpy and pandas up in
+# sys.modules without taking the import lock, so while one script thread was still
+# importing numpy another saw it half-initialised ("numpy has no attribute ndarray").
 import altair as alt
+import numpy  # noqa: F401
+import pandas  # noqa: F401
 import streamlit as st
 
 from dashboard import auth, queries
