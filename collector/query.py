@@ -210,7 +210,12 @@ _ROLLUP_COLUMN = {
 def _check_word(label: str, value: str | None, allowed: Sequence[str]) -> None:
     if value is not None and value not in allowed:
         article = "an" if label[:1] in "aeiou" else "a"
-        raise FilterError(f"'{value}' is not {article} {label}: use one of {', '.join(allowed)}")
+        # A long list (the reason codes) is named, not spelled out, to keep one short sentence.
+        choices = f"one of {', '.join(allowed)}" if len(allowed) <= 8 else (
+            f"a rejection code such as {allowed[0]} or {allowed[-4]} (see the README), "
+            f"or {', '.join(allowed[-3:])}"
+        )
+        raise FilterError(f"'{value}' is not {article} {label}: use {choices}")
 
 
 def _like(column: sa.ColumnElement, needle: str) -> sa.ColumnElement[bool]:

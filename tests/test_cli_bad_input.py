@@ -208,6 +208,7 @@ MALFORMED_FILTERS = {
     "direction": ["sideways"],
     "identity_kind": ["robot"],
     "outcome": ["maybe"],
+    "reason": ["no_such_reason"],
 }
 #: Values that are not malformed but are hostile to a careless SQL or LIKE builder: the command
 #: must answer normally (exit 0), matching nothing.
