@@ -243,6 +243,18 @@ def _status_condition(column: sa.ColumnElement, status: str) -> sa.ColumnElement
     return column == int(status)
 
 
+def _column_conditions(flt: EventFilter, c: Any) -> list[sa.ColumnElement[bool]]:
+    """The filter's plain column tests, shared by the log and the rollup tables."""
+    conds = [c[name] == getattr(flt, name)
+             for name in ("direction", "identity_kind", "account_id", "method", "outcome", "reason")
+             if getattr(flt, name)]
+    if flt.scope:
+        conds.append(c.required_scope == flt.scope)
+    if flt.status:
+        conds.append(_status_condition(c.status, flt.status))
+    return conds
+
+
 def where_clause(flt: EventFilter, table: sa.Table = EVENTS) -> sa.ColumnElement[bool]:
     """The filter as one SQL condition over ``audit_events`` (``true`` when nothing is set)."""
     c = table.c
@@ -256,14 +268,7 @@ def where_clause(flt: EventFilter, table: sa.Table = EVENTS) -> sa.ColumnElement
             conds.append(c.tenant_base_url == flt.tenant.rstrip("/"))
         else:
             conds.append(c.tenant_client_key == flt.tenant)
-    for name in ("direction", "identity_kind", "account_id", "method", "outcome", "reason"):
-        value = getattr(flt, name)
-        if value:
-            conds.append(c[name] == value)
-    if flt.scope:
-        conds.append(c.required_scope == flt.scope)
-    if flt.status:
-        conds.append(_status_condition(c.status, flt.status))
+    conds += _column_conditions(flt, c)
     if flt.path_contains:
         conds.append(_like(c.path, flt.path_contains))
     if flt.text:
@@ -725,14 +730,7 @@ def _rollup_where(flt: EventFilter, table: sa.Table, lo: float, hi: float) -> li
         conds.append(c.hour < int(hi))
     if flt.tenant:
         conds.append(c.tenant_client_key == flt.tenant)
-    for name in ("direction", "identity_kind", "method", "outcome", "reason", "account_id"):
-        value = getattr(flt, name)
-        if value:
-            conds.append(c[name] == value)
-    if flt.scope:
-        conds.append(c.required_scope == flt.scope)
-    if flt.status:
-        conds.append(_status_condition(c.status, flt.status))
+    conds += _column_conditions(flt, c)
     return conds
 
 
