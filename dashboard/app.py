@@ -22,8 +22,6 @@ from dashboard import ui  # noqa: E402
 
 st.set_page_config(page_title="Connect Audit", page_icon=":material/policy:", layout="wide")
 
-user = ui.require_user()
-
 PAGES = [
     st.Page("views/overview.py", title="Overview", icon=":material/monitoring:",
             url_path="overview", default=True),
@@ -38,11 +36,16 @@ PAGES = [
     st.Page("views/integrity.py", title="Integrity", icon=":material/verified:",
             url_path="integrity"),
 ]
-if user.is_admin and user.via == "local":
-    PAGES.append(st.Page("views/accounts.py", title="Accounts", icon=":material/manage_accounts:",
-                         url_path="accounts"))
+ACCOUNTS = st.Page("views/accounts.py", title="Accounts", icon=":material/manage_accounts:",
+                   url_path="accounts")
 
-page = st.navigation(PAGES)
+# The navigation is built before sign-in (hidden), so that a shared link such as
+# /activity?range=7d&outcome=rejected still names its page and filters once signed in.
+user = ui.signed_in_user()
+pages = [*PAGES, ACCOUNTS] if user is not None and user.is_admin and user.via == "local" else PAGES
+page = st.navigation(pages, position="sidebar" if user is not None else "hidden")
+if user is None:
+    user = ui.require_user()  # renders the sign-in form and stops until it succeeds
 st.session_state["connect_audit_page"] = page.url_path
 ui.sidebar(user)
 page.run()

@@ -52,6 +52,13 @@ def current_user() -> auth.User | None:
     return st.session_state.get(auth.SESSION_KEY)
 
 
+def signed_in_user() -> auth.User | None:
+    """The signed-in user, or None; renders nothing (unless an OIDC account has no role)."""
+    if auth.oidc_configured(st.secrets):
+        return _require_oidc_user() if st.user.is_logged_in else None
+    return current_user()
+
+
 def require_user() -> auth.User:
     """Return the signed-in user, or render the sign-in screen and stop the script."""
     if auth.oidc_configured(st.secrets):
