@@ -267,3 +267,18 @@ def oidc_role(identity: dict[str, Any], secrets_obj: Any) -> str | None:
     if who & {str(x).lower() for x in section.get("auditors", [])}:
         return AUDITOR
     return None
+
+
+def main() -> int:
+    """``python -m dashboard.auth``: make sure the local admin account exists before the
+    server starts (``make run`` calls it), so that a generated password is printed where
+    the person starting the dashboard is looking, not on the first page view."""
+    store = Accounts()
+    if store.ensure_admin() is None and not os.environ.get(ADMIN_PASSWORD_ENV):
+        print(f"Connect Audit dashboard: sign in as 'admin' (password set earlier; set "
+              f"{ADMIN_PASSWORD_ENV} to replace it)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -411,3 +411,19 @@ def test_throttle_counts_failures_per_key_within_the_window():
     assert throttle.retry_after("name:b") == 0  # other keys are not affected
     throttle.succeeded("name:a")
     assert throttle.retry_after("name:a") == 0
+
+
+def test_auth_main_prints_a_generated_password_once_and_stores_only_its_hash(tmp_path, monkeypatch, capsys):
+    # `make run` calls `python -m dashboard.auth` before the server, so the password shows
+    # in the terminal that started it.
+    path = tmp_path / "accounts.json"
+    monkeypatch.setenv(auth.ACCOUNTS_FILE_ENV, str(path))
+    monkeypatch.delenv(auth.ADMIN_PASSWORD_ENV, raising=False)
+    assert auth.main() == 0
+    first = capsys.readouterr().out
+    password = first.split("password")[1].split()[0]
+    assert len(password) >= 20 and password not in path.read_text()
+    assert auth.Accounts(path).authenticate("admin", password) is not None
+    assert auth.main() == 0
+    again = capsys.readouterr().out
+    assert password not in again and "set earlier" in again
