@@ -25,6 +25,10 @@ class TokenRejected(ConnectAuditError):
     code: str = "rejected"
     #: What a developer should do about it, shown next to the code in the UI and docs.
     fix: str = ""
+    #: The tenant whose shared secret verified the signature, when the token was refused
+    #: after that check (expired, qsh_mismatch, replayed, ...): the refusal is then truly
+    #: that tenant's. None when nothing proves who signed the token.
+    client_key: str | None = None
 
     def __init__(self, detail: str = "") -> None:
         self.detail = detail or self.__doc__.strip().removeprefix("Raised when ").rstrip(".")

@@ -216,13 +216,15 @@ class Gate:
             )
         except TokenRejected as exc:
             ex.rejection = exc
+            if exc.client_key:  # signed by this tenant, refused for a later reason
+                self._describe_tenant(ex, exc.client_key)
             return
-        self._describe_tenant(ex)
+        self._describe_tenant(ex, ex.verified.client_key)
         ex.context = self._context(ex)
 
-    def _describe_tenant(self, ex: Exchange) -> None:
+    def _describe_tenant(self, ex: Exchange, client_key: str) -> None:
         # Read now, on the verification path, so that recording needs no store access.
-        tenant = self.audit.tenant(ex.verified.client_key)
+        tenant = self.audit.tenant(client_key)
         if tenant is not None:
             ex.tenant_base_url, ex.product = tenant.base_url, tenant.product
             ex.declared_scopes = tenant.declared_scopes
@@ -249,7 +251,7 @@ class Gate:
         except (ConnectAuditError, ValueError, TypeError, KeyError) as exc:
             ex.failure = f"the {claimed} callback could not be applied: {_safe_text(exc)}"
             return
-        self._describe_tenant(ex)
+        self._describe_tenant(ex, ex.verified.client_key)
         ex.context = self._context(ex, event_type=claimed)
 
     def _context(self, ex: Exchange, *, event_type: str | None = None) -> ConnectContext:
@@ -304,6 +306,9 @@ class Gate:
         if ex.rejection is not None:
             rec.outcome, rec.reason, rec.detail = events.REJECTED, ex.rejection.code, ex.rejection.detail
             rec.claims, rec.token_fingerprint = _unverified_summary(ex.token)
+            if ex.rejection.client_key:
+                rec.tenant_client_key = ex.rejection.client_key
+                rec.tenant_base_url, rec.product = ex.tenant_base_url, ex.product
             if rec.claims and rec.claims.get("qsh_kind") == "context" and rec.auth_method == events.APP_JWT:
                 rec.auth_method = events.CONTEXT_JWT
             log.info("rejected %s %s: %s (%s)", ex.method, rec.path, rec.reason, ex.request_id)

@@ -564,12 +564,16 @@ class TokenVerifier:
             raise errors.BadSignature(
                 "the HS256 signature does not verify with the install's shared secret"
             )
-        exp = self._check_times(claims)
-        account_id = _text_claim(claims, "sub", required=False)
-        qsh_kind = self._check_qsh(claims, method, url, endpoint)
-        digest = token_hash(parsed)
-        if state_changing:
-            self._check_replay(iss, digest, exp)
+        try:
+            exp = self._check_times(claims)
+            account_id = _text_claim(claims, "sub", required=False)
+            qsh_kind = self._check_qsh(claims, method, url, endpoint)
+            digest = token_hash(parsed)
+            if state_changing:
+                self._check_replay(iss, digest, exp)
+        except errors.TokenRejected as exc:
+            exc.client_key = iss  # the signature verified: this refusal is the tenant's
+            raise
         return VerifiedToken(
             parsed.header, claims, iss, account_id, qsh_kind,
             token_fingerprint(token), digest, install,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 
 import pytest
 import requests
@@ -89,7 +90,8 @@ def test_refusal_is_a_generic_401_and_the_reason_goes_to_the_log(served):
     assert "expired" not in response.text and "Request id:" in response.text
     [event] = events(audit, response.headers["X-Request-Id"])
     assert (event["outcome"], event["reason"], event["status"]) == ("rejected", "expired", 401)
-    assert event["tenant_client_key"] is None and event["account_id"] is None
+    # Signed with the tenant's secret, refused for its age: the refusal is the tenant's.
+    assert event["tenant_client_key"] == CLIENT_KEY and event["account_id"] is None
     claims = json.loads(event["claims"])
     assert claims["verified"] is False and claims["iss"] == CLIENT_KEY
 
@@ -271,3 +273,21 @@ def test_an_unreachable_store_is_a_503_and_the_event_is_spilled_not_lost(pg_url,
         server.stop()
         audit.recorder.close(timeout=5)
         audit.store.close()
+
+
+def test_a_refusal_after_the_signature_verified_is_attributed_to_its_tenant(served):
+    # An expired or replayed token was signed with the tenant's secret: the refusal is that
+    # site's, and filtering the log by tenant must show it. A forged one names no tenant.
+    url, audit = served
+    stale = request_token(url, "GET", f"{url}/items/1", now=time.time() - 3600)
+    expired = get(url, "/items/1", token=stale)
+    forged = request_token(url, "GET", f"{url}/items/1")
+    forged = forged[:-4] + ("AAAA" if not forged.endswith("AAAA") else "BBBB")
+    bad = get(url, "/items/1", token=forged)
+    assert (expired.status_code, bad.status_code) == (401, 401)
+    [exp_event] = events(audit, expired.headers["X-Request-Id"])
+    [bad_event] = events(audit, bad.headers["X-Request-Id"])
+    assert exp_event["reason"] == "expired" and bad_event["reason"] == "bad_signature"
+    assert exp_event["tenant_client_key"] == CLIENT_KEY
+    assert exp_event["tenant_base_url"] == install_payload()["baseUrl"]
+    assert bad_event["tenant_client_key"] is None
