@@ -7,6 +7,11 @@ formatting, no hashing, no audit event. Goals (issue 6): ratio <= 1.5x, peak mem
 200 MB whatever the row count.
 
     .venv/bin/python bench/export.py [--database PATH] [--events N]
+    .venv/bin/python bench/export.py --pg-url postgresql+psycopg://USER:PW@HOST/postgres --events N
+
+With ``--pg-url`` the same comparison runs on PostgreSQL: a scratch database is created
+beside the one named (a role that may create databases), filled by ``connect-audit generate``
+and dropped at the end; the baseline reads it with a psycopg server-side cursor.
 """
 
 from __future__ import annotations
@@ -39,10 +44,27 @@ with open(sys.argv[2], "w", newline="") as fh:
 """
 
 
-def _run(cmd: list[str]) -> tuple[float, float]:
+PG_BASELINE = """
+import csv, sys
+import psycopg
+with psycopg.connect(sys.argv[1]) as con, open(sys.argv[2], "w", newline="") as fh:
+    w = csv.writer(fh)
+    with con.cursor(name="bench") as cur:
+        cur.itersize = 2000
+        cur.execute("SELECT * FROM audit_events ORDER BY seq")
+        first = True
+        for row in cur:
+            if first:
+                w.writerow([d.name for d in cur.description])
+                first = False
+            w.writerow(row)
+"""
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of one child process."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -53,13 +75,29 @@ def _run(cmd: list[str]) -> tuple[float, float]:
     return elapsed, usage.ru_maxrss / 1024
 
 
+def _report(title: str, results: dict[str, list[tuple[float, float]]], sizes: dict[str, int]) -> None:
+    print(title)
+    best = {name: min(runs) for name, runs in results.items()}
+    for name, (secs, _rss) in best.items():
+        peak = max(r for _, r in results[name])
+        print(f"  {name:<22}{secs:>7.2f} s   peak RSS {peak:>6.0f} MiB   "
+              f"{sizes[name] / 2**20:>6.0f} MiB written")
+    ratio = best["connect-audit export"][0] / best["raw csv.writer"][0]
+    peak = max(r for _, r in results["connect-audit export"])
+    print(f"  ratio {ratio:.2f}x (goal <= 1.5x: {'ok' if ratio <= 1.5 else 'MISSED'}); "
+          f"peak {peak:.0f} MiB (goal < 200 MB: {'ok' if peak * 1.048576 < 200 else 'MISSED'})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", metavar="PATH",
                         default=str(ROOT / "data" / "bench-dashboard-1_000_000.db"))
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--pg-url", metavar="URL", help="run on PostgreSQL instead (see above)")
     args = parser.parse_args()
+    if args.pg_url:
+        return _postgresql(args.pg_url, args.events, args.repeat)
     path = Path(args.database)
     ensure_store(path, args.events)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
@@ -73,16 +111,43 @@ def main() -> int:
                       f"sqlite:///{path}", "-o", str(out / "export.csv")]))
         sizes = {name: (out / f).stat().st_size for name, f in
                  (("connect-audit export", "export.csv"), ("raw csv.writer", "raw.csv"))}
-    print(f"export of {args.events:,} events (SQLite), best of {args.repeat}")
-    best = {name: min(runs) for name, runs in results.items()}
-    for name, (secs, _rss) in best.items():
-        peak = max(r for _, r in results[name])
-        print(f"  {name:<22}{secs:>7.2f} s   peak RSS {peak:>6.0f} MiB   "
-              f"{sizes[name] / 2**20:>6.0f} MiB written")
-    ratio = best["connect-audit export"][0] / best["raw csv.writer"][0]
-    peak = max(r for _, r in results["connect-audit export"])
-    print(f"  ratio {ratio:.2f}x (goal <= 1.5x: {'ok' if ratio <= 1.5 else 'MISSED'}); "
-          f"peak {peak:.0f} MiB (goal < 200 MB: {'ok' if peak * 1.048576 < 200 else 'MISSED'})")
+    _report(f"export of {args.events:,} events (SQLite), best of {args.repeat}", results, sizes)
+    return 0
+
+
+def _postgresql(admin_url: str, events: int, repeat: int) -> int:
+    import sqlalchemy as sa
+
+    name = "connect_audit_bench_export"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(admin_url).set(database=name)
+    sa_url = url.render_as_string(hide_password=False)
+    libpq_url = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            env = {**os.environ, "CONNECT_AUDIT_DATA_DIR": str(out / "keys")}
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "collector.cli", "generate", "--database", sa_url,
+                            "--events", str(events)], cwd=ROOT, env=env, check=True)
+            print(f"generated in {time.perf_counter() - started:.0f} s")
+            results = {"connect-audit export": [], "raw csv.writer": []}
+            for _ in range(repeat):
+                results["raw csv.writer"].append(
+                    _run([sys.executable, "-c", PG_BASELINE, libpq_url, str(out / "raw.csv")], env))
+                results["connect-audit export"].append(
+                    _run([sys.executable, "-m", "collector.cli", "export", "--database", sa_url,
+                          "-o", str(out / "export.csv")], env))
+            sizes = {n: (out / f).stat().st_size for n, f in
+                     (("connect-audit export", "export.csv"), ("raw csv.writer", "raw.csv"))}
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    _report(f"export of {events:,} events (PostgreSQL), best of {repeat}", results, sizes)
     return 0
 
 
