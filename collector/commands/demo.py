@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from collector.commands import add_database_option
+
 DEFAULT_EVENTS = 600
 
 
@@ -40,8 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "data) and record every call in the audit store."
         ),
     )
-    parser.add_argument("--database", metavar="URL",
-                        help="the audit store (default: CONNECT_AUDIT_DATABASE_URL or data/audit.db)")
+    add_database_option(parser)
     parser.add_argument("--events", metavar="N", type=_count, default=DEFAULT_EVENTS,
                         help=f"how many requests the host sends the app (default {DEFAULT_EVENTS}); "
                              "the app's own calls to Confluence come on top")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from collector.commands import add_database_option
+
 FILTER_FLAGS = (
     # (flag, EventFilter field, help)
     ("--since", "since", "oldest time included: ISO-8601 date/datetime (UTC) or an age like 7d"),
@@ -43,8 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="output format (default csv)")
     parser.add_argument("-o", "--output", metavar="FILE",
                         help="write to FILE instead of standard output")
-    parser.add_argument("--database", metavar="URL",
-                        help="the audit store (default: CONNECT_AUDIT_DATABASE_URL or data/audit.db)")
+    add_database_option(parser)
     group = parser.add_argument_group("filters (combined with AND)")
     for flag, field, text in FILTER_FLAGS:
         group.add_argument(flag, dest=f"filter_{field}", metavar="VALUE", help=text)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from collector.commands import add_database_option
+
 
 def _days(text: str) -> float:
     try:
@@ -34,11 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--older-than", metavar="DAYS", type=_days, required=True, help="age in days (e.g. 180)"
     )
-    parser.add_argument(
-        "--database",
-        metavar="URL",
-        help="the audit store (default: CONNECT_AUDIT_DATABASE_URL or data/audit.db)",
-    )
+    add_database_option(parser)
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     parser.set_defaults(func=run)
 

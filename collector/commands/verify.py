@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from collector.commands import add_database_option
+
 #: Below this many events no progress bar is drawn (the check takes well under a second).
 PROGRESS_FROM = 100_000
 
@@ -23,11 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "intact, 1 when broken, 2 on a usage or configuration error."
         ),
     )
-    parser.add_argument(
-        "--database",
-        metavar="URL",
-        help="the audit store (default: CONNECT_AUDIT_DATABASE_URL or data/audit.db)",
-    )
+    add_database_option(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON on standard output")
     parser.set_defaults(func=run)
 
