@@ -157,6 +157,33 @@ class EventRollup(SQLModel, table=True):
     latency_n: int = 0
 
 
+class EventRollupDaily(SQLModel, table=True):
+    """Daily event counts, the same dimensions as :class:`EventRollup`.
+
+    An hourly rollup of a busy month still holds hundreds of thousands of rows; a range of
+    weeks reads its whole days here (several times fewer rows) and only its first and last
+    partial days from the hourly table. Folded from the log like the hourly one, under its
+    own watermark (``rollup_state.name = 'days'``).
+    """
+
+    __tablename__ = "event_rollups_daily"
+
+    day: int = Field(primary_key=True)  # epoch seconds // 86400 of the event's ts (UTC days)
+    tenant_client_key: str = Field(default="", primary_key=True)
+    direction: str = Field(default="", primary_key=True)
+    identity_kind: str = Field(default="", primary_key=True)
+    auth_method: str = Field(default="", primary_key=True)
+    outcome: str = Field(default="", primary_key=True)
+    reason: str = Field(default="", primary_key=True)
+    status: int = Field(default=0, primary_key=True)
+    method: str = Field(default="", primary_key=True)
+    path_template: str = Field(default="", primary_key=True)
+    required_scope: str = Field(default="", primary_key=True)
+    n: int = 0
+    latency_sum: float = 0.0
+    latency_n: int = 0
+
+
 class ActorRollup(SQLModel, table=True):
     """Hourly counts per acting account (rows with an accountId only): the "who acted" view."""
 

@@ -8,9 +8,9 @@ Three rules keep it fast on millions of events:
 * every filter becomes a SQL condition (:func:`where_clause`); nothing is filtered in
   Python and nothing loads the table into memory;
 * pages are keyset pages on ``(ts, seq)`` descending, so page 1000 costs what page 1 does;
-* aggregates read the hourly rollup tables (:func:`refresh_rollups` keeps them current
-  incrementally) for the whole hours of a range, and the raw log only for the partial
-  hours at its edges, which keeps them exact and independent of the log's size.
+* aggregates read the daily and hourly rollup tables (:func:`refresh_rollups` keeps them
+  current incrementally) for the whole days and hours of a range, and the raw log only for
+  the partial hours at its edges, which keeps them exact and independent of the log's size.
 
 Every statement runs under a time limit (:func:`time_limit`) and raises
 :class:`QueryTimeout`, a sentence a person can act on, instead of hanging a page.
@@ -33,11 +33,12 @@ import sqlalchemy as sa
 
 from collector import events as ev
 from collector.errors import REJECTION_CODES, ConfigurationError, ConnectAuditError
-from collector.models import ActorRollup, AuditEvent, EventRollup, RollupState
+from collector.models import ActorRollup, AuditEvent, EventRollup, EventRollupDaily, RollupState
 
 EVENTS = AuditEvent.__table__
 ROLLUP = EventRollup.__table__
 ACTORS = ActorRollup.__table__
+DAILY_ROLLUP = EventRollupDaily.__table__
 STATE = RollupState.__table__
 
 #: Default statement time limit, in seconds, for interactive reads.
@@ -490,7 +491,7 @@ def bounds(source: Any) -> dict[str, Any]:
 
 def distinct_values(source: Any, column: str, *, limit: int = 500) -> list[str]:
     """Values seen for a low-cardinality column, read from the rollup (cheap at any size)."""
-    table = ACTORS if column == "account_id" else ROLLUP
+    table = ACTORS if column == "account_id" else DAILY_ROLLUP  # the smallest that has it
     col = table.c[column]
     stmt = sa.select(col).where(col != "").group_by(col).order_by(col).limit(limit)
     with reading(source) as conn:
@@ -514,11 +515,35 @@ ROLLUP_DIMS = (
 ACTOR_DIMS = ("tenant_client_key", "account_id", "identity_kind", "method", "path_template", "outcome")
 
 
-def _hour_expr(dialect: str, column: sa.ColumnElement) -> sa.ColumnElement[int]:
-    """Epoch hour of a stored timestamp, computed in SQL."""
+@dataclass(frozen=True)
+class Rollup:
+    """One rollup table: its watermark's name, its time key and grain, its dimensions."""
+
+    name: str  # rollup_state.name
+    table: sa.Table
+    key: str  # the time column: "hour" or "day"
+    grain_h: int  # hours per key step
+    dims: tuple[str, ...]
+
+
+HOURLY = Rollup("events", ROLLUP, "hour", 1, ROLLUP_DIMS)
+DAILY = Rollup("days", DAILY_ROLLUP, "day", 24, ROLLUP_DIMS)
+ACTOR_HOURLY = Rollup("actors", ACTORS, "hour", 1, ACTOR_DIMS)
+ROLLUPS = (HOURLY, DAILY, ACTOR_HOURLY)
+
+
+def _bucket_expr(dialect: str, column: sa.ColumnElement, seconds: int) -> sa.ColumnElement[int]:
+    """Epoch seconds of a stored timestamp divided by ``seconds`` (floored), computed in SQL."""
     if dialect == "sqlite":
-        return sa.cast(sa.func.strftime("%s", column), sa.Integer) // 3600  # floor, not true, division
-    return sa.cast(sa.func.floor(sa.extract("epoch", column) / 3600), sa.BigInteger)
+        return sa.cast(sa.func.strftime("%s", column), sa.Integer) // seconds  # floor, not true, division
+    return sa.cast(sa.func.floor(sa.extract("epoch", column) / seconds), sa.BigInteger)
+
+
+def _hour_expr(dialect: str, column: sa.ColumnElement, step_h: int = 1) -> sa.ColumnElement[int]:
+    """The epoch hour of a timestamp, rounded down to a multiple of ``step_h``."""
+    if step_h == 1:
+        return _bucket_expr(dialect, column, 3600)
+    return _bucket_expr(dialect, column, 3600 * step_h) * step_h
 
 
 def _dim_expr(name: str) -> sa.ColumnElement:
@@ -537,69 +562,53 @@ def _upsert(dialect: str, table: sa.Table):
 
 
 def _refresh_one(
-    conn: sa.Connection, name: str, lo: int, hi: int, within: sa.ColumnElement | None = None
+    conn: sa.Connection, rollup: Rollup, lo: int, hi: int, within: sa.ColumnElement | None = None
 ) -> None:
+    """Add the events with ``lo < seq <= hi`` (and ``within``) to ``rollup``'s counts."""
     dialect = conn.dialect.name
-    hour = _hour_expr(dialect, EVENTS.c.ts).label("hour")
+    bucket = _bucket_expr(dialect, EVENTS.c.ts, rollup.grain_h * 3600).label(rollup.key)
     span = sa.and_(EVENTS.c.seq > lo, EVENTS.c.seq <= hi, sa.true() if within is None else within)
-    if name == "events":
-        dims = [_dim_expr(d).label(d) for d in ROLLUP_DIMS]
-        select = (
-            sa.select(
-                hour,
-                *dims,
-                sa.func.count().label("n"),
-                sa.func.coalesce(sa.func.sum(EVENTS.c.latency_ms), 0.0).label("latency_sum"),
-                sa.func.count(EVENTS.c.latency_ms).label("latency_n"),
-            )
-            .where(span)
-            .group_by(hour, *dims)
+    dims = [_dim_expr(d).label(d) for d in rollup.dims]
+    target = rollup.table
+    keys = [rollup.key, *rollup.dims]
+    if rollup is not ACTOR_HOURLY:
+        measures = (
+            sa.func.count().label("n"),
+            sa.func.coalesce(sa.func.sum(EVENTS.c.latency_ms), 0.0).label("latency_sum"),
+            sa.func.count(EVENTS.c.latency_ms).label("latency_n"),
         )
-        target = ROLLUP
-        keys = ["hour", *ROLLUP_DIMS]
+        select = sa.select(bucket, *dims, *measures).where(span).group_by(bucket, *dims)
         ins = _upsert(dialect, target).from_select([*keys, "n", "latency_sum", "latency_n"], select)
         ex = ins.excluded
-        ins = ins.on_conflict_do_update(
-            index_elements=keys,
-            set_={
-                "n": target.c.n + ex.n,
-                "latency_sum": target.c.latency_sum + ex.latency_sum,
-                "latency_n": target.c.latency_n + ex.latency_n,
-            },
-        )
+        merge = {
+            "n": target.c.n + ex.n,
+            "latency_sum": target.c.latency_sum + ex.latency_sum,
+            "latency_n": target.c.latency_n + ex.latency_n,
+        }
     else:
-        dims = [_dim_expr(d).label(d) for d in ACTOR_DIMS]
-        select = (
-            sa.select(
-                hour,
-                *dims,
-                sa.func.count().label("n"),
-                sa.func.min(EVENTS.c.ts).label("first_ts"),
-                sa.func.max(EVENTS.c.ts).label("last_ts"),
-            )
-            .where(span, EVENTS.c.account_id.is_not(None))
-            .group_by(hour, *dims)
+        measures = (
+            sa.func.count().label("n"),
+            sa.func.min(EVENTS.c.ts).label("first_ts"),
+            sa.func.max(EVENTS.c.ts).label("last_ts"),
         )
-        target = ACTORS
-        keys = ["hour", *ACTOR_DIMS]
+        select = (
+            sa.select(bucket, *dims, *measures)
+            .where(span, EVENTS.c.account_id.is_not(None))
+            .group_by(bucket, *dims)
+        )
         ins = _upsert(dialect, target).from_select([*keys, "n", "first_ts", "last_ts"], select)
         ex = ins.excluded
-        least, greatest = (sa.func.min, sa.func.max) if dialect == "sqlite" else (
-            sa.func.least,
-            sa.func.greatest,
+        least, greatest = (
+            (sa.func.min, sa.func.max) if dialect == "sqlite" else (sa.func.least, sa.func.greatest)
         )
-        ins = ins.on_conflict_do_update(
-            index_elements=keys,
-            set_={
-                "n": target.c.n + ex.n,
-                "first_ts": least(target.c.first_ts, ex.first_ts),
-                "last_ts": greatest(target.c.last_ts, ex.last_ts),
-            },
-        )
-    conn.execute(ins)
+        merge = {
+            "n": target.c.n + ex.n,
+            "first_ts": least(target.c.first_ts, ex.first_ts),
+            "last_ts": greatest(target.c.last_ts, ex.last_ts),
+        }
+    conn.execute(ins.on_conflict_do_update(index_elements=keys, set_=merge))
 
 
-ROLLUPS = ("events", "actors")
 #: Events folded per transaction: the first fold of a large log runs in steps so that the
 #: recorder, which needs the same write lock, never waits long.
 FOLD_STEP = 200_000
@@ -623,11 +632,11 @@ def _write(source: Any) -> Iterator[sa.Connection]:
 def refresh_rollups(source: Any, *, step: int = FOLD_STEP, limit: int | None = None) -> int:
     """Fold events not yet counted into the rollups; returns how many events were folded.
 
-    Incremental (only ``seq`` above the watermark) and safe to run from several processes:
-    each step runs under the store's write lock. After a purge, rollup hours older than the
-    oldest event kept are dropped so that aggregates never count purged events. ``limit``
-    stops after about that many events, so that a caller on a write path (the recorder)
-    never holds the lock for long when it finds a large backlog.
+    Incremental (only ``seq`` above each rollup's watermark) and safe to run from several
+    processes: each step runs under the store's write lock. After a purge, rollup hours and
+    days older than the oldest event kept are dropped so that aggregates never count purged
+    events. ``limit`` stops after about that many events, so that a caller on a write path
+    (the recorder) never holds the lock for long when it finds a large backlog.
     """
     if limit is not None:
         step = max(1, min(step, limit))
@@ -639,17 +648,17 @@ def refresh_rollups(source: Any, *, step: int = FOLD_STEP, limit: int | None = N
                 sa.select(EVENTS.c.ts).order_by(EVENTS.c.ts.asc()).limit(1)
             ).scalar()
             behind = 0
-            for name in ROLLUPS:
-                lo = _watermark(conn, name)
+            for rollup in ROLLUPS:
+                lo = _watermark(conn, rollup.name)
                 top = min(hi, lo + step)
                 if top > lo:
-                    _refresh_one(conn, name, lo, top)
+                    _refresh_one(conn, rollup, lo, top)
                     conn.execute(
-                        STATE.update().where(STATE.c.name == name).values(last_seq=top)
+                        STATE.update().where(STATE.c.name == rollup.name).values(last_seq=top)
                     )
                     behind = max(behind, top - lo)
-                _prune(conn, name, oldest)
-            done = all(_watermark(conn, name) >= hi for name in ROLLUPS)
+                _prune(conn, rollup, oldest)
+            done = all(_watermark(conn, rollup.name) >= hi for rollup in ROLLUPS)
         folded += behind
         if done or not behind or (limit is not None and folded >= limit):
             return folded
@@ -672,40 +681,45 @@ def _watermark(conn: sa.Connection, name: str) -> int:
     return int(value)
 
 
-def _prune(conn: sa.Connection, name: str, oldest: datetime | None) -> None:
-    """Drop what a purge removed from the log: hours before the oldest event kept, and
-    recount that oldest hour, which a purge may have cut in the middle."""
-    table = ROLLUP if name == "events" else ACTORS
+def _prune(conn: sa.Connection, rollup: Rollup, oldest: datetime | None) -> None:
+    """Drop what a purge removed from the log: the hours (days) before the oldest event
+    kept, and recount the hour (day) holding it, which a purge may have cut in the middle."""
+    table = rollup.table
     if oldest is None:
         conn.execute(table.delete())
         return
     first_hour = int(oldest.timestamp()) // 3600
-    state = conn.execute(sa.select(STATE.c.oldest_hour).where(STATE.c.name == name)).scalar()
+    state = conn.execute(sa.select(STATE.c.oldest_hour).where(STATE.c.name == rollup.name)).scalar()
     if state is not None and state >= first_hour:
         return
     if state is not None:  # the oldest event moved forward: a purge happened
-        conn.execute(table.delete().where(table.c.hour <= first_hour))
-        _recount_hour(conn, name, first_hour)
-    conn.execute(STATE.update().where(STATE.c.name == name).values(oldest_hour=first_hour))
+        first = first_hour // rollup.grain_h
+        conn.execute(table.delete().where(table.c[rollup.key] <= first))
+        _recount(conn, rollup, first)
+    conn.execute(STATE.update().where(STATE.c.name == rollup.name).values(oldest_hour=first_hour))
 
 
-def _recount_hour(conn: sa.Connection, name: str, hour: int) -> None:
-    """Fold again the events of one hour that were already folded (seq <= watermark)."""
-    watermark = conn.execute(sa.select(STATE.c.last_seq).where(STATE.c.name == name)).scalar()
+def _recount(conn: sa.Connection, rollup: Rollup, step: int) -> None:
+    """Fold again the events of one hour (day) that were already folded (seq <= watermark)."""
+    watermark = conn.execute(sa.select(STATE.c.last_seq).where(STATE.c.name == rollup.name)).scalar()
     if watermark:
-        lo_ts = datetime.fromtimestamp(hour * 3600, UTC)
-        within = sa.and_(EVENTS.c.ts >= lo_ts, EVENTS.c.ts < lo_ts + timedelta(hours=1))
-        _refresh_one(conn, name, 0, watermark, within)
+        lo_ts = datetime.fromtimestamp(step * rollup.grain_h * 3600, UTC)
+        within = sa.and_(EVENTS.c.ts >= lo_ts, EVENTS.c.ts < lo_ts + timedelta(hours=rollup.grain_h))
+        _refresh_one(conn, rollup, 0, watermark, within)
 
 
 def rollup_lag(source: Any) -> int:
     """How many events the rollups have not counted yet."""
+    names = [rollup.name for rollup in ROLLUPS]
     with reading(source) as conn:
         hi = conn.execute(sa.select(sa.func.max(EVENTS.c.seq))).scalar() or 0
-        lo = conn.execute(
-            sa.select(sa.func.min(STATE.c.last_seq)).where(STATE.c.name.in_(ROLLUPS))
-        ).scalar()
-    return max(0, hi - (lo or 0))
+        marks = {
+            name: seq
+            for name, seq in conn.execute(
+                sa.select(STATE.c.name, STATE.c.last_seq).where(STATE.c.name.in_(names))
+            )
+        }
+    return max(0, hi - min(marks.get(name, 0) for name in names))
 
 
 # --------------------------------------------------------------------------- aggregates
@@ -721,25 +735,64 @@ def _hour_split(flt: EventFilter) -> tuple[float, float]:
     return lo, hi
 
 
-def _rollup_where(flt: EventFilter, table: sa.Table, lo: float, hi: float) -> list:
-    c = table.c
+def _cover(lo: float, hi: float, tiers: Sequence[Rollup], out: list) -> None:
+    """Split the whole hours [lo, hi) into ``(rollup, lo, hi)`` segments, coarsest first:
+    whole days from the daily rollup, the hours around them from the hourly one."""
+    rollup, finer = tiers[0], tiers[1:]
+    if not finer:
+        out.append((rollup, lo, hi))
+        return
+    g = rollup.grain_h
+    a = lo if lo == -math.inf else math.ceil(lo / g) * g
+    b = hi if hi == math.inf else math.floor(hi / g) * g
+    if a >= b:
+        _cover(lo, hi, finer, out)
+        return
+    out.append((rollup, a, b))
+    for x, y in ((lo, a), (b, hi)):
+        if x < y:
+            _cover(x, y, finer, out)
+
+
+def _tiers(actors: bool, step_h: int) -> tuple[Rollup, ...]:
+    """The rollups that can answer, coarsest first: days only when buckets are whole days."""
+    if actors:
+        return (ACTOR_HOURLY,)
+    return (DAILY, HOURLY) if step_h % 24 == 0 else (HOURLY,)
+
+
+def _rollup_where(flt: EventFilter, rollup: Rollup, lo: float, hi: float) -> list:
+    """The filter over one rollup's segment of whole hours [lo, hi)."""
+    c = rollup.table.c
     conds: list = []
     if lo != -math.inf:
-        conds.append(c.hour >= int(lo))
+        conds.append(c[rollup.key] >= int(lo) // rollup.grain_h)
     if hi != math.inf:
-        conds.append(c.hour < int(hi))
+        conds.append(c[rollup.key] < int(hi) // rollup.grain_h)
     if flt.tenant:
         conds.append(c.tenant_client_key == flt.tenant)
     conds += _column_conditions(flt, c)
     return conds
 
 
+def _rollup_key(rollup: Rollup, name: str, step_h: int) -> sa.ColumnElement:
+    if name != HOUR:
+        return rollup.table.c[name]
+    hour = rollup.table.c[rollup.key]
+    if rollup.grain_h > 1:
+        hour = hour * rollup.grain_h
+    if step_h > rollup.grain_h:
+        hour = hour // step_h * step_h
+    return hour.label(HOUR)
+
+
 def _raw_group(
-    conn: sa.Connection, flt: EventFilter, by: Sequence[str], extra: sa.ColumnElement | None
+    conn: sa.Connection, flt: EventFilter, by: Sequence[str], extra: sa.ColumnElement | None,
+    step_h: int = 1,
 ) -> Iterable[tuple]:
     dialect = conn.dialect.name
     keys = [
-        _hour_expr(dialect, EVENTS.c.ts).label(HOUR) if k == HOUR else _dim_expr(k).label(k)
+        _hour_expr(dialect, EVENTS.c.ts, step_h).label(HOUR) if k == HOUR else _dim_expr(k).label(k)
         for k in by
     ]
     cond = where_clause(flt)
@@ -749,6 +802,41 @@ def _raw_group(
     return conn.execute(stmt)
 
 
+@dataclass
+class _Plan:
+    """Where each part of a range is read: rollup segments, and filters over the raw log."""
+
+    segments: list[tuple[Rollup, float, float]]
+    raw: list[tuple[EventFilter, sa.ColumnElement[bool]]]
+
+
+def _plan(conn: sa.Connection, flt: EventFilter, tiers: Sequence[Rollup]) -> _Plan:
+    """Whole days and hours from the rollups; from the log, the partial hours at the
+    range's edges and, inside each segment, the tail its rollup has not folded yet.
+
+    The tail makes aggregates exact whatever the rollups' lag; it is small because the
+    recorder and the dashboard fold continually (:func:`refresh_rollups`). A filter the
+    rollups cannot answer, or a range inside one hour, is read from the log whole.
+    """
+    lo, hi = _hour_split(flt)
+    if flt.raw_only_fields(tiers[0].dims) or lo >= hi:
+        return _Plan([], [(flt, sa.true())])
+    segments: list[tuple[Rollup, float, float]] = []
+    _cover(lo, hi, tiers, segments)
+    raw = [(edge, sa.true()) for edge in _edges(flt, lo, hi)]
+    last = conn.execute(sa.select(sa.func.max(EVENTS.c.seq))).scalar() or 0
+    marks = {name: seq for name, seq in conn.execute(sa.select(STATE.c.name, STATE.c.last_seq))}
+    for rollup, a, b in segments:
+        folded = marks.get(rollup.name) or 0
+        if last > folded:
+            middle = flt.replace(
+                since=None if a == -math.inf else datetime.fromtimestamp(a * 3600, UTC),
+                until=None if b == math.inf else datetime.fromtimestamp(b * 3600, UTC),
+            )
+            raw.append((middle, EVENTS.c.seq > folded))
+    return _Plan(segments, raw)
+
+
 def aggregate(
     source: Any,
     flt: EventFilter,
@@ -756,62 +844,40 @@ def aggregate(
     *,
     time_limit_s: float | None = DEFAULT_TIME_LIMIT,
     actors: bool = False,
+    step_h: int = 1,
 ) -> list[tuple[tuple, int]]:
     """Counts of matching events grouped by ``by`` (dimension names and/or ``"hour"``).
 
-    Returns ``[(key_tuple, count)]`` with '' / 0 turned back into None. Whole hours come
-    from the rollup, partial edge hours and raw-only filters from the log itself, so the
-    counts are exact. ``actors`` reads the per-account rollup (rows with an accountId).
+    Returns ``[(key_tuple, count)]`` with '' / 0 turned back into None. Whole days and hours
+    come from the rollups, partial edge hours and raw-only filters from the log itself, so
+    the counts are exact. ``actors`` reads the per-account rollup (rows with an accountId).
+    ``step_h`` rounds ``"hour"`` down to a multiple of that many hours (a chart's bucket);
+    whole-day buckets let whole days come from the daily rollup.
     """
-    table, dims = (ACTORS, ACTOR_DIMS) if actors else (ROLLUP, ROLLUP_DIMS)
-    unknown = [k for k in by if k != HOUR and k not in dims]
+    tiers = _tiers(actors, step_h if HOUR in by else 24)
+    unknown = [k for k in by if k != HOUR and k not in tiers[0].dims]
     if unknown:
         raise ValueError(f"cannot group by {unknown}")
     totals: dict[tuple, int] = defaultdict(int)
-    raw_only = flt.raw_only_fields(dims)
     actor_cond = EVENTS.c.account_id.is_not(None) if actors else None
     with reading(source, time_limit_s) as conn:
-        lo, hi = _hour_split(flt)
-        if raw_only or lo >= hi:
-            for row in _raw_group(conn, flt, by, actor_cond):
-                totals[tuple(row[:-1])] += row[-1]
-        else:
-            keys = [table.c[k] for k in by]
+        plan = _plan(conn, flt, tiers)
+        for rollup, lo, hi in plan.segments:
+            keys = [_rollup_key(rollup, k, step_h) for k in by]
             stmt = (
-                sa.select(*keys, sa.func.sum(table.c.n))
-                .where(*_rollup_where(flt, table, lo, hi))
+                sa.select(*keys, sa.func.sum(rollup.table.c.n))
+                .where(*_rollup_where(flt, rollup, lo, hi))
                 .group_by(*keys)
             )
-            for row in conn.execute(stmt):
-                totals[tuple(row[:-1])] += int(row[-1])
-            for part, cond in _raw_parts(conn, flt, lo, hi, "actors" if actors else "events"):
-                extra = cond if actor_cond is None else sa.and_(cond, actor_cond)
-                for row in _raw_group(conn, part, by, extra):
-                    totals[tuple(row[:-1])] += row[-1]
-    out = [(tuple(_none(v) for v in key), n) for key, n in totals.items() if n]
+            for *key, n in conn.execute(stmt):
+                totals[tuple(key)] += int(n)
+        for part, cond in plan.raw:
+            extra = cond if actor_cond is None else sa.and_(cond, actor_cond)
+            for *key, n in _raw_group(conn, part, by, extra, step_h):
+                totals[tuple(key)] += n
+    out = [(tuple(None if v in ("", 0) else v for v in key), n) for key, n in totals.items() if n]
     out.sort(key=lambda item: -item[1])
     return out
-
-
-def _raw_parts(
-    conn: sa.Connection, flt: EventFilter, lo: float, hi: float, rollup: str
-) -> list[tuple[EventFilter, sa.ColumnElement[bool]]]:
-    """What the rollup does not hold, to be read from the log: the partial hours at the
-    range's edges (all events) and, inside the whole hours, the tail not folded yet.
-
-    The tail makes aggregates exact whatever the rollup's lag; it is small because the
-    dashboard folds continually (:func:`refresh_rollups`).
-    """
-    parts = [(edge, sa.true()) for edge in _edges(flt, lo, hi)]
-    folded = conn.execute(sa.select(STATE.c.last_seq).where(STATE.c.name == rollup)).scalar() or 0
-    last = conn.execute(sa.select(sa.func.max(EVENTS.c.seq))).scalar() or 0
-    if last > folded:
-        middle = flt.replace(
-            since=None if lo == -math.inf else datetime.fromtimestamp(lo * 3600, UTC),
-            until=None if hi == math.inf else datetime.fromtimestamp(hi * 3600, UTC),
-        )
-        parts.append((middle, EVENTS.c.seq > folded))
-    return parts
 
 
 def _edges(flt: EventFilter, lo: float, hi: float) -> list[EventFilter]:
@@ -850,13 +916,16 @@ def facets(
 
 
 def bucket_seconds(flt: EventFilter, *, oldest: datetime | None = None) -> int:
-    """A chart bucket that gives roughly 24 to 200 bars over the range: hour, 6 hours or day."""
+    """A chart bucket that gives roughly 24 to 100 bars over the range: hour, 6 hours or day.
+
+    Ranges over two weeks get whole UTC days, which the daily rollup answers directly.
+    """
     start = flt.since or oldest
     end = flt.until or datetime.now(UTC)
     span = (end - start).total_seconds() if start else 30 * 86400
     if span <= 4 * 86400:
         return 3600
-    if span <= 30 * 86400:
+    if span <= 14 * 86400:
         return 6 * 3600
     return 86400
 
@@ -872,13 +941,10 @@ def series(
 ) -> list[tuple[datetime, Any, int]]:
     """Counts per time bucket (a multiple of an hour) and per value of ``by``, oldest first."""
     per = max(1, bucket_s // 3600)
-    acc: dict[tuple[int, Any], int] = defaultdict(int)
-    for (hour, value), n in aggregate(source, flt, (HOUR, by), time_limit_s=time_limit_s,
-                                      actors=actors):
-        acc[(int(hour or 0) // per * per, value)] += n
+    rows = aggregate(source, flt, (HOUR, by), time_limit_s=time_limit_s, actors=actors, step_h=per)
     return [
-        (datetime.fromtimestamp(h * 3600, UTC), value, n)
-        for (h, value), n in sorted(acc.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))
+        (datetime.fromtimestamp(int(hour or 0) * 3600, UTC), value, n)
+        for (hour, value), n in sorted(rows, key=lambda kv: (int(kv[0][0] or 0), str(kv[0][1])))
     ]
 
 
@@ -956,25 +1022,24 @@ def who_acted(source: Any, flt: EventFilter, *, n: int | None = 50,
 def acting_users(source: Any, flt: EventFilter, *, n: int = 100,
                  time_limit_s: float | None = DEFAULT_TIME_LIMIT) -> list[dict[str, Any]]:
     """The accounts the app acted as (or that called it), per tenant: count, first and last seen."""
-    lo, hi = _hour_split(flt)
+    rows: list[tuple] = []
     with reading(source, time_limit_s) as conn:
-        if flt.raw_only_fields(ACTOR_DIMS) or lo >= hi:
-            rows = _acting_raw(conn, flt)
-        else:
-            c = ACTORS.c
-            keys = (c.tenant_client_key, c.account_id, c.identity_kind)
+        plan = _plan(conn, flt, (ACTOR_HOURLY,))
+        c = ACTORS.c
+        keys = (c.tenant_client_key, c.account_id, c.identity_kind)
+        for rollup, lo, hi in plan.segments:
             stmt = (
                 sa.select(*keys, sa.func.sum(c.n), sa.func.min(c.first_ts), sa.func.max(c.last_ts))
-                .where(*_rollup_where(flt, ACTORS, lo, hi))
+                .where(*_rollup_where(flt, rollup, lo, hi))
                 .group_by(*keys)
             )
-            rows = list(conn.execute(stmt))
-            for part, cond in _raw_parts(conn, flt, lo, hi, "actors"):
-                rows.extend(_acting_raw(conn, part, cond))
+            rows.extend(conn.execute(stmt))
+        for part, cond in plan.raw:
+            rows.extend(_acting_raw(conn, part, cond))
     merged: dict[tuple, dict[str, Any]] = {}
     for tenant, account, kind, count_, first, last in rows:
         first, last = _as_utc(first), _as_utc(last)
-        key = (tenant, account, kind)
+        key = (tenant or "", account, kind or "")
         entry = merged.get(key)
         if entry is None:
             merged[key] = {"tenant": _none(tenant), "account_id": account, "identity_kind": kind,
@@ -1020,11 +1085,11 @@ def overview(
     tenants: dict[Any, int] = defaultdict(int)
     buckets: dict[tuple[int, Any], int] = defaultdict(int)
     for (hour, outcome, tenant), count_ in aggregate(
-        source, flt, (HOUR, "outcome", "tenant_client_key"), time_limit_s=time_limit_s
+        source, flt, (HOUR, "outcome", "tenant_client_key"), time_limit_s=time_limit_s, step_h=per
     ):
         outcomes[outcome] += count_
         tenants[tenant] += count_
-        buckets[(int(hour or 0) // per * per, outcome)] += count_
+        buckets[(int(hour or 0), outcome)] += count_
     endpoints: dict[tuple, int] = defaultdict(int)
     reasons: dict[Any, int] = defaultdict(int)
     for (method, template, reason), count_ in aggregate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -228,6 +229,75 @@ def test_rollups_forget_purged_hours(sqlite_url):
         kept = sum(1 for r in data.records if r.ts >= cutoff)
         assert q.count(store, q.EventFilter()) == kept
         assert q.count(store, q.EventFilter(since=data.now - timedelta(days=30))) == kept
+
+
+def test_rollups_forget_purged_days(sqlite_url):
+    data = build_store(sqlite_url, events=900, hostile=False, installs=False)
+    with Store.open(sqlite_url) as store:
+        q.refresh_rollups(store)
+        # A cutoff in the middle of a day and of an hour: both rollups must recount it.
+        cutoff = _day(data.now) - timedelta(days=2) + timedelta(hours=9, minutes=31)
+        with store.engine.begin() as conn:
+            conn.execute(sa.delete(AuditEvent.__table__).where(AuditEvent.__table__.c.ts < cutoff))
+        q.refresh_rollups(store)
+        kept = [r for r in data.records if r.ts >= cutoff]
+        assert q.count(store, q.EventFilter()) == len(kept)
+        per_day = defaultdict(int)
+        for r in kept:
+            per_day[_day(r.ts)] += 1
+        daily = defaultdict(int)
+        for t, _, n in q.series(store, q.EventFilter(), "direction", bucket_s=86400):
+            daily[t] += n
+        assert daily == per_day
+
+
+def _day(ts: datetime) -> datetime:
+    return ts.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def test_daily_rollup_answers_whole_days_exactly(database_url):
+    # 900 events seven minutes apart: about four and a half days, so that ranges hold
+    # whole UTC days (read from the daily rollup) between partial ones.
+    data = build_store(database_url, events=900, hostile=False, installs=False)
+    now = data.now
+    ranges = [
+        q.EventFilter(),
+        q.EventFilter(since=now - timedelta(days=3)),
+        q.EventFilter(since=now - timedelta(days=4, hours=1, minutes=13), until=now - timedelta(hours=30)),
+        q.EventFilter(since=now - timedelta(days=4), outcome=ev.ALLOWED),
+    ]
+    with Store.open(database_url) as store:
+
+        def check():
+            for flt in ranges:
+                expected = _expected(data, flt)
+                assert q.count(store, flt) == len(expected), flt
+                per_day = defaultdict(int)
+                for r in expected:
+                    per_day[(_day(r.ts), r.outcome)] += 1
+                daily = q.series(store, flt, "outcome", bucket_s=86400)
+                assert {(t, o): n for t, o, n in daily} == per_day, flt
+                assert sum(row["total"] for row in q.who_acted(store, flt, n=None)) == len(expected)
+
+        check()  # from the log
+        q.refresh_rollups(store)
+        assert q.rollup_lag(store) == 0
+        check()  # whole days from the daily rollup, hours around them from the hourly one
+
+        # Proof that whole days are read from the daily table: inflate it, and the all-time
+        # count moves while an hourly series (which cannot use days) does not.
+        with store.engine.begin() as conn:
+            conn.execute(q.DAILY_ROLLUP.update().values(n=q.DAILY_ROLLUP.c.n + 1000))
+        assert q.count(store, q.EventFilter()) > len(data.records)
+        hourly = q.series(store, q.EventFilter(), "outcome", bucket_s=3600)
+        assert sum(n for _, _, n in hourly) == len(data.records)
+
+
+def test_bucket_is_a_whole_day_beyond_two_weeks():
+    now = datetime(2026, 11, 28, 12, tzinfo=UTC)
+    assert q.bucket_seconds(q.EventFilter(since=now - timedelta(days=1), until=now)) == 3600
+    assert q.bucket_seconds(q.EventFilter(since=now - timedelta(days=7), until=now)) == 6 * 3600
+    assert q.bucket_seconds(q.EventFilter(since=now - timedelta(days=30), until=now)) == 86400
 
 
 # --------------------------------------------------------------------------- time limit
