@@ -9,7 +9,7 @@ timed without Streamlit (``bench/dashboard.py`` does).
 
 The store is opened once per server process (``st.cache_resource``) from
 ``CONNECT_AUDIT_DATABASE_URL`` (:func:`collector.config.database_url`). A daemon thread
-folds new events into the hourly rollups every few seconds, so that aggregates read a
+folds new events into the hourly and daily rollups every few seconds, so that aggregates read a
 small tail of the log at most.
 """
 
