@@ -139,6 +139,23 @@ def test_an_untouched_chain_verifies(store):
     assert tuple(first) == (1, chain.GENESIS)
 
 
+@pytest.mark.parametrize("sizes", [(1, 2, 3), (31, 32, 33), (63, 100, 7)])
+def test_batches_of_any_size_are_stored_whole_and_in_chain_order(store, sizes):
+    # SQLite writes a batch as multi-row statements of 32, 16, 8, 4, 2 and 1 rows: every
+    # split must keep each row's values in its own columns and the seqs contiguous.
+    made = list(records(sum(sizes)))
+    it = iter(made)
+    for size in sizes:
+        batch = [chain.prepare_record(next(it), "host:1", sqlite=store.dialect == "sqlite")
+                 for _ in range(size)]
+        with store.write_transaction() as conn:
+            chain.append_prepared(conn, batch)
+    assert chain.verify(store).ok
+    with store.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT seq, event_id, path FROM audit_events ORDER BY seq").all()
+    assert [tuple(r) for r in stored] == [(i, r.event_id, r.path) for i, r in enumerate(made, 1)]
+
+
 def test_an_empty_store_verifies(store):
     report = chain.verify(store)
     assert report.ok and report.events_checked == 0 and report.last_checkpoint is None
