@@ -983,20 +983,32 @@ def summary(source: Any, flt: EventFilter, *, time_limit_s: float | None = DEFAU
 
 def denial_split(source: Any, flt: EventFilter, *, n: int = 20,
                  time_limit_s: float | None = DEFAULT_TIME_LIMIT) -> dict[str, Any]:
-    """403s split by cause: ``scope`` with the scope to add, ``permission`` per endpoint."""
+    """403s by who refused and why.
+
+    The product's refusals of the app's own calls (outgoing) are split by cause: ``scope``
+    with the scope to add, ``permission`` per endpoint; ``by_reason`` counts only those.
+    The refusals the app answered to an incoming request are kept apart (``answered``),
+    with their cause: when the app passes a product 403 on, the same refusal is also an
+    outgoing row, and counting both would count it twice.
+    """
     denied = flt.replace(outcome=ev.DENIED)
     rows = aggregate(
-        source, denied, ("reason", "tenant_client_key", "required_scope", "method", "path_template"),
+        source, denied,
+        ("direction", "reason", "tenant_client_key", "required_scope", "method", "path_template"),
         time_limit_s=time_limit_s,
     )
     by_reason: dict[str, int] = defaultdict(int)
-    scope_rows, permission_rows = [], []
-    for (reason, tenant, scope, method, template), count_ in rows:
-        by_reason[reason or "unclassified"] += count_
+    scope_rows, permission_rows, answered = [], [], []
+    for (direction, reason, tenant, scope, method, template), count_ in rows:
         item = {"tenant": tenant, "scope": scope, "method": method, "path_template": template,
                 "count": count_}
+        if direction != ev.OUTGOING:
+            answered.append({**item, "direction": direction, "reason": reason})
+            continue
+        by_reason[reason or "unclassified"] += count_
         (scope_rows if reason == ev.SCOPE else permission_rows).append(item)
-    return {"by_reason": dict(by_reason), "scope": scope_rows[:n], "permission": permission_rows[:n]}
+    return {"by_reason": dict(by_reason), "scope": scope_rows[:n], "permission": permission_rows[:n],
+            "answered": answered[:n], "answered_total": sum(r["count"] for r in answered)}
 
 
 def who_acted(source: Any, flt: EventFilter, *, n: int | None = 50,

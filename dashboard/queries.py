@@ -303,6 +303,12 @@ FIXES[ev.PERMISSION] = (
     "act as a user who has it or ask an administrator to grant it."
 )
 
+#: How a refusal the app answered came about, by its recorded reason.
+ANSWERED_CAUSES: dict[str, str] = {
+    ev.SCOPE: "passed on: Confluence refused a call for a missing scope",
+    ev.PERMISSION: "the app's own rules, or Confluence refused the acting user",
+}
+
 
 def denials(flt: EventFilter) -> dict[str, Any]:
     s = store()

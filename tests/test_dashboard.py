@@ -276,6 +276,11 @@ def test_denials_split_scope_and_permission_with_fixes(hostile_url, monkeypatch)
     assert int(metrics["403: user lacks permission"]) > 0
     scope_table = at.dataframe[0].value
     assert set(scope_table["scope to add"]) == {"WRITE"}
+    assert "scope required" in at.dataframe[1].value.columns
+    # Refusals the app answered are shown apart, so that none is counted twice.
+    answered = at.dataframe[2].value
+    assert int(metrics["401/403 answered by the app"].replace(",", "")) == answered["events"].sum() > 0
+    assert int(metrics["403: scope missing"].replace(",", "")) == scope_table["events"].sum()
     reasons = at.dataframe[-1].value
     row = reasons[reasons["reason"] == "expired"].iloc[0]
     assert "NTP" in row["fix"]

@@ -199,7 +199,13 @@ def test_facets_series_and_tables(filled):
     assert all(t.hour % 6 == 0 for t, _, _ in series)
 
     split = q.denial_split(store, flt)
-    assert split["by_reason"][ev.SCOPE] == sum(1 for r in expected if r.reason == ev.SCOPE)
+    # The product's refusals (outgoing) by cause; the app's own answers apart, never both.
+    outgoing = [r for r in expected if r.outcome == ev.DENIED and r.direction == ev.OUTGOING]
+    assert split["by_reason"][ev.SCOPE] == sum(1 for r in outgoing if r.reason == ev.SCOPE)
+    assert sum(split["by_reason"].values()) == len(outgoing)
+    assert split["answered_total"] == sum(
+        1 for r in expected if r.outcome == ev.DENIED and r.direction != ev.OUTGOING
+    ) > 0
     assert all(row["scope"] == "WRITE" for row in split["scope"])
 
     who = q.who_acted(store, flt)

@@ -10,10 +10,14 @@ with ui.guard():
     data = queries.denials(flt)
 
 split = data["split"]
-cols = st.columns(3)
-cols[0].metric("403: scope missing", f"{split['by_reason'].get('scope', 0):,}")
-cols[1].metric("403: user lacks permission", f"{split['by_reason'].get('permission', 0):,}")
-cols[2].metric("Rejected tokens", f"{sum(r['events'] for r in data['rejections']):,}")
+cols = st.columns(4)
+cols[0].metric("403: scope missing", f"{split['by_reason'].get('scope', 0):,}",
+               help="Confluence refused the app's call: the descriptor lacks the scope.")
+cols[1].metric("403: user lacks permission", f"{split['by_reason'].get('permission', 0):,}",
+               help="Confluence refused the app's call: the acting user lacks the right.")
+cols[2].metric("401/403 answered by the app", f"{split['answered_total']:,}",
+               help="Incoming requests the app refused, or answered 403 after Confluence refused it.")
+cols[3].metric("Rejected tokens", f"{sum(r['events'] for r in data['rejections']):,}")
 
 st.subheader("403 because the descriptor lacks a scope")
 st.caption(queries.FIXES["scope"])
@@ -25,9 +29,18 @@ ui.table(
 st.subheader("403 because the acting user lacks the permission")
 st.caption(queries.FIXES["permission"])
 ui.table(
-    [{"tenant": r["tenant"], "scope (declared)": r["scope"], "method": r["method"],
+    [{"tenant": r["tenant"], "scope required": r["scope"], "method": r["method"],
       "endpoint": r["path_template"], "events": r["count"]} for r in split["permission"]],
     key="denied_permission",
+)
+st.subheader("401 and 403 the app answered")
+st.caption("Requests to the app that it refused. A 403 it passed on after Confluence refused "
+           "its call is counted above once, as Confluence's refusal; here it shows its cause.")
+ui.table(
+    [{"tenant": r["tenant"], "method": r["method"], "endpoint": r["path_template"],
+      "cause": queries.ANSWERED_CAUSES.get(r["reason"] or "", r["reason"]), "events": r["count"]}
+     for r in split["answered"]],
+    key="denied_answered",
 )
 
 st.subheader("Rejected tokens by reason")
