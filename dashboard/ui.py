@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 # Imported here, fully, before any chart is built: altair looks numpy and pandas up in
 # sys.modules without taking the import lock, so while one script thread was still
@@ -335,6 +336,13 @@ def fmt_age(seconds: float | None) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}"
     return f"{seconds:.0f} s"
+
+
+def site(base_url: str | None) -> str:
+    """A site's host name (``acme.atlassian.net``) from its base URL: short enough for a column."""
+    if not base_url:
+        return ""
+    return urlsplit(base_url).hostname or base_url
 
 
 def table(rows: list[dict[str, Any]], *, key: str | None = None, select: bool = False,

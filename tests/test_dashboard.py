@@ -214,6 +214,9 @@ def test_activity_shows_hostile_values_verbatim_as_text(hostile_url, monkeypatch
     at = _signed_in(hostile_url, monkeypatch)
     _open(at, "activity", range="1h")
     table = at.dataframe[-1].value
+    # What happened first, the long identifiers last: path and status stay on screen.
+    assert list(table.columns[:5]) == ["time", "outcome", "status", "method", "path"]
+    assert list(table.columns[-2:]) == ["account", "tenant"]
     assert HOSTILE_TENANT in table["tenant"].tolist()
     assert HOSTILE_ACCOUNT in table["account"].tolist()
     assert HOSTILE_PATH in table["path"].tolist()

@@ -50,28 +50,33 @@ if facets is not None:
                       for v, n in facets.get(dim, [])], key=f"facet_{dim}")
 
 rows = page.rows
+# What was done and how it ended first; the long identifiers (clientKey, accountId) last
+# and narrow, so that path and status stay on screen.
 event = ui.table(
     [
         {
             "time": r["ts"],
-            "direction": r["direction"],
-            "tenant": r["tenant_client_key"],
-            "auth": r["auth_method"],
-            "acting as": r["identity_kind"],
-            "account": r["account_id"],
+            "outcome": r["outcome"],
+            "status": r["status"],
             "method": r["method"],
             "path": r["path"],
-            "scope": r["required_scope"],
-            "status": r["status"],
-            "outcome": r["outcome"],
+            "acting as": r["identity_kind"],
             "reason": r["reason"],
+            "site": ui.site(r["tenant_base_url"]),
+            "scope": r["required_scope"],
+            "auth": r["auth_method"],
+            "direction": r["direction"],
             "latency ms": r["latency_ms"],
+            "account": r["account_id"],
+            "tenant": r["tenant_client_key"] or "(none)",
         }
         for r in rows
     ],
     key="activity_table",
     select=True,
     height=420 if len(rows) > 10 else "auto",
+    column_config={name: st.column_config.TextColumn(name, width="small")
+                   for name in ("account", "tenant")},
 )
 
 left, right, _ = st.columns([1, 1, 6])
