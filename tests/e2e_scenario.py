@@ -100,6 +100,17 @@ class Scenario:
         incoming = only(events, direction="incoming")
         assert incoming["auth_method"] == "context_jwt" and incoming["path_template"] == "/api/me"
 
+    def test_search_text_stays_a_search_term(self, stack):
+        bob = stack.user("acme", 1)
+        plain = stack.sim.context_call("acme", "GET", "/api/search", user=bob, params={"q": "e"})
+        assert plain.status_code == 200 and plain.json()["results"]  # "e": most titles
+        # Unescaped, this would close the CQL string and add a clause (a 400 from the parser,
+        # or a different query); escaped, it is a title nobody wrote: no results.
+        for text in ('e" AND type = "page', 'e\\" AND type = page AND title ~ "'):
+            sneaky = stack.sim.context_call("acme", "GET", "/api/search", user=bob, params={"q": text})
+            assert sneaky.status_code == 200, sneaky.text
+            assert sneaky.json()["results"] == []
+
     # ------------------------------------------------------------------ 403s
 
     def test_scope_403_when_the_descriptor_lacks_the_scope(self, stack):

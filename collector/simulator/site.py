@@ -241,26 +241,34 @@ class Site:
 
 _CLAUSE = re.compile(
     r"""\s*(?P<field>type|space|title|text|creator)\s*
-        (?:(?P<op>=|!=|~)\s*(?:"(?P<q>[^"]*)"|(?P<bare>[^\s()"]+))
+        (?:(?P<op>=|!=|~)\s*(?:"(?P<q>(?:[^"\\]|\\.)*)"|(?P<bare>[^\s()"]+))
           |in\s*\((?P<list>[^)]*)\))\s*""",
     re.IGNORECASE | re.VERBOSE,
 )
+
+_UNESCAPE = re.compile(r"\\(.)")
+_AND = re.compile(r"(?<=\s)AND\s+", re.IGNORECASE)
 
 
 def parse_cql(cql: str):
     """Compile ``field op value [AND ...]`` (fields type, space, title, text, creator; ops
     ``=``, ``!=``, ``~``, ``in (...)``) into a predicate; a malformed query is a 400 that
-    echoes the query, as Confluence's own parser does."""
-    clauses = re.split(r"\s+AND\s+", cql.strip(), flags=re.IGNORECASE) if cql.strip() else []
-    if not clauses:
+    echoes the query, as Confluence's own parser does. Clauses are read one after the
+    other, so that an ``AND`` inside a quoted string is text, not a separator."""
+    if not cql.strip():
         raise HostError(400, "CQL query is required")
-    checks = []
-    for clause in clauses:
-        m = _CLAUSE.fullmatch(clause)
+    checks, pos = [], 0
+    while True:
+        m = _CLAUSE.match(cql, pos)
         if m is None:
             raise HostError(400, f"Could not parse cql : {cql}")
         checks.append(_check(m))
-    return lambda page: all(check(page) for check in checks)
+        if m.end() == len(cql):
+            return lambda page: all(check(page) for check in checks)
+        joint = _AND.match(cql, m.end())
+        if joint is None:
+            raise HostError(400, f"Could not parse cql : {cql}")
+        pos = joint.end()
 
 
 def _check(m: re.Match):
@@ -268,7 +276,8 @@ def _check(m: re.Match):
     if m.group("list") is not None:
         wanted = {v.strip().strip('"') for v in m.group("list").split(",")}
         return lambda page: _field(page, name) in wanted
-    value = m.group("q") if m.group("q") is not None else m.group("bare")
+    # A quoted string escapes " and \ with a backslash, as Confluence's CQL does.
+    value = _UNESCAPE.sub(r"\1", m.group("q")) if m.group("q") is not None else m.group("bare")
     op = m.group("op")
     if op == "~":
         needle = value.lower()

@@ -101,7 +101,10 @@ def create_app(*, base_url: str | None = None, database: str | None = None, inst
     def search(request: Request, q: str = ""):
         ctx = connect_context(request)
         as_user = audit.client(ctx.client_key).as_user(ctx.account_id)
-        return relay(as_user.get("/rest/api/search", params={"cql": f'type = page AND title ~ "{q}"'}))
+        # CQL string literal: escape backslashes and quotes so that the user's text
+        # stays a search term and cannot change the query.
+        text = q.replace("\\", "\\\\").replace('"', '\\"')
+        return relay(as_user.get("/rest/api/search", params={"cql": f'type = page AND title ~ "{text}"'}))
 
     @app.get("/api/me")
     def me(request: Request):

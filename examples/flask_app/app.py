@@ -95,7 +95,10 @@ def create_app(*, base_url: str | None = None, database: str | None = None, inst
     @app.get("/api/search")
     def search():
         ctx = connect_context(request)
-        cql = f'type = page AND title ~ "{request.args.get("q", "")}"'
+        # CQL string literal: escape backslashes and quotes so that the user's text
+        # stays a search term and cannot change the query.
+        text = request.args.get("q", "").replace("\\", "\\\\").replace('"', '\\"')
+        cql = f'type = page AND title ~ "{text}"'
         as_user = audit.client(ctx.client_key).as_user(ctx.account_id)
         return relay(as_user.get("/rest/api/search", params={"cql": cql}))
 
