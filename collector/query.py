@@ -18,6 +18,7 @@ Every statement runs under a time limit (:func:`time_limit`) and raises
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -561,13 +562,17 @@ def _upsert(dialect: str, table: sa.Table):
     return insert(table)
 
 
-def _refresh_one(
-    conn: sa.Connection, rollup: Rollup, lo: int, hi: int, within: sa.ColumnElement | None = None
-) -> None:
-    """Add the events with ``lo < seq <= hi`` (and ``within``) to ``rollup``'s counts."""
-    dialect = conn.dialect.name
+def _fold_statement(
+    dialect: str, rollup: Rollup, within: sa.ColumnElement | None = None
+) -> sa.Executable:
+    """``INSERT ... SELECT ... GROUP BY ... ON CONFLICT`` adding the events with
+    ``:lo < seq <= :hi`` (and ``within``) to ``rollup``'s counts."""
     bucket = _bucket_expr(dialect, EVENTS.c.ts, rollup.grain_h * 3600).label(rollup.key)
-    span = sa.and_(EVENTS.c.seq > lo, EVENTS.c.seq <= hi, sa.true() if within is None else within)
+    span = sa.and_(
+        EVENTS.c.seq > sa.bindparam("lo"),
+        EVENTS.c.seq <= sa.bindparam("hi"),
+        sa.true() if within is None else within,
+    )
     dims = [_dim_expr(d).label(d) for d in rollup.dims]
     target = rollup.table
     keys = [rollup.key, *rollup.dims]
@@ -606,8 +611,25 @@ def _refresh_one(
             "first_ts": least(target.c.first_ts, ex.first_ts),
             "last_ts": greatest(target.c.last_ts, ex.last_ts),
         }
-    conn.execute(ins.on_conflict_do_update(index_elements=keys, set_=merge))
+    return ins.on_conflict_do_update(index_elements=keys, set_=merge)
 
+
+@functools.cache
+def _fold(dialect: str, rollup: Rollup) -> sa.Executable:
+    # Built once: constructing these statements costs more Python time than running them
+    # over a second of traffic, and the fold runs on the recorder's writer thread.
+    return _fold_statement(dialect, rollup)
+
+
+_MAX_SEQ = sa.select(sa.func.max(EVENTS.c.seq))
+_OLDEST_TS = sa.select(EVENTS.c.ts).order_by(EVENTS.c.ts.asc()).limit(1)
+_STATES = sa.select(STATE.c.name, STATE.c.last_seq, STATE.c.oldest_hour)
+_SET_MARK = STATE.update().where(STATE.c.name == sa.bindparam("rollup")).values(
+    last_seq=sa.bindparam("seq")
+)
+_SET_OLDEST = STATE.update().where(STATE.c.name == sa.bindparam("rollup")).values(
+    oldest_hour=sa.bindparam("hour")
+)
 
 #: Events folded per transaction: the first fold of a large log runs in steps so that the
 #: recorder, which needs the same write lock, never waits long.
@@ -643,69 +665,69 @@ def refresh_rollups(source: Any, *, step: int = FOLD_STEP, limit: int | None = N
     folded = 0
     while True:
         with _write(source) as conn:
-            hi = conn.execute(sa.select(sa.func.max(EVENTS.c.seq))).scalar() or 0
-            oldest = conn.execute(
-                sa.select(EVENTS.c.ts).order_by(EVENTS.c.ts.asc()).limit(1)
-            ).scalar()
+            dialect = conn.dialect.name
+            hi = conn.execute(_MAX_SEQ).scalar() or 0
+            states = _states(conn)
             behind = 0
             for rollup in ROLLUPS:
-                lo = _watermark(conn, rollup.name)
+                lo = states[rollup.name][0]
                 top = min(hi, lo + step)
                 if top > lo:
-                    _refresh_one(conn, rollup, lo, top)
-                    conn.execute(
-                        STATE.update().where(STATE.c.name == rollup.name).values(last_seq=top)
-                    )
+                    conn.execute(_fold(dialect, rollup), {"lo": lo, "hi": top})
+                    conn.execute(_SET_MARK, {"rollup": rollup.name, "seq": top})
+                    states[rollup.name] = (top, states[rollup.name][1])
                     behind = max(behind, top - lo)
-                _prune(conn, rollup, oldest)
-            done = all(_watermark(conn, rollup.name) >= hi for rollup in ROLLUPS)
+            oldest = conn.execute(_OLDEST_TS).scalar()
+            for rollup in ROLLUPS:
+                _prune(conn, rollup, oldest, *states[rollup.name])
+            done = all(states[rollup.name][0] >= hi for rollup in ROLLUPS)
         folded += behind
         if done or not behind or (limit is not None and folded >= limit):
             return folded
 
 
-def _watermark(conn: sa.Connection, name: str) -> int:
-    stmt = sa.select(STATE.c.last_seq).where(STATE.c.name == name)
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    value = conn.execute(stmt).scalar()
-    if value is None:
+def _states(conn: sa.Connection) -> dict[str, tuple[int, int | None]]:
+    """Every rollup's ``(watermark, oldest hour)``, creating the missing rows at 0."""
+    stmt = _STATES.with_for_update() if conn.dialect.name == "postgresql" else _STATES
+    states = {name: (int(seq), oldest) for name, seq, oldest in conn.execute(stmt)}
+    missing = [rollup.name for rollup in ROLLUPS if rollup.name not in states]
+    if missing:
         if conn.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
 
-            conn.execute(insert(STATE).values(name=name, last_seq=0).on_conflict_do_nothing())
-            value = conn.execute(stmt).scalar() or 0
+            conn.execute(insert(STATE).on_conflict_do_nothing(),
+                         [{"name": name, "last_seq": 0} for name in missing])
+            states = {name: (int(seq), oldest) for name, seq, oldest in conn.execute(stmt)}
         else:
-            conn.execute(STATE.insert().values(name=name, last_seq=0))
-            value = 0
-    return int(value)
+            conn.execute(STATE.insert(), [{"name": name, "last_seq": 0} for name in missing])
+            states.update({name: (0, None) for name in missing})
+    return states
 
 
-def _prune(conn: sa.Connection, rollup: Rollup, oldest: datetime | None) -> None:
+def _prune(
+    conn: sa.Connection, rollup: Rollup, oldest: datetime | None, watermark: int, state: int | None
+) -> None:
     """Drop what a purge removed from the log: the hours (days) before the oldest event
-    kept, and recount the hour (day) holding it, which a purge may have cut in the middle."""
+    kept, and recount the hour (day) holding it, which a purge may have cut in the middle.
+
+    ``state`` is the oldest hour seen at the last fold: when the oldest event has moved
+    past it, events were purged.
+    """
     table = rollup.table
     if oldest is None:
         conn.execute(table.delete())
         return
     first_hour = int(oldest.timestamp()) // 3600
-    state = conn.execute(sa.select(STATE.c.oldest_hour).where(STATE.c.name == rollup.name)).scalar()
     if state is not None and state >= first_hour:
         return
     if state is not None:  # the oldest event moved forward: a purge happened
         first = first_hour // rollup.grain_h
         conn.execute(table.delete().where(table.c[rollup.key] <= first))
-        _recount(conn, rollup, first)
-    conn.execute(STATE.update().where(STATE.c.name == rollup.name).values(oldest_hour=first_hour))
-
-
-def _recount(conn: sa.Connection, rollup: Rollup, step: int) -> None:
-    """Fold again the events of one hour (day) that were already folded (seq <= watermark)."""
-    watermark = conn.execute(sa.select(STATE.c.last_seq).where(STATE.c.name == rollup.name)).scalar()
-    if watermark:
-        lo_ts = datetime.fromtimestamp(step * rollup.grain_h * 3600, UTC)
-        within = sa.and_(EVENTS.c.ts >= lo_ts, EVENTS.c.ts < lo_ts + timedelta(hours=rollup.grain_h))
-        _refresh_one(conn, rollup, 0, watermark, within)
+        if watermark:
+            lo_ts = datetime.fromtimestamp(first * rollup.grain_h * 3600, UTC)
+            within = sa.and_(EVENTS.c.ts >= lo_ts, EVENTS.c.ts < lo_ts + timedelta(hours=rollup.grain_h))
+            conn.execute(_fold_statement(conn.dialect.name, rollup, within), {"lo": 0, "hi": watermark})
+    conn.execute(_SET_OLDEST, {"rollup": rollup.name, "hour": first_hour})
 
 
 def rollup_lag(source: Any) -> int:
