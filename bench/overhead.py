@@ -23,8 +23,11 @@ It then shows where the time goes and that recording is off the request thread:
 * ``Recorder.record()`` alone (the only recording work on the request thread), the verifier
   alone, and the backlog the writer still had when the timed loop ended;
 * ``--profile``: a cProfile of the collector stack's request thread, to find hot spots.
+* ``--gil-probe``: the floor alone, beside a thread busy outside the GIL, and beside one
+  busy inside it: what a background thread's Python work costs a back-to-back loop.
 
     python bench/overhead.py [--requests 3000] [--rounds 5] [--app flask|bare|both] [--profile]
+                             [--gil-probe]
 """
 
 from __future__ import annotations
@@ -347,18 +350,61 @@ def run_profile(stack: Callable, make_env: Callable[[], dict], requests: int, au
     print(out.getvalue())
 
 
+def gil_probe(requests: int, rounds: int) -> None:
+    """Why a background thread costs a back-to-back request loop: the floor alone, then
+    beside a thread that works *outside* the GIL (SHA-256 over 1 MiB buffers, as SQLite's
+    own work is), then beside one that works *inside* it (pure Python, as the writer's
+    canonical serialisation is). Only the second slows the request thread."""
+    import hashlib
+
+    token = signing.request_token(client_key=CLIENT_KEY, shared_secret=SECRET, method="GET",
+                                  url=APP_BASE + TARGET, base_url=APP_BASE, now=time.time(), ttl=3600)
+    make_env = environ_factory(token)
+    floor = PyJwtOnly(bare_app, SECRET)
+    serve(floor, make_env, 200)
+    stop = threading.Event()
+
+    def outside_gil() -> None:
+        buffer = b"x" * (1 << 20)
+        while not stop.is_set():
+            hashlib.sha256(buffer).digest()
+
+    def inside_gil() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    print("\nGIL probe: the floor (bare app, PyJWT) beside a busy thread, best of "
+          f"{rounds} rounds of {requests} requests")
+    for label, work in (("alone", None), ("beside a thread outside the GIL", outside_gil),
+                        ("beside a thread inside the GIL", inside_gil)):
+        stop.clear()
+        thread = threading.Thread(target=work, daemon=True) if work else None
+        if thread:
+            thread.start()
+        runs = [serve(floor, make_env, requests) for _ in range(rounds)]
+        stop.set()
+        if thread:
+            thread.join()
+        wall, cpu = min(r[0] for r in runs), min(r[1] for r in runs)
+        print(f"  {label:<34}{fmt(wall)}/request wall, {fmt(cpu)} request-thread CPU")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="requests per round and stack")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--app", choices=("flask", "bare", "both"), default="both")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the collector stack")
+    parser.add_argument("--gil-probe", action="store_true",
+                        help="also time the floor beside a thread working outside, then inside, the GIL")
     args = parser.parse_args(argv)
     apps = ("flask", "bare") if args.app == "both" else (args.app,)
     ratios = {name: measure(name, args.requests, args.rounds, args.profile) for name in apps}
     print("\nsummary (collector/floor; with the writer held back until idle in brackets): "
           + ", ".join(f"{name} {r:.2f}x ({held:.2f}x)" for name, (r, held) in ratios.items())
           + f"; goal <= {GOAL}x")
+    if args.gil_probe:
+        gil_probe(args.requests, args.rounds)
     return 0
 
 
