@@ -567,7 +567,7 @@ def _fold_statement(
 ) -> sa.Executable:
     """``INSERT ... SELECT ... GROUP BY ... ON CONFLICT`` adding the events with
     ``:lo < seq <= :hi`` (and ``within``) to ``rollup``'s counts."""
-    bucket = _bucket_expr(dialect, EVENTS.c.ts, rollup.grain_h * 3600).label(rollup.key)
+    bucket, group = _fold_bucket(dialect, rollup)
     span = sa.and_(
         EVENTS.c.seq > sa.bindparam("lo"),
         EVENTS.c.seq <= sa.bindparam("hi"),
@@ -582,7 +582,7 @@ def _fold_statement(
             sa.func.coalesce(sa.func.sum(EVENTS.c.latency_ms), 0.0).label("latency_sum"),
             sa.func.count(EVENTS.c.latency_ms).label("latency_n"),
         )
-        select = sa.select(bucket, *dims, *measures).where(span).group_by(bucket, *dims)
+        select = sa.select(bucket, *dims, *measures).where(span).group_by(group, *dims)
         ins = _upsert(dialect, target).from_select([*keys, "n", "latency_sum", "latency_n"], select)
         ex = ins.excluded
         merge = {
@@ -599,7 +599,7 @@ def _fold_statement(
         select = (
             sa.select(bucket, *dims, *measures)
             .where(span, EVENTS.c.account_id.is_not(None))
-            .group_by(bucket, *dims)
+            .group_by(group, *dims)
         )
         ins = _upsert(dialect, target).from_select([*keys, "n", "first_ts", "last_ts"], select)
         ex = ins.excluded
@@ -612,6 +612,25 @@ def _fold_statement(
             "last_ts": greatest(target.c.last_ts, ex.last_ts),
         }
     return ins.on_conflict_do_update(index_elements=keys, set_=merge)
+
+
+def _fold_bucket(dialect: str, rollup: Rollup) -> tuple[sa.ColumnElement, sa.ColumnElement]:
+    """The rollup's time key for a fold, and the expression to group the events by.
+
+    SQLite stores ``ts`` as ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC), so events are grouped by
+    the text prefix of their hour or day, and the prefix is turned into an epoch number
+    once per group instead of parsing every event's timestamp (a quarter of a fold's time).
+    """
+    if dialect != "sqlite":
+        bucket = _bucket_expr(dialect, EVENTS.c.ts, rollup.grain_h * 3600)
+        return bucket.label(rollup.key), bucket
+    if rollup.grain_h == 24:
+        prefix, suffix = sa.func.substr(EVENTS.c.ts, 1, 10), ""
+    else:
+        prefix, suffix = sa.func.substr(EVENTS.c.ts, 1, 13), ":00:00"
+    start = sa.func.strftime("%s", prefix + suffix if suffix else prefix)
+    bucket = sa.cast(start, sa.Integer) // (rollup.grain_h * 3600)
+    return bucket.label(rollup.key), prefix
 
 
 @functools.cache
