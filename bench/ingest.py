@@ -11,6 +11,9 @@ batch:
 * recorder: ``Recorder.record()`` for every event then ``flush()``, i.e. the real path:
   queue, background writer, canonical serialisation, hash chain, signed checkpoints,
   with ``batch_size=1000`` like the floor (so both commit and fsync equally often).
+  While a burst is queued the writer defers the dashboard's rollup fold (up to 50,000
+  events or 10 s); the figure with that fold counted (timed until ``close()`` returns) is
+  printed beside it.
 
 
 The two alternate for ``--rounds`` rounds and the best of each is kept (shared machines
@@ -128,9 +131,12 @@ def through_recorder(url: str, records: list) -> float:
         recorder.record(rec)
     recorder.flush()
     elapsed = time.perf_counter() - started
+    # What the writer still does after the burst, once every event is acknowledged: the
+    # rollup fold it deferred while events were queued, and the last checkpoint.
     recorder.close()
+    after = time.perf_counter() - started - elapsed
     store.close()
-    return len(records) / elapsed
+    return len(records) / elapsed, len(records) / (elapsed + after)
 
 
 def fresh_records(records: list) -> list:
@@ -162,17 +168,19 @@ def pg_scratch(base: str):
 
 
 def compare(label: str, rounds: int, floor_fn, recorder_fn) -> float:
-    best_floor = best_rec = 0.0
+    best_floor = best_rec = best_all = 0.0
     for r in range(rounds):
         f = floor_fn()
-        c = recorder_fn()
-        best_floor, best_rec = max(best_floor, f), max(best_rec, c)
-        print(f"  {label} round {r + 1}: floor {f:,.0f} events/s, recorder {c:,.0f} events/s", flush=True)
+        c, c_all = recorder_fn()
+        best_floor, best_rec, best_all = max(best_floor, f), max(best_rec, c), max(best_all, c_all)
+        print(f"  {label} round {r + 1}: floor {f:,.0f} events/s, recorder {c:,.0f} events/s "
+              f"({c_all:,.0f} with the rollup fold after the burst)", flush=True)
     ratio = best_rec / best_floor
     verdict = "meets" if ratio >= GOAL else "MISSES"
     print(
         f"{label}: floor {best_floor:,.0f} events/s, recorder {best_rec:,.0f} events/s, "
-        f"ratio {ratio:.2f}x ({verdict} the >= {GOAL}x goal)"
+        f"ratio {ratio:.2f}x ({verdict} the >= {GOAL}x goal); with the deferred rollup fold "
+        f"counted: {best_all:,.0f} events/s, {best_all / best_floor:.2f}x"
     )
     return ratio
 

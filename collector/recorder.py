@@ -57,7 +57,12 @@ WHEN_FULL = ("block", "raise")
 MAX_RETRY_INTERVAL = 30.0
 #: At most this many events are folded into the rollups per fold, so that a recorder that
 #: meets a large unfolded backlog never holds the write lock for long.
-ROLLUP_FOLD_LIMIT = 20_000
+ROLLUP_FOLD_LIMIT = 50_000
+#: While events are still queued, folding waits (events first, derived counts later) until
+#: this many events or seconds have gone unfolded: the dashboard reads that tail from the
+#: log, so the bounds keep its reads small under sustained load.
+ROLLUP_MAX_LAG_EVENTS = 50_000
+ROLLUP_MAX_LAG_SECONDS = 10.0
 
 _live: weakref.WeakSet[Recorder] = weakref.WeakSet()
 
@@ -95,11 +100,13 @@ class Recorder:
         self.block_timeout = block_timeout
         self.spill_dir = Path(spill_dir) if spill_dir is not None else store.key_dir
         self.checkpoint_every = checkpoint_every
-        # The dashboard's hourly rollups are folded here, on the writer thread, at most
-        # once per interval and a bounded number of events at a time (None: never; the
-        # dashboard then folds them itself).
+        # The dashboard's rollups are folded here, on the writer thread, after the events
+        # are acknowledged: at most once per interval, when the queue is empty or the
+        # unfolded lag passes its bounds (None: never; the dashboard then folds them itself).
         self.rollup_interval = rollup_interval
         self._next_fold = 0.0
+        self._unfolded = 0
+        self._unfolded_since = 0.0
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}"
         self._spill_tag = hashlib.sha256(_store_identity(store).encode()).hexdigest()[:12]
         self._checkpoint_key: chain.CheckpointKey | None = None
@@ -288,6 +295,7 @@ class Recorder:
                 with contextlib.suppress(Exception):
                     self._spill([_unlinked(p.row) for p in batch])
             self._settle(len(batch))
+            self._maybe_fold_rollups()  # after the acknowledgement: flush() never waits for it
 
     def _settle(self, n: int) -> None:
         with self._lock:
@@ -309,17 +317,30 @@ class Recorder:
         with self._lock:
             self._stats["written"] += written
             self._stats["batches"] += 1
+        if not self._unfolded:
+            self._unfolded_since = time.monotonic()
+        self._unfolded += written
         self._retry_interval = 0.5
-        self._maybe_fold_rollups()
         if self._spill_path is not None:
             # The store is back: bring what was spilled during the outage home now.
             self._close_spill()
             self._reingest_spills()
 
     def _maybe_fold_rollups(self, *, force: bool = False) -> None:
-        if self.rollup_interval is None or (not force and time.monotonic() < self._next_fold):
+        if self.rollup_interval is None:
             return
-        self._next_fold = time.monotonic() + self.rollup_interval
+        now = time.monotonic()
+        if not force:
+            if not self._unfolded or now < self._next_fold:
+                return
+            with self._lock:
+                busy = len(self._buf) >= self.batch_size  # more than the writer keeps up with
+            lagging = (self._unfolded >= ROLLUP_MAX_LAG_EVENTS
+                       or now - self._unfolded_since >= ROLLUP_MAX_LAG_SECONDS)
+            if busy and not lagging:
+                return  # a burst: write the events first, fold when it ends
+        self._next_fold = now + self.rollup_interval
+        self._unfolded = 0
         from collector import query  # the rollups' owner; imported late, off the start-up path
 
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sqlite3
 import subprocess
@@ -284,7 +285,8 @@ def test_the_writer_keeps_the_rollups_current(database_url):
             for i in range(250):
                 recorder.record(AuditRecord(direction="incoming", outcome="allowed", path=f"/p/{i}"))
             recorder.flush()
-        assert query.rollup_lag(store) == 0
+            # Folded by the running writer once the queue drained, not by close().
+            assert wait_for(lambda: query.rollup_lag(store) == 0)
         assert query.count(store, query.EventFilter()) == 250
     finally:
         store.close()
@@ -306,3 +308,40 @@ def test_rollups_can_be_left_to_the_dashboard(sqlite_url):
         assert 0 < query.rollup_lag(store) <= 6
     finally:
         store.close()
+
+
+def test_a_burst_is_written_first_and_folded_within_the_lag_bound(sqlite_url, monkeypatch):
+    # While more than a batch is queued the writer keeps writing events and folds only
+    # when the unfolded lag reaches its bound; when the burst ends it folds the rest.
+    from collector import query
+    from collector import recorder as recorder_mod
+
+    monkeypatch.setattr(recorder_mod, "ROLLUP_MAX_LAG_EVENTS", 100)
+    store = Store.open(sqlite_url)
+    path = sqlite_url.removeprefix("sqlite:///")
+    with store.engine.begin() as conn:  # every fold moves the hourly watermark: log each move
+        conn.exec_driver_sql("CREATE TABLE fold_log (last_seq INTEGER)")
+        conn.exec_driver_sql(
+            "CREATE TRIGGER log_fold AFTER UPDATE OF last_seq ON rollup_state "
+            "WHEN new.name = 'events' BEGIN INSERT INTO fold_log VALUES (new.last_seq); END"
+        )
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # the store is busy: the queue fills up
+        recorder = Recorder(store, batch_size=10, rollup_interval=0.0, queue_size=1000).start()
+        for rec in records(500):
+            recorder.record(rec)
+        blocker.execute("COMMIT")
+        assert recorder.flush(timeout=60)
+        assert wait_for(lambda: query.rollup_lag(store) == 0)  # folded once the burst ended
+        folds = [r[0] for r in blocker.execute("SELECT last_seq FROM fold_log")]
+        recorder.close()
+    finally:
+        blocker.close()
+        store.close()
+    # 50 batches; folding after each would log 50 moves. Within the burst each fold
+    # waited for 100 unfolded events.
+    assert folds and folds[-1] == 500
+    assert 2 <= len(folds) <= 8, folds
+    in_burst = [0, *folds[:-1]]  # the last fold, at the burst's end, takes what is left
+    assert all(b - a >= 100 for a, b in itertools.pairwise(in_burst)), folds
