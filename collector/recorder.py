@@ -101,8 +101,8 @@ class Recorder:
         self.spill_dir = Path(spill_dir) if spill_dir is not None else store.key_dir
         self.checkpoint_every = checkpoint_every
         # The dashboard's rollups are folded here, on the writer thread, after the events
-        # are acknowledged: at most once per interval, when the queue is empty or the
-        # unfolded lag passes its bounds (None: never; the dashboard then folds them itself).
+        # are acknowledged: at most once per interval, when less than a batch is queued or
+        # the unfolded lag passes its bounds (None: never; the dashboard folds them itself).
         self.rollup_interval = rollup_interval
         self._next_fold = 0.0
         self._unfolded = 0
@@ -345,7 +345,7 @@ class Recorder:
 
         try:
             query.refresh_rollups(self.store, limit=ROLLUP_FOLD_LIMIT)
-        except (StoreUnavailable, sa.exc.SQLAlchemyError) as exc:
+        except Exception as exc:  # noqa: BLE001  (the writer thread must outlive any fold)
             # Rollups are derived data: a failed fold is retried next time and never
             # costs an event. The dashboard reads the unfolded tail from the log meanwhile.
             self._note_error(exc)
