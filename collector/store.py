@@ -36,6 +36,7 @@ import contextlib
 import os
 import re
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,6 +266,23 @@ def _parse_url(raw: str) -> sa.URL:
 # ---------------------------------------------------------------------- SQLite
 
 
+def _switch_to_wal(cur: sqlite3.Cursor, busy_timeout: float) -> str:
+    """``PRAGMA journal_mode = WAL``, retried while another opener holds the file.
+
+    Changing the journal mode can meet a lock held by a process that is creating or
+    migrating the same new store, and SQLite then answers "database is locked" at once
+    instead of calling the busy handler; waiting as the busy timeout would have is right.
+    """
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            return cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _open_sqlite(parsed: sa.URL, *, create: bool, durability: str, busy_timeout: float) -> Store:
     database = parsed.database or ""
     if database in ("", ":memory:") or database.startswith("file:"):
@@ -290,7 +308,7 @@ def _open_sqlite(parsed: sa.URL, *, create: bool, durability: str, busy_timeout:
         cur = dbapi_conn.cursor()
         try:
             cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _switch_to_wal(cur, busy_timeout)
             if str(mode).lower() != "wal":
                 raise StoreUnavailable(f"{path} cannot be switched to WAL mode (it is in {mode} mode)")
             cur.execute(f"PRAGMA synchronous = {synchronous}")
