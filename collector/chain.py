@@ -280,7 +280,7 @@ _SQLITE_INSERT_ROWS = {
     k: "INSERT INTO {} ({}) VALUES {}".format(  # noqa: S608  (fixed identifiers only)
         EVENTS.name, ", ".join(_PREPARED_COLUMNS), ", ".join([_SQLITE_ROW] * k)
     )
-    for k in (32, 16, 8, 4, 2, 1)
+    for k in (_SQLITE_CHUNK >> i for i in range(_SQLITE_CHUNK.bit_length()))
 }
 # psycopg's executemany pipelines the rows; measured faster than a multi-row VALUES statement.
 _PG_INSERT_PREPARED = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608  (fixed identifiers only)

@@ -749,18 +749,17 @@ def _prune(
     conn.execute(_SET_OLDEST, {"rollup": rollup.name, "hour": first_hour})
 
 
+def _watermarks(conn: sa.Connection) -> tuple[int, dict[str, int]]:
+    """The newest ``seq`` in the log, and how far each rollup has folded it."""
+    last = conn.execute(_MAX_SEQ).scalar() or 0
+    return last, {name: int(seq) for name, seq, _oldest in conn.execute(_STATES)}
+
+
 def rollup_lag(source: Any) -> int:
     """How many events the rollups have not counted yet."""
-    names = [rollup.name for rollup in ROLLUPS]
     with reading(source) as conn:
-        hi = conn.execute(sa.select(sa.func.max(EVENTS.c.seq))).scalar() or 0
-        marks = {
-            name: seq
-            for name, seq in conn.execute(
-                sa.select(STATE.c.name, STATE.c.last_seq).where(STATE.c.name.in_(names))
-            )
-        }
-    return max(0, hi - min(marks.get(name, 0) for name in names))
+        last, marks = _watermarks(conn)
+    return max(0, last - min(marks.get(rollup.name, 0) for rollup in ROLLUPS))
 
 
 # --------------------------------------------------------------------------- aggregates
@@ -865,8 +864,7 @@ def _plan(conn: sa.Connection, flt: EventFilter, tiers: Sequence[Rollup]) -> _Pl
     segments: list[tuple[Rollup, float, float]] = []
     _cover(lo, hi, tiers, segments)
     raw = [(edge, sa.true()) for edge in _edges(flt, lo, hi)]
-    last = conn.execute(sa.select(sa.func.max(EVENTS.c.seq))).scalar() or 0
-    marks = {name: seq for name, seq in conn.execute(sa.select(STATE.c.name, STATE.c.last_seq))}
+    last, marks = _watermarks(conn)
     for rollup, a, b in segments:
         folded = marks.get(rollup.name) or 0
         if last > folded:
