@@ -1,4 +1,4 @@
-"""Connect Audit's collector: verify, sign and record an Atlassian Connect app's calls.
+"""Connect Audit's collector: verify, sign and record an Atlassian Connect or Forge app's calls.
 
 The names below are the public surface; everything else is internal and may change.
 They load lazily (PEP 562) so that ``connect-audit --help`` and the pure protocol
@@ -30,6 +30,10 @@ _EXPORTS: dict[str, str] = {
     "Endpoint": "collector.tokens",
     "InstallSecret": "collector.tokens",
     "ScopeMap": "collector.scopes",
+    "ForgeVerifier": "collector.forge",
+    "VerifiedInvocation": "collector.forge",
+    "ForgeInvocation": "collector.forge",
+    "ForgeExpectation": "collector.forge",
     "inspect_token": "collector.inspect",
     # recording and the store
     "AuditRecord": "collector.events",
@@ -61,6 +65,9 @@ _EXPORTS: dict[str, str] = {
     "WrongAudience": "collector.errors",
     "IssuerMismatch": "collector.errors",
     "Replayed": "collector.errors",
+    "ContextMismatch": "collector.errors",
+    "ForgeTokenUnavailable": "collector.errors",
+    "ForgeTokenExpired": "collector.errors",
     "ConfigurationError": "collector.errors",
     "StoreUnavailable": "collector.errors",
     "IntegrityError": "collector.errors",

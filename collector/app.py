@@ -18,6 +18,12 @@ then wraps itself with :meth:`ConnectAudit.wsgi_middleware` or
 
 The descriptor is where the declared scopes come from (they explain 403s), and it names
 the lifecycle and webhook URLs, which the middleware uses to label events.
+
+A Forge (or Connect-on-Forge) app also gives ``forge_app_ids`` (its app ARI from
+``manifest.yml``), optionally ``forge_jwks`` (default: Forge's production JWKS) and
+``forge_scopes`` (the manifest's ``permissions.scopes``, which explain a Forge call's 403), then
+declares its Forge remote routes (``"POST /forge/events": "forge:event"``) and calls the
+product with :meth:`ConnectAudit.forge_client`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from collector import config
 from collector.errors import ConfigurationError
@@ -89,6 +96,9 @@ class ConnectAudit:
         leeway: int = 30,
         max_token_lifetime: int = 3600,
         http_adapter: Any = None,
+        forge_app_ids: Iterable[str] | str | None = None,
+        forge_jwks: str | None = None,
+        forge_scopes: Iterable[str] | str | None = None,
     ) -> None:
         from collector.installs import InstallRegistry
         from collector.keys import key_source
@@ -113,6 +123,9 @@ class ConnectAudit:
         self.authorization_server = (authorization_server or DEFAULT_AUTHORIZATION_SERVER).rstrip("/")
         self.scope_map = ScopeMap.default()
         keys = key_source(install_keys)  # a bad setting fails here, before the store opens
+        self.forge_app_ids = _names(forge_app_ids)
+        self.forge_scopes = _names(forge_scopes)
+        forge_keys = _forge_keys(forge_jwks) if self.forge_app_ids or forge_jwks else None
         self.store = Store.open(config.database_url(database), durability=durability)
         try:
             self.registry = InstallRegistry(self.store)
@@ -122,6 +135,7 @@ class ConnectAudit:
                 policy=VerifyPolicy(leeway=leeway, max_lifetime=max_token_lifetime),
                 app_base_url=self.base_url,
             )
+            self.forge_verifier = _forge_verifier(self, forge_keys, leeway, max_token_lifetime)
             self.recorder = Recorder(self.store, instance_id=instance_id, **dict(recorder_options or {}))
             self.recorder.start()
         except BaseException:
@@ -163,6 +177,17 @@ class ConnectAudit:
         from collector.client import TenantClient
 
         return TenantClient(self, client_key, adapter=adapter)
+
+    def forge_client(self, source: Any, *, adapter: Any = None):
+        """A :class:`~collector.client.ForgeClient` for a verified Forge invocation: the handler's
+        :class:`~collector.middleware.ConnectContext` (or its ``forge``). Raises ValueError when
+        the request was not a verified Forge invocation."""
+        from collector.client import ForgeClient
+
+        invocation = getattr(source, "forge", source)
+        if invocation is None or not hasattr(invocation, "api_base_url"):
+            raise ValueError("forge_client needs the context of a verified Forge invocation")
+        return ForgeClient(self, invocation, adapter=adapter)
 
     # ------------------------------------------------------------------ used by middleware and client
 
@@ -238,6 +263,36 @@ class ConnectAudit:
 
     def __repr__(self) -> str:
         return f"ConnectAudit(app_key={self.app_key!r}, base_url={self.base_url!r}, store={self.store.url!r})"
+
+
+def _names(value: Iterable[str] | str | None) -> tuple[str, ...]:
+    """App ids or scopes given as one string (space or comma separated) or a list."""
+    if value is None:
+        return ()
+    items = value.replace(",", " ").split() if isinstance(value, str) else [str(v).strip() for v in value]
+    return tuple(dict.fromkeys(item for item in items if item))
+
+
+def _forge_keys(spec: str | None) -> Any:
+    from collector.jwks import jwks_source
+
+    return jwks_source(spec)
+
+
+def _forge_verifier(audit: ConnectAudit, keys: Any, leeway: int, max_lifetime: int) -> Any:
+    """The FIT verifier; with no Forge app configured it refuses every FIT as wrong_audience."""
+    from collector.forge import ForgeVerifier
+    from collector.jwks import JwksUrlSource
+    from collector.keys import is_loopback
+    from collector.tokens import VerifyPolicy
+
+    # A key set served over loopback http is a simulator: its apiBaseUrls are loopback http too.
+    loopback = isinstance(keys, JwksUrlSource) and is_loopback(urlsplit(keys.url).hostname)
+    return ForgeVerifier(
+        audit.forge_app_ids, keys=keys, installations=audit.registry, clock=audit.clock,
+        policy=VerifyPolicy(leeway=leeway, max_lifetime=max_lifetime),
+        http_api_hosts=("127.0.0.1", "localhost") if loopback else (),
+    )
 
 
 def _load_descriptor(descriptor: Mapping[str, Any] | str | Path | None) -> dict[str, Any]:

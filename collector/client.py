@@ -22,8 +22,18 @@ classified: ``scope`` when the declared scopes do not cover the call (or the pro
 says the call is outside the app's authorized scopes: the site may not have approved the
 descriptor's current scopes), otherwise ``permission`` (the acting user lacks the right).
 
-Assertions and access tokens are credentials: they are never logged, stored or put in an
-exception message. An app JWT is recorded by its fingerprint (a hash) only.
+For a Forge invocation, ``audit.forge_client(ctx)`` returns a :class:`ForgeClient` bound to
+the invocation's ``app.apiBaseUrl`` (``https://api.atlassian.com/ex/confluence/<cloudId>``):
+:meth:`ForgeClient.as_app` sends the ``x-forge-oauth-system`` token (recorded as the app user,
+``forge_system``), :meth:`ForgeClient.as_user` the ``x-forge-oauth-user`` token (recorded as the
+invoking user, ``forge_user``). Paths keep the product prefix (``/wiki/rest/api/content``). An
+expired or absent token is refused before the call (:class:`~collector.errors.ForgeTokenExpired`,
+:class:`~collector.errors.ForgeTokenUnavailable`) and recorded; a 403 is ``scope`` when the
+manifest's scopes hold neither the classic nor the granular scopes the operation needs (the
+event's detail names both), otherwise ``permission``.
+
+Assertions, access tokens and Forge product tokens are credentials: they are never logged,
+stored or put in an exception message. A token is recorded by its fingerprint (a hash) only.
 """
 
 from __future__ import annotations
@@ -39,13 +49,14 @@ from urllib.parse import urlsplit
 import requests
 
 from collector import events, signing
-from collector.errors import TokenExchangeFailed, UnknownTenant
+from collector.errors import ForgeTokenExpired, ForgeTokenUnavailable, TokenExchangeFailed, UnknownTenant
 from collector.middleware import current_context, note_forbidden
-from collector.scopes import classify_forbidden, normalise_scopes, satisfies
+from collector.scopes import classify_forbidden, missing_oauth_scopes, normalise_scopes, satisfies
 
 if TYPE_CHECKING:
     from collector.app import ConnectAudit
-    from collector.scopes import RequiredScope
+    from collector.forge import ForgeInvocation, ProductToken
+    from collector.scopes import OAuthScopes, RequiredScope
 
 log = logging.getLogger("collector.client")
 
@@ -99,6 +110,13 @@ class _Identity:
     kind: str  # events.APP_USER | events.USER
     account_id: str | None = None
     scopes: tuple[str, ...] | None = None  # requested token scopes (as a user)
+    auth_method: str | None = None  # None: the Connect method for the kind
+
+    @property
+    def method(self) -> str:
+        if self.auth_method is not None:
+            return self.auth_method
+        return events.APP_JWT if self.kind == events.APP_USER else events.USER_BEARER
 
 
 class TenantClient:
@@ -292,11 +310,17 @@ class _Call:
         self.path = session.site_path(request.url or "")
         audit = session.client.audit
         self.required: RequiredScope | None = audit.scope_map.lookup(self.method, self.path)
+        # A Forge call needs OAuth scopes (classic or granular), not the Connect scope.
+        forge = isinstance(session, ForgeSession)
+        self.oauth: OAuthScopes | None = None
+        if forge:
+            self.oauth = audit.scope_map.oauth_scopes(self.method, self.path)
         incoming = current_context()
         self.request_id = incoming.request_id if incoming is not None else uuid.uuid4().hex
         self.ts = events.utcnow()
         self.fingerprint: str | None = None
         self.claims: dict[str, Any] | None = None
+        self.scope_note: dict[str, list[str]] | None = None
         self.done = False
 
     def _record(self) -> events.AuditRecord:
@@ -304,7 +328,8 @@ class _Call:
         return events.AuditRecord(
             direction=events.OUTGOING,
             outcome=events.ALLOWED,
-            auth_method=events.APP_JWT if identity.kind == events.APP_USER else events.USER_BEARER,
+            auth_method=identity.method,
+            platform=events.FORGE if identity.method in events.FORGE_AUTH_METHODS else events.CONNECT,
             identity_kind=identity.kind,
             ts=self.ts,
             tenant_client_key=client.client_key,
@@ -314,12 +339,17 @@ class _Call:
             method=self.method,
             path=self.path,
             path_template=self.required.template if self.required else None,
-            required_scope=self.required.scope if self.required else None,
+            required_scope=self._required_scope(),
             declared_scopes=client.declared_scopes or None,
             request_id=self.request_id,
             token_fingerprint=self.fingerprint,
             claims=self.claims,
         )
+
+    def _required_scope(self) -> str | None:
+        if self.oauth is not None:
+            return " ".join(self.oauth.classic or self.oauth.granular) or None
+        return self.required.scope if self.required else None
 
     def finish(self, response: requests.Response | None, elapsed: float, *,
                failure: BaseException | None = None) -> None:
@@ -334,13 +364,14 @@ class _Call:
         self._emit(rec)
 
     def refuse(self, status: int | None, detail: str, *, elapsed: float = 0.0,
-               outcome: str = events.REJECTED) -> None:
-        """Record a call that never reached the product: its user token was not issued."""
+               outcome: str = events.REJECTED, reason: str = events.TOKEN_EXCHANGE_REFUSED,
+               stage: str = "token_exchange") -> None:
+        """Record a call that never reached the product: it had no usable token."""
         rec = self._record()
         rec.status, rec.outcome, rec.detail = status, outcome, detail
-        rec.reason = events.TOKEN_EXCHANGE_REFUSED if outcome == events.REJECTED else None
+        rec.reason = reason if outcome == events.REJECTED else None
         rec.latency_ms = round(elapsed * 1000, 3)
-        rec.extra = {"stage": "token_exchange"}
+        rec.extra = {"stage": stage}
         self._emit(rec)
 
     def _judge(self, rec: events.AuditRecord, response: requests.Response) -> None:
@@ -357,8 +388,13 @@ class _Call:
             rec.outcome = events.DENIED
             rec.reason = self._forbidden_cause(message)
             note_forbidden(rec.reason)
+            if self.scope_note:
+                rec.extra = {**(rec.extra or {}), **self.scope_note}
+                rec.detail = _missing_scope_detail(self.scope_note, message)
 
     def _forbidden_cause(self, message: str | None) -> str:
+        if isinstance(self.session, ForgeSession):
+            return self._forge_forbidden_cause(message)
         identity = self.session.identity
         declared = normalise_scopes(self.session.client.declared_scopes)
         if identity.scopes:  # a user token is limited to the scopes it was issued for
@@ -370,6 +406,18 @@ class _Call:
             cause = events.SCOPE
         return cause
 
+    def _forge_forbidden_cause(self, message: str | None) -> str:
+        needed = self.oauth
+        granted = self.session.client.declared_scopes.split()
+        missing = missing_oauth_scopes(granted, needed) if needed is not None else None
+        if missing is not None:
+            self.scope_note = {"missing_classic": list(missing.classic),
+                               "missing_granular": list(missing.granular)}
+            return events.SCOPE
+        if message and any(m in message.lower() for m in (SCOPE_MESSAGE, "scope does not match")):
+            return events.SCOPE  # the manifest declares it but the installation has not granted it
+        return events.PERMISSION
+
     def _emit(self, rec: events.AuditRecord) -> None:
         if self.done:
             return
@@ -378,6 +426,82 @@ class _Call:
             self.session.client.audit.record(rec)
         except Exception:
             log.exception("connect-audit could not record an outgoing %s %s", rec.method, rec.path)
+
+
+# ---------------------------------------------------------------------- Forge
+
+
+class ForgeClient:
+    """Calls back to the product for one Forge invocation, at its ``app.apiBaseUrl``.
+
+    Built by :meth:`~collector.app.ConnectAudit.forge_client` from the
+    :class:`~collector.middleware.ConnectContext` (or its ``forge`` invocation) of a verified
+    Forge route; the tokens are the invocation's own.
+    """
+
+    def __init__(self, audit: ConnectAudit, invocation: ForgeInvocation, *, adapter: Any = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        from collector.middleware import _product_of
+
+        self.audit = audit
+        self.invocation = invocation
+        self.client_key = invocation.tenant_key
+        self.base_url = invocation.api_base_url.rstrip("/")
+        self.product = _product_of(self.base_url)
+        self.declared_scopes = " ".join(audit.forge_scopes)
+        self.adapter = adapter if adapter is not None else audit.http_adapter
+        self.timeout = timeout
+
+    def as_app(self) -> ForgeSession:
+        """A session that calls as the app (its bot user) with the system token."""
+        return ForgeSession(self, _Identity(events.APP_USER, auth_method=events.FORGE_SYSTEM),
+                            self.invocation.system_token)
+
+    def as_user(self) -> ForgeSession:
+        """A session that calls as the invoking user (``principal``) with the user token."""
+        identity = _Identity(events.USER, self.invocation.principal, auth_method=events.FORGE_USER)
+        return ForgeSession(self, identity, self.invocation.user_token)
+
+    def __repr__(self) -> str:
+        return f"ForgeClient({self.base_url!r})"
+
+
+class ForgeSession(ConnectSession):
+    """A ``requests.Session`` bound to one Forge invocation's apiBaseUrl and product token."""
+
+    def __init__(self, client: ForgeClient, identity: _Identity, token: ProductToken | None) -> None:
+        super().__init__(client, identity)  # type: ignore[arg-type]  (same attributes as TenantClient)
+        self._token = token
+
+    def _authorise(self, request: requests.PreparedRequest, call: _Call) -> None:
+        kind = "system" if self.identity.kind == events.APP_USER else "user"
+        token, now = self._token, self.client.audit.clock()
+        if token is None:
+            detail = f"the invocation carried no x-forge-oauth-{kind} token"
+            call.refuse(None, detail, reason=ForgeTokenUnavailable.code, stage="forge_token")
+            raise ForgeTokenUnavailable(f"{detail}; {ForgeTokenUnavailable.fix}")
+        call.fingerprint = token.fingerprint
+        call.claims = {"token": kind, "exp": token.expires_at, "sub": self.identity.account_id}
+        if token.expired(now):
+            detail = f"the Forge {kind} token expired {int(now - token.expires_at)} s ago"
+            call.refuse(None, detail, reason=ForgeTokenExpired.code, stage="forge_token")
+            raise ForgeTokenExpired(f"{detail}; {ForgeTokenExpired.fix}")
+        request.headers["Authorization"] = f"Bearer {token.value}"
+
+    def site_path(self, url: str) -> str:
+        """The path under apiBaseUrl (``/wiki/rest/api/...``), as recorded and looked up."""
+        rel = url[len(self.base_url):] if self._under_base(url) else urlsplit(url).path
+        return rel if rel.startswith("/") else "/" + rel
+
+
+def _missing_scope_detail(note: dict[str, list[str]], message: str | None) -> str:
+    parts = []
+    if note["missing_classic"]:
+        parts.append("classic " + " ".join(note["missing_classic"]))
+    if note["missing_granular"]:
+        parts.append("granular " + " ".join(note["missing_granular"]))
+    advice = "add to manifest.yml permissions.scopes: " + (" or ".join(parts) or "the operation's scopes")
+    return _clip(f"{advice} ({message})" if message else advice)
 
 
 def _json(response: requests.Response) -> dict[str, Any]:

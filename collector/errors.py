@@ -70,35 +70,40 @@ class AlgorithmNotAllowed(TokenRejected):
     """Raised when the header's alg is not the one pinned for this kind of endpoint."""
 
     code = "alg_not_allowed"
-    fix = "Request and context tokens are HS256; lifecycle callbacks are RS256. 'none' is never accepted."
+    fix = ("Request and context tokens are HS256; lifecycle callbacks and Forge invocation tokens are "
+           "RS256. 'none' is never accepted.")
 
 
 class MissingKid(TokenRejected):
-    """Raised when a lifecycle token has no kid, or a kid that is not strictly formatted."""
+    """Raised when an RS256 token (lifecycle, Forge) has no kid, or one that is not strictly formatted."""
 
     code = "missing_kid"
-    fix = "Lifecycle callbacks must be signed install tokens; enable signed installs in the descriptor."
+    fix = ("Lifecycle callbacks must be signed install tokens (enable signed installs in the descriptor); "
+           "a Forge invocation token without a well-formed kid was not minted by Forge.")
 
 
 class UnknownKid(TokenRejected):
-    """Raised when no public key can be obtained for the lifecycle token's kid."""
+    """Raised when no public key can be obtained for the token's kid (install keys or Forge JWKS)."""
 
     code = "unknown_kid"
-    fix = "Check the install-keys source (network reachability, or the directory used in tests)."
+    fix = ("Check the install-keys source or the Forge JWKS (network reachability, the file or "
+           "directory used in tests); the JWKS is re-read at most once a minute for a new kid.")
 
 
 class UnknownIssuer(TokenRejected):
-    """Raised when no install matches the token's iss exactly."""
+    """Raised when no install matches the token's iss exactly, or a Forge token's iss is not Forge's."""
 
     code = "unknown_issuer"
-    fix = "The tenant is not installed here: reinstall the app, or check which store this instance uses."
+    fix = ("The tenant is not installed here: reinstall the app, or check which store this instance uses. "
+           "A Forge invocation token's iss is always 'forge/invocation-token'.")
 
 
 class InactiveInstall(TokenRejected):
-    """Raised when the token's tenant is uninstalled or disabled."""
+    """Raised when the token's tenant (Connect install or Forge installation) is uninstalled or disabled."""
 
     code = "inactive_install"
-    fix = "The app is disabled or uninstalled on this site; it must be enabled before it is called."
+    fix = ("The app is disabled or uninstalled on this site; it must be enabled (or reinstalled) before "
+           "it is called.")
 
 
 class BadSignature(TokenRejected):
@@ -109,10 +114,11 @@ class BadSignature(TokenRejected):
 
 
 class MissingClaim(TokenRejected):
-    """Raised when a required claim (iss, iat, exp, qsh, aud, ...) is absent."""
+    """Raised when a required claim (iss, iat, exp, qsh, aud, app.installationId, ...) is absent."""
 
     code = "missing_claim"
-    fix = "Include iss, iat, exp and qsh; lifecycle tokens also need aud."
+    fix = ("Include iss, iat, exp and qsh; lifecycle tokens also need aud. A Forge token needs app.id, "
+           "app.installationId, app.apiBaseUrl, app.environment, app.module, and principal on UI routes.")
 
 
 class InvalidClaim(TokenRejected):
@@ -158,10 +164,11 @@ class ContextQshNotAllowed(TokenRejected):
 
 
 class WrongAudience(TokenRejected):
-    """Raised when a lifecycle token's aud does not contain the app's baseUrl."""
+    """Raised when a lifecycle token's aud lacks the app's baseUrl, or a Forge token's aud is not our app."""
 
     code = "wrong_audience"
-    fix = "The app's configured baseUrl must equal the descriptor's baseUrl exactly."
+    fix = ("The app's configured baseUrl must equal the descriptor's baseUrl exactly; for Forge, configure "
+           "the app ARI (ari:cloud:ecosystem::app/<id> from manifest.yml) in forge_app_ids.")
 
 
 class IssuerMismatch(TokenRejected):
@@ -176,6 +183,14 @@ class Replayed(TokenRejected):
 
     code = "replayed"
     fix = "Mint a fresh token per state-changing request; a retry must not reuse the old one."
+
+
+class ContextMismatch(TokenRejected):
+    """Raised when a Forge token's module, environment or site differs from the route's or installation's."""
+
+    code = "context_mismatch"
+    fix = ("Check the route's declared module key and environment against manifest.yml, and that the "
+           "installation was not moved to another site (a reinstall gets a new installation id).")
 
 
 #: Every rejection class, in the order the verifier checks them.
@@ -200,6 +215,7 @@ REJECTIONS: tuple[type[TokenRejected], ...] = (
     WrongAudience,
     IssuerMismatch,
     Replayed,
+    ContextMismatch,
 )
 
 #: The public reason codes, exactly as stored and printed.
@@ -244,3 +260,20 @@ class TokenExchangeFailed(ConnectAuditError):
     code = "token_exchange_refused"
     fix = ("Declare ACT_AS_USER in the descriptor (the site must approve the upgrade), check the "
            "install's oauthClientId and that the accountId exists on the site.")
+
+
+class ForgeTokenUnavailable(ConnectAuditError):
+    """Raised when an outgoing Forge call has no usable product token (system or user); ``code``
+    is stored as the reason of the call that was not made."""
+
+    code = "forge_token_missing"
+    fix = ("Enable endpoint.auth.appSystemToken (asApp) or appUserToken (asUser) for the remote "
+           "endpoint in manifest.yml; a user token exists only when a user invoked the app.")
+
+
+class ForgeTokenExpired(ForgeTokenUnavailable):
+    """Raised when the Forge system or user token's exp has passed before an outgoing call."""
+
+    code = "expired"
+    fix = ("Forge sends a fresh token with each invocation (valid 2 to 4 hours); cache it no longer "
+           "than its exp, or take the token of the current invocation.")

@@ -5,9 +5,10 @@ lifecycle handler, CLI) and handed to the recorder, which assigns its place in t
 chain. The vocabulary below is the stored contract: values are plain strings so that
 SQL filters, CSV cells and the dashboard all read the same words.
 
-Nothing here is Connect-shaped on purpose: ``platform`` and ``auth_method`` are open
-vocabularies, so a Forge invocation token can later be recorded as
-``platform="forge", auth_method="forge_invocation"`` without a schema change.
+Nothing here is Connect-shaped on purpose: ``platform`` (``connect``, ``forge``) and
+``auth_method`` are open vocabularies; Forge traffic is recorded in the same events, with
+``platform="forge"`` and ``auth_method`` ``forge_invocation`` (incoming), ``forge_system``
+(asApp) or ``forge_user`` (asUser).
 """
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ APP_JWT = "app_jwt"  # HS256 JWT signed with the shared secret (either direction
 CONTEXT_JWT = "context_jwt"  # HS256 JWT whose qsh is "context-qsh"
 USER_BEARER = "user_bearer"  # OAuth 2.0 JWT bearer grant, acting as a user
 LIFECYCLE_JWT = "lifecycle_jwt"  # RS256 signed install/uninstall/enable/disable
+FORGE_INVOCATION = "forge_invocation"  # RS256 Forge Invocation Token (incoming, Forge's JWKS)
+FORGE_SYSTEM = "forge_system"  # outgoing as the app (asApp): the x-forge-oauth-system token
+FORGE_USER = "forge_user"  # outgoing as the invoking user (asUser): the x-forge-oauth-user token
 NO_AUTH = "none"
-AUTH_METHODS = (APP_JWT, CONTEXT_JWT, USER_BEARER, LIFECYCLE_JWT, NO_AUTH)
+AUTH_METHODS = (APP_JWT, CONTEXT_JWT, USER_BEARER, LIFECYCLE_JWT, FORGE_INVOCATION, FORGE_SYSTEM, FORGE_USER,
+                NO_AUTH)
+FORGE_AUTH_METHODS = (FORGE_INVOCATION, FORGE_SYSTEM, FORGE_USER)
 
 # identity_kind
 APP_USER = "app_user"
@@ -52,7 +58,10 @@ PERMISSION = "permission"  # scopes cover it; the acting user lacks the right
 #: An outgoing call as a user whose access token was refused by the authorization server.
 TOKEN_EXCHANGE_REFUSED = "token_exchange_refused"  # noqa: S105 (a reason word)
 
+# platform
 CONNECT = "connect"
+FORGE = "forge"
+PLATFORMS = (CONNECT, FORGE)
 
 
 def utcnow() -> datetime:

@@ -11,6 +11,11 @@ signature, ``aud`` and that ``iss`` equals the body's ``clientKey`` before calli
 * ``uninstalled``, ``disabled`` and ``enabled`` only change the status; tokens of an
   uninstalled or disabled tenant are refused as ``inactive_install``.
 * Shared secrets are stored encrypted (:class:`~collector.secretbox.SecretBox`).
+* Forge installations are learnt from verified invocation tokens and from Forge's
+  ``installed``/``upgraded`` lifecycle events (:meth:`InstallRegistry.observe_forge`,
+  :meth:`InstallRegistry.apply_forge_lifecycle`) and linked to the Connect install of the same
+  site: the Connect callback's ``installationId`` (Connect-on-Forge), the same ``cloudId``, or
+  the same site URL. A linked site's Forge events are filed under its Connect clientKey.
 * The registry keeps the *current* state only. The lifecycle *history* is kept as audit
   events: the caller (the lifecycle route of the middleware) records one event per
   callback through the recorder, with ``direction="lifecycle"`` and ``event_type`` the
@@ -32,13 +37,20 @@ from typing import Any
 from sqlmodel import select
 
 from collector.errors import UnknownTenant
-from collector.models import Install
+from collector.forge import KnownInstallation, VerifiedInvocation
+from collector.models import ForgeInstallation, Install
 from collector.secretbox import SecretBox
 from collector.store import Store
 from collector.tokens import InstallSecret
 
 LIFECYCLE_EVENTS = ("installed", "uninstalled", "enabled", "disabled")
 ACTIVE_STATUSES = ("installed", "enabled")
+#: Forge's lifecycle events as a remote receives them (eventType of the body).
+FORGE_LIFECYCLE_EVENTS = {"avi:forge:installed:app": "installed", "avi:forge:upgraded:app": "installed",
+                          "avi:forge:uninstalled:app": "uninstalled"}
+#: A verified invocation refreshes its installation's last_seen at most this often (seconds),
+#: so that steady traffic does not turn into one write per request.
+FORGE_TOUCH_INTERVAL = 600.0
 
 
 class InvalidLifecyclePayload(ValueError):
@@ -64,6 +76,8 @@ class InstallRegistry:
         self.box = box or SecretBox.for_store(store)
         self.cache_ttl = cache_ttl
         self._cache: dict[str, tuple[float, InstallSecret | None]] = {}
+        self._forge: dict[str, tuple[float, KnownInstallation | None]] = {}
+        self._forge_touched: dict[str, float] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ writes
@@ -105,10 +119,106 @@ class InstallRegistry:
                 install.shared_secret_enc = self.box.encrypt(_required(payload, "sharedSecret"))
             _update(install, payload, event_type, scopes, now)
             session.add(install)
+            linked = _link_connect_install(session, install, now)
             session.commit()
             session.refresh(install)
         self.invalidate(client_key)
+        for installation_id in linked:
+            self.invalidate_forge(installation_id)
         return install
+
+    # ------------------------------------------------------------------ Forge
+
+    def observe_forge(self, inv: VerifiedInvocation, *, now: datetime | None = None) -> KnownInstallation:
+        """Learn (or refresh) the installation of a verified invocation; returns what is known.
+
+        Writes only for a new installation, a changed site or app version, or once per
+        :data:`FORGE_TOUCH_INTERVAL`; otherwise answers from the cache.
+        """
+        known = self.forge_installation(inv.installation_id)
+        mono = time.monotonic()
+        touched = self._forge_touched.get(inv.installation_id, -FORGE_TOUCH_INTERVAL)
+        fresh = mono - touched < FORGE_TOUCH_INTERVAL
+        if known is not None and fresh and known.cloud_id == inv.cloud_id:
+            return known
+        now = now or datetime.now(UTC)
+        with self.store.session(write=True) as session:
+            row = session.get(ForgeInstallation, inv.installation_id)
+            if row is None:
+                row = ForgeInstallation(installation_id=inv.installation_id, app_id=inv.app_id,
+                                        first_seen=now, last_seen=now)
+            _update_forge(row, inv, now)
+            _link_forge_installation(session, row, now)
+            session.add(row)
+            session.commit()
+            session.refresh(row)
+            known = _known(row)
+        self._forge_touched[inv.installation_id] = mono
+        with self._lock:
+            self._forge[inv.installation_id] = (mono + self.cache_ttl, known)
+        return known
+
+    def apply_forge_lifecycle(
+        self, event_type: str, payload: Mapping[str, Any], inv: VerifiedInvocation, *,
+        now: datetime | None = None,
+    ) -> ForgeInstallation:
+        """Apply Forge's installed/upgraded (or uninstalled) event, delivered with ``inv``.
+
+        The installation is the token's (the body's ``id`` is the same installation as a bare
+        id); the body adds the app version and, in ``context``, the site ARI.
+        """
+        status = FORGE_LIFECYCLE_EVENTS.get(event_type)
+        if status is None:
+            raise InvalidLifecyclePayload(
+                f"unknown Forge lifecycle event {event_type!r}; "
+                f"expected one of {', '.join(FORGE_LIFECYCLE_EVENTS)}"
+            )
+        now = now or datetime.now(UTC)
+        with self.store.session(write=True) as session:
+            row = session.get(ForgeInstallation, inv.installation_id)
+            if row is None:
+                row = ForgeInstallation(installation_id=inv.installation_id, app_id=inv.app_id,
+                                        first_seen=now, last_seen=now)
+            _update_forge(row, inv, now)
+            app = payload.get("app")
+            if isinstance(app, Mapping) and isinstance(app.get("version"), str):
+                row.app_version = app["version"][:64]
+            row.cloud_id = row.cloud_id or _site_ari_cloud_id(payload.get("context"))
+            row.status = status
+            _link_forge_installation(session, row, now)
+            session.add(row)
+            session.commit()
+            session.refresh(row)
+        self.invalidate_forge(inv.installation_id)
+        return row
+
+    def forge_installation(self, installation_id: str) -> KnownInstallation | None:
+        """The verifier's lookup (:class:`~collector.forge.InstallationLookup`), cached."""
+        now = time.monotonic()
+        cached = self._forge.get(installation_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        with self.store.session() as session:
+            row = session.get(ForgeInstallation, installation_id)
+            known = _known(row) if row is not None else None
+        with self._lock:
+            if len(self._forge) > 100_000:
+                self._forge.clear()
+            self._forge[installation_id] = (now + self.cache_ttl, known)
+        return known
+
+    def invalidate_forge(self, installation_id: str | None = None) -> None:
+        with self._lock:
+            if installation_id is None:
+                self._forge.clear()
+                self._forge_touched.clear()
+            else:
+                self._forge.pop(installation_id, None)
+                self._forge_touched.pop(installation_id, None)
+
+    def list_forge_installations(self) -> list[ForgeInstallation]:
+        with self.store.session() as session:
+            return list(session.exec(select(ForgeInstallation).order_by(ForgeInstallation.first_seen)))
 
     def invalidate(self, client_key: str | None = None) -> None:
         """Forget cached lookups (one clientKey, or all)."""
@@ -152,6 +262,63 @@ class InstallRegistry:
             return list(session.exec(select(Install).order_by(Install.base_url, Install.client_key)))
 
 
+def _update_forge(row: ForgeInstallation, inv: VerifiedInvocation, now: datetime) -> None:
+    row.app_id = inv.app_id
+    row.environment_type, row.environment_id = inv.environment_type, inv.environment_id
+    row.cloud_id = inv.cloud_id or row.cloud_id
+    row.site_url = inv.site_url or row.site_url
+    row.api_base_url = inv.api_base_url
+    row.app_version = inv.app_version or row.app_version
+    row.last_seen = now
+    if row.status != "installed" and inv is not None:
+        row.status = "installed"  # Forge invoked it: it is installed again
+
+
+def _known(row: ForgeInstallation) -> KnownInstallation:
+    active = row.status == "installed"
+    return KnownInstallation(row.installation_id, active, row.cloud_id, row.connect_client_key)
+
+
+def _site_root(url: str | None) -> str | None:
+    """A site's root URL, for comparing a Connect baseUrl (``.../wiki``) with a Forge siteUrl."""
+    if not url:
+        return None
+    root = url.rstrip("/")
+    return root.removesuffix("/wiki").lower()
+
+
+def _site_ari_cloud_id(context: Any) -> str | None:
+    """The cloudId of a lifecycle body's ``context``, ``ari:cloud:confluence::site/<cloudId>``."""
+    if isinstance(context, str) and "::site/" in context:
+        cloud_id = context.rsplit("/", 1)[1]
+        return cloud_id[:64] if cloud_id else None
+    return None
+
+
+def _link_forge_installation(session: Any, row: ForgeInstallation, now: datetime) -> None:
+    """Find the Connect install of the same site: its callback's installationId, cloudId or URL."""
+    if row.connect_client_key:
+        return
+    installs = list(session.exec(select(Install)))
+    site = _site_root(row.site_url)
+    match = (next((i for i in installs if i.forge_installation_id == row.installation_id), None)
+             or next((i for i in installs if row.cloud_id and i.cloud_id == row.cloud_id), None)
+             or next((i for i in installs if site and _site_root(i.base_url) == site), None))
+    if match is not None:
+        row.connect_client_key, row.linked_at = match.client_key, now
+
+
+def _link_connect_install(session: Any, install: Install, now: datetime) -> list[str]:
+    """Link Forge installations already seen for the site of a Connect install just applied."""
+    linked = []
+    for row in session.exec(select(ForgeInstallation).where(ForgeInstallation.connect_client_key.is_(None))):
+        _link_forge_installation(session, row, now)
+        if row.connect_client_key:
+            session.add(row)
+            linked.append(row.installation_id)
+    return linked
+
+
 def _required(payload: Mapping[str, Any], name: str) -> str:
     value = payload.get(name)
     if not isinstance(value, str) or not value:
@@ -170,5 +337,9 @@ def _update(
     install.display_url = payload.get("displayUrl") or install.display_url
     install.oauth_client_id = payload.get("oauthClientId") or install.oauth_client_id
     install.description = payload.get("description") or install.description
+    for name, column in (("cloudId", "cloud_id"), ("installationId", "forge_installation_id")):
+        value = payload.get(name)
+        if isinstance(value, str) and 0 < len(value) <= 128:
+            setattr(install, column, value)
     if scopes:
         install.declared_scopes = scopes

@@ -32,6 +32,11 @@ _PEM_BEGIN = "-----BEGIN PUBLIC KEY-----"
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` is this machine: the only place plain-http key sources may live."""
+    return host in _LOOPBACK_HOSTS
+
+
 def _check_pem(text: str, kid: str, where: str) -> str:
     pem = text.strip()
     if not pem.startswith(_PEM_BEGIN):
@@ -178,7 +183,7 @@ def key_source(spec: str | None = None) -> KeySource:
     if parts.scheme == "https":
         return HttpKeySource(spec)
     if parts.scheme == "http":
-        if parts.hostname not in _LOOPBACK_HOSTS:
+        if not is_loopback(parts.hostname):
             raise errors.ConfigurationError(
                 f"install keys over plain http are accepted from loopback only, not {spec}"
             )

@@ -38,15 +38,17 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, unquote_plus
 
 from collector import events
 from collector.errors import ConnectAuditError, MissingToken, StoreUnavailable, TokenRejected
-from collector.routes import CONTEXT, LIFECYCLE, PUBLIC, Route, RoutePolicy, is_state_changing
+from collector.routes import CONTEXT, FORGE, LIFECYCLE, PUBLIC, Route, RoutePolicy, is_state_changing
 
 if TYPE_CHECKING:
     from collector.app import ConnectAudit
+    from collector.forge import ForgeInvocation
     from collector.tokens import VerifiedToken
 
 log = logging.getLogger("collector.middleware")
@@ -61,6 +63,11 @@ MAX_LIFECYCLE_BODY = 256 * 1024
 _MAX_UNVERIFIED = 200
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_TRACE_ID = re.compile(r"[0-9a-fA-F]{1,64}")
+#: The request headers a Forge route reads besides Authorization (lower case, as in ASGI).
+FORGE_HEADERS = ("x-forge-oauth-system", "x-forge-oauth-user", "x-b3-traceid", "x-b3-spanid")
+#: How long a Forge event delivery is remembered to recognise its retries (4 tries, 60 s apart).
+DELIVERY_MEMORY = 3600
 _REFUSALS = {
     401: b"Unauthorized: the request's Atlassian Connect token was not accepted.\n",
     400: b"Bad Request: the lifecycle callback could not be applied.\n",
@@ -95,6 +102,9 @@ class ConnectContext:
     account_id: str | None = None
     event_type: str | None = None
     token: VerifiedToken | None = field(default=None, repr=False)
+    platform: str = events.CONNECT
+    #: On Forge routes: the verified invocation, its product tokens, trace id and retry count.
+    forge: ForgeInvocation | None = field(default=None, repr=False)
 
     @property
     def authenticated(self) -> bool:
@@ -157,6 +167,8 @@ class Exchange:
     tenant_base_url: str | None = None
     product: str | None = None
     declared_scopes: str | None = None
+    forge: ForgeInvocation | None = None
+    forge_extra: dict[str, Any] | None = None  # trace id, retry count: known before verification
 
 
 class Gate:
@@ -176,16 +188,24 @@ class Gate:
                       request_id=rid)
         if route.auth == LIFECYCLE:
             ex.event_type = self.audit.lifecycle_event_for(path) or "lifecycle"
+        elif route.auth == FORGE:
+            ex.event_type = _FORGE_EVENT_TYPES[route.forge.invocation]
         elif self.audit.is_webhook_path(path):
             ex.event_type = "webhook"
         return ex
 
-    def admit(self, ex: Exchange, authorization: str | None, body: bytes | None) -> None:
-        """Verify the request; afterwards exactly one of context, rejection, failure is set."""
+    def admit(self, ex: Exchange, authorization: str | None, body: bytes | None,
+              forge_headers: Mapping[str, str] | None = None) -> None:
+        """Verify the request; afterwards exactly one of context, rejection, failure is set.
+
+        ``forge_headers`` are the :data:`FORGE_HEADERS` the request carried (Forge routes)."""
         if ex.route.auth == PUBLIC:
             ex.context = ConnectContext(route=self._template(ex), auth=PUBLIC, request_id=ex.request_id)
             return
         try:
+            if ex.route.auth == FORGE:
+                self._verify_forge(ex, authorization, body, forge_headers or {})
+                return
             self._verify(ex, authorization, body)
         except StoreUnavailable as exc:
             # No verdict on the token: the install's secret or the replay table is out of
@@ -221,6 +241,80 @@ class Gate:
             return
         self._describe_tenant(ex, ex.verified.client_key)
         ex.context = self._context(ex)
+
+    def _verify_forge(self, ex: Exchange, authorization: str | None, body: bytes | None,
+                      headers: Mapping[str, str]) -> None:
+        from collector import forge
+
+        payload = _json_object(body)
+        expect = ex.route.forge
+        ex.forge_extra = _forge_extra(headers, payload, expect.invocation)
+        if expect.invocation == forge.EVENT and isinstance(payload, dict):
+            event_type = payload.get("eventType")
+            if isinstance(event_type, str) and 0 < len(event_type) <= 100:
+                ex.event_type = event_type
+        try:
+            ex.token = forge.extract_bearer(authorization)
+            verified = self.audit.forge_verifier.verify(ex.token, expect)
+        except TokenRejected as exc:
+            ex.rejection = exc
+            return
+        if expect.invocation == forge.LIFECYCLE and not self._apply_forge_lifecycle(ex, payload, verified):
+            return
+        known = self.audit.registry.observe_forge(verified)
+        retry = ex.forge_extra.get("retry_count", 0)
+        redelivery = False
+        if expect.invocation in (forge.EVENT, forge.TRIGGER, forge.LIFECYCLE):
+            key = forge.delivery_key(verified.installation_id, payload)
+            ex.forge_extra["delivery"] = key[:32]
+            until = datetime.fromtimestamp(self.audit.clock() + DELIVERY_MEMORY, UTC)
+            guard_key = f"forge-delivery:{verified.installation_id}"
+            seen = not self.audit.replay.first_use(guard_key, key, until)
+            # Two triggers may carry the same body an hour apart; only a delivery that says it
+            # is a retry (retryContext) is matched against the ones already received.
+            redelivery = seen and retry > 0
+            if redelivery:
+                ex.event_type = "retry"  # the same delivery again: not a second action
+        ex.forge = forge.ForgeInvocation(
+            verified=verified, invocation=expect.invocation, tenant_key=known.tenant_key,
+            system_token=forge.product_token("system", headers.get("x-forge-oauth-system")),
+            user_token=forge.product_token("user", headers.get("x-forge-oauth-user")),
+            trace_id=ex.forge_extra.get("trace_id"), span_id=ex.forge_extra.get("span_id"),
+            retry_count=retry, redelivery=redelivery,
+        )
+        ex.forge_extra.update(_product_token_notes(ex.forge))
+        self._describe_forge_tenant(ex, known)
+        ex.context = ConnectContext(
+            route=self._template(ex), auth=FORGE, request_id=ex.request_id, client_key=known.tenant_key,
+            base_url=ex.tenant_base_url, account_id=verified.principal,
+            event_type=ex.event_type if expect.invocation != forge.RESOLVER else None,
+            platform=events.FORGE, forge=ex.forge,
+        )
+
+    def _apply_forge_lifecycle(self, ex: Exchange, payload: dict[str, Any] | None, verified: Any) -> bool:
+        from collector.installs import FORGE_LIFECYCLE_EVENTS
+
+        claimed = payload.get("eventType") if payload else None
+        if claimed not in FORGE_LIFECYCLE_EVENTS:
+            ex.failure = f"the Forge body's eventType {str(claimed)[:60]!r} is not a lifecycle event"
+            return False
+        ex.event_type = claimed.rsplit(":", 2)[-2]  # avi:forge:installed:app -> installed
+        try:
+            self.audit.registry.apply_forge_lifecycle(claimed, payload, verified)
+        except StoreUnavailable:
+            raise
+        except (ConnectAuditError, ValueError, TypeError, KeyError) as exc:
+            ex.failure = f"the Forge {ex.event_type} event could not be applied: {_safe_text(exc)}"
+            return False
+        return True
+
+    def _describe_forge_tenant(self, ex: Exchange, known: Any) -> None:
+        inv = ex.forge.verified
+        ex.product = _product_of(inv.api_base_url)
+        ex.tenant_base_url = inv.site_url or inv.api_base_url
+        if known.connect_client_key:
+            self._describe_tenant(ex, known.connect_client_key)
+        ex.declared_scopes = " ".join(self.audit.forge_scopes) or None
 
     def _describe_tenant(self, ex: Exchange, client_key: str) -> None:
         # Read now, on the verification path, so that recording needs no store access.
@@ -286,6 +380,8 @@ class Gate:
             log.exception("connect-audit could not record %s %s", ex.method, ex.path)
 
     def _record(self, ex: Exchange, status: int | None, *, crashed: bool) -> events.AuditRecord:
+        if ex.route.auth == FORGE:
+            return self._record_forge(ex, status, crashed=crashed)
         lifecycle = ex.route.auth == LIFECYCLE
         rec = events.AuditRecord(
             direction=events.LIFECYCLE if lifecycle else events.INCOMING,
@@ -326,6 +422,93 @@ class Gate:
             rec.outcome, rec.detail = events.ERROR, ex.failure
             return rec
         return _with_status(rec, status, crashed, ex.forbidden)
+
+
+    def _record_forge(self, ex: Exchange, status: int | None, *, crashed: bool) -> events.AuditRecord:
+        lifecycle = ex.route.forge.invocation == "lifecycle"
+        rec = events.AuditRecord(
+            direction=events.LIFECYCLE if lifecycle else events.INCOMING,
+            outcome=events.ALLOWED, platform=events.FORGE, auth_method=events.FORGE_INVOCATION,
+            event_type=ex.event_type, ts=ex.ts, method=ex.method, path=_recorded_path(ex.path, ex.query),
+            path_template=self._template(ex), status=status,
+            latency_ms=round((time.perf_counter() - ex.started) * 1000, 3),
+            request_id=ex.request_id, instance_id=self.audit.instance_id,
+            extra=ex.forge_extra or None,
+        )
+        if ex.rejection is not None:
+            rec.outcome, rec.reason, rec.detail = events.REJECTED, ex.rejection.code, ex.rejection.detail
+            rec.claims, rec.token_fingerprint = _unverified_forge_summary(ex.token)
+            log.info("rejected Forge %s %s: %s (%s)", ex.method, rec.path, rec.reason, ex.request_id)
+            return rec
+        inv = ex.forge
+        if inv is None:  # the store was unavailable, or a lifecycle body could not be applied
+            rec.outcome, rec.detail = events.ERROR, ex.failure
+            return rec
+        rec.tenant_client_key, rec.account_id = inv.tenant_key, inv.principal
+        rec.tenant_base_url, rec.product = ex.tenant_base_url, ex.product
+        rec.identity_kind = events.USER if inv.principal else events.APP_USER
+        rec.token_fingerprint, rec.claims = inv.verified.fingerprint, inv.verified.summary()
+        rec.declared_scopes = ex.declared_scopes
+        return _with_status(rec, status, crashed, ex.forbidden)
+
+
+_FORGE_EVENT_TYPES = {"resolver": "request", "event": "event", "trigger": "scheduled_trigger",
+                      "lifecycle": "lifecycle"}
+
+
+def _forge_extra(headers: Mapping[str, str], payload: dict[str, Any] | None,
+                 invocation: str) -> dict[str, Any]:
+    """What a Forge invocation tells besides its token: trace ids and, for events, the retry count."""
+    from collector.forge import retry_count
+
+    extra: dict[str, Any] = {"invocation": invocation}
+    for header, name in (("x-b3-traceid", "trace_id"), ("x-b3-spanid", "span_id")):
+        value = headers.get(header)
+        if value and _TRACE_ID.fullmatch(value.strip()):
+            extra[name] = value.strip().lower()
+    if invocation != "resolver":
+        extra["retry_count"] = retry_count(payload)
+    return extra
+
+
+def _product_token_notes(inv: ForgeInvocation) -> dict[str, Any]:
+    """Which product tokens came with the invocation: fingerprint and expiry, never the token."""
+    notes = {}
+    for token in (inv.system_token, inv.user_token):
+        if token is not None:
+            notes[f"{token.kind}_token"] = {"fingerprint": token.fingerprint, "exp": token.expires_at}
+    return notes
+
+
+def _product_of(api_base_url: str) -> str | None:
+    """``confluence`` for ``https://api.atlassian.com/ex/confluence/<cloudId>``."""
+    parts = api_base_url.split("/ex/", 1)
+    return parts[1].split("/", 1)[0][:40] or None if len(parts) == 2 else None
+
+
+def _unverified_forge_summary(token: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """Claims of a refused FIT, for debugging: marked unverified, strings truncated."""
+    if not token:
+        return None, None
+    from collector.tokens import parse_token, token_fingerprint
+
+    fingerprint = token_fingerprint(token)
+    try:
+        claims = parse_token(token).claims
+    except (TokenRejected, ValueError):
+        return None, fingerprint
+    app = claims.get("app") if isinstance(claims.get("app"), Mapping) else {}
+    summary: dict[str, Any] = {"verified": False}
+    for name, value in (("iss", claims.get("iss")), ("aud", claims.get("aud")), ("iat", claims.get("iat")),
+                        ("exp", claims.get("exp")), ("installation_id", app.get("installationId")),
+                        ("module_key", (app.get("module") or {}).get("key") if isinstance(app.get("module"),
+                                                                                         Mapping) else None),
+                        ("principal", claims.get("principal"))):
+        if isinstance(value, str):
+            summary[name] = value[:_MAX_UNVERIFIED]
+        elif isinstance(value, int) and not isinstance(value, bool):
+            summary[name] = value
+    return summary, fingerprint
 
 
 def _with_status(rec: events.AuditRecord, status: int | None, crashed: bool,
@@ -437,8 +620,12 @@ class WsgiMiddleware:
         path, query = _wsgi_target(environ)
         ex = self.gate.begin(environ.get("REQUEST_METHOD", "GET"), path, query,
                              environ.get("HTTP_X_REQUEST_ID"))
-        body = _wsgi_body(environ) if ex.route.auth == LIFECYCLE else None
-        self.gate.admit(ex, environ.get("HTTP_AUTHORIZATION"), body)
+        body = _wsgi_body(environ) if _reads_body(ex.route) else None
+        forge_headers = None
+        if ex.route.auth == FORGE:
+            forge_headers = {name: environ[key] for name in FORGE_HEADERS
+                             if (key := "HTTP_" + name.upper().replace("-", "_")) in environ}
+        self.gate.admit(ex, environ.get("HTTP_AUTHORIZATION"), body, forge_headers)
         if ex.context is None:
             status, headers, payload = self.gate.refusal(ex)
             start_response(f"{status} {_REASONS[status]}", headers)
@@ -494,6 +681,12 @@ class _RecordingIterable:
                 self._on_close(self._crashed)
 
 
+def _reads_body(route: Route) -> bool:
+    """Lifecycle callbacks and Forge event deliveries are read before the app (bounded): their
+    body is checked or names the delivery. A resolver's body (uploads included) is left alone."""
+    return route.auth == LIFECYCLE or (route.auth == FORGE and route.forge.invocation != "resolver")
+
+
 def _wsgi_target(environ: Mapping) -> tuple[str, str]:
     """The raw path (relative to the app's mount point) and query the client sent.
 
@@ -545,11 +738,14 @@ class AsgiMiddleware:
         path, query = _asgi_target(scope)
         ex = self.gate.begin(scope.get("method", "GET"), path, query, headers.get("x-request-id"))
         body = None
-        if ex.route.auth == LIFECYCLE:
+        if _reads_body(ex.route):
             body, receive = await _asgi_body(receive)
+        forge_headers = None
+        if ex.route.auth == FORGE:
+            forge_headers = {name: headers[name] for name in FORGE_HEADERS if name in headers}
         # Verification may read the install registry and the replay table: keep that
         # database I/O off the event loop.
-        await asyncio.to_thread(self.gate.admit, ex, headers.get("authorization"), body)
+        await asyncio.to_thread(self.gate.admit, ex, headers.get("authorization"), body, forge_headers)
         if ex.context is None:
             status, out_headers, payload = self.gate.refusal(ex)
             self.gate.finish(ex, status)  # queued before the caller can see the answer

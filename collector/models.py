@@ -57,6 +57,34 @@ class Install(SQLModel, table=True):
     description: str | None = None
     first_seen: datetime = _ts()
     last_seen: datetime = _ts()
+    # Set when a Connect-on-Forge callback names them (installationId, cloudId); the link to
+    # a Forge installation is kept on ForgeInstallation.connect_client_key.
+    cloud_id: str | None = None
+    forge_installation_id: str | None = None
+
+
+class ForgeInstallation(SQLModel, table=True):
+    """A Forge installation of the app, learnt from its first verified invocation token or
+    from Forge's installed/upgraded lifecycle events, and linked to the Connect install of
+    the same site (same cloudId, installation id or site URL) when there is one, so that a
+    Connect-on-Forge app's history reads as one tenant before and after the move."""
+
+    __tablename__ = "forge_installations"
+
+    installation_id: str = Field(primary_key=True)  # ari:cloud:ecosystem::installation/<uuid>
+    app_id: str
+    environment_type: str | None = None
+    environment_id: str | None = None
+    cloud_id: str | None = Field(default=None, index=True)
+    site_url: str | None = None
+    api_base_url: str | None = None
+    app_version: str | None = None
+    connect_client_key: str | None = Field(default=None, index=True)
+    status: str = "installed"  # installed | uninstalled
+    first_seen: datetime = _ts()
+    last_seen: datetime = _ts()
+    #: When the first Forge traffic of a linked site was seen: the day it moved from Connect.
+    linked_at: datetime | None = _ts(default=None, nullable=True)
 
 
 class AuditEvent(SQLModel, table=True):

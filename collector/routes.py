@@ -15,6 +15,12 @@ checked (see :mod:`collector.middleware`):
 ``public``
     No authentication (the descriptor itself, health checks, static files). Still recorded,
     with auth method ``none``.
+``forge:resolver``, ``forge:event``, ``forge:trigger``, ``forge:lifecycle``
+    A Forge Remote endpoint: a Forge Invocation Token as ``Authorization: Bearer`` (RS256,
+    Forge's JWKS, see :mod:`collector.forge`), from a UI module's resolver, a product event,
+    a scheduled trigger or Forge's ``installed``/``upgraded`` lifecycle events. A
+    :class:`Route` built with ``forge=ForgeExpectation(...)`` may also pin the module key, the
+    environment and whether ``principal`` is required.
 
 Patterns are paths relative to the app's baseUrl. ``{name}`` matches one path segment and
 ``{name:path}`` the rest of the path; a pattern may start with a method (``"POST /hooks"``).
@@ -28,11 +34,16 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from collector.forge import INVOCATIONS, ForgeExpectation
+
 REQUEST = "request"
 CONTEXT = "context"
 LIFECYCLE = "lifecycle"
 PUBLIC = "public"
-KINDS = (REQUEST, CONTEXT, LIFECYCLE, PUBLIC)
+FORGE = "forge"
+KINDS = (REQUEST, CONTEXT, LIFECYCLE, PUBLIC, FORGE)
+#: The spellings of Forge kinds in a mapping: ``{"POST /forge/events": "forge:event"}``.
+FORGE_KINDS = tuple(f"{FORGE}:{name}" for name in INVOCATIONS)
 
 #: Methods that do not change state; a token on any other method is single-use (replay guard).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -48,16 +59,33 @@ def is_state_changing(method: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One rule: requests whose path matches ``template`` (and ``method``, if set) need ``auth``."""
+    """One rule: requests whose path matches ``template`` (and ``method``, if set) need ``auth``.
+
+    A Forge route has ``auth="forge"`` and an :class:`~collector.forge.ForgeExpectation` in
+    ``forge`` (``auth="forge:event"`` is shorthand for the expectation's invocation kind).
+    """
 
     template: str
     auth: str
     method: str | None = None
+    forge: ForgeExpectation | None = None
     _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.auth in FORGE_KINDS:
+            invocation = self.auth.partition(":")[2]
+            if self.forge is not None and self.forge.invocation != invocation:
+                raise ValueError(f"route {self.template!r}: {self.auth} contradicts its Forge expectation")
+            object.__setattr__(self, "forge", self.forge or ForgeExpectation(invocation=invocation))
+            object.__setattr__(self, "auth", FORGE)
+        elif self.auth == FORGE and self.forge is None:
+            object.__setattr__(self, "forge", ForgeExpectation())
         if self.auth not in KINDS:
-            raise ValueError(f"route {self.template!r}: auth must be one of {', '.join(KINDS)}")
+            raise ValueError(
+                f"route {self.template!r}: auth must be one of {', '.join(KINDS[:-1] + FORGE_KINDS)}"
+            )
+        if self.forge is not None and self.auth != FORGE:
+            raise ValueError(f"route {self.template!r}: only a forge route takes a Forge expectation")
         if not self.template.startswith("/"):
             raise ValueError(f"route {self.template!r}: a pattern is a path starting with '/'")
         if self.method is not None and not _METHOD.match(self.method):
@@ -119,10 +147,17 @@ class RoutePolicy:
                 return route, True
         return self.default, False
 
+    def has_forge(self) -> bool:
+        return any(r.auth == FORGE for r in self.routes)
+
     def lifecycle_paths(self) -> tuple[str, ...]:
         return tuple(r.template for r in self.routes if r.auth == LIFECYCLE)
 
     def __repr__(self) -> str:
-        rules = ", ".join(f"{r.method + ' ' if r.method else ''}{r.template}={r.auth}" for r in self.routes)
+        rules = ", ".join(f"{r.method + ' ' if r.method else ''}{r.template}={_kind(r)}" for r in self.routes)
         return f"RoutePolicy({rules}; default={self.default.auth})"
 
+
+
+def _kind(route: Route) -> str:
+    return f"{FORGE}:{route.forge.invocation}" if route.forge is not None else route.auth

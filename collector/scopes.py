@@ -13,7 +13,13 @@ Atlassian publishes in its OpenAPI specs, and the provenance of every value
 ADMIN``, each implying the lower ones; ``ACT_AS_USER`` and ``ACCESS_EMAIL_ADDRESSES`` are
 independent; ``NONE`` is always satisfied and ``INACCESSIBLE`` never.
 
-Pure: the data file ships inside the package and is read once.
+The same operations' OAuth 2.0 scopes, the ones a Forge app declares in its manifest
+(``permissions.scopes``), come from ``data/confluence-oauth-scopes.json``, copied from the
+same specs: :meth:`ScopeMap.oauth_scopes` gives an operation's classic and granular
+scopes, and :func:`missing_oauth_scopes` what an app would have to add. Either family
+suffices: an app may use classic or granular scopes.
+
+Pure: the data files ship inside the package and each is read once.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any, Literal
 from collector.qsh import split_target
 
 DATA_FILE = "confluence-connect-scopes.json"
+OAUTH_DATA_FILE = "confluence-oauth-scopes.json"
 
 ORDERED = ("NONE", "READ", "WRITE", "DELETE", "SPACE_ADMIN", "ADMIN")
 INDEPENDENT = frozenset({"ACT_AS_USER", "ACCESS_EMAIL_ADDRESSES"})
@@ -88,6 +95,47 @@ def classify_forbidden(
     if required is None:
         return "permission"
     return "permission" if satisfies(declared, required.scope) else "scope"
+
+
+@dataclass(frozen=True)
+class OAuthScopes:
+    """An operation's OAuth 2.0 scopes, one list per family; each list is needed in full.
+
+    An empty family means the operation has no scopes of that kind (the v2 API, for one,
+    has only granular scopes), not that nothing is needed.
+    """
+
+    classic: tuple[str, ...]
+    granular: tuple[str, ...]
+
+
+def _granted_names(granted: str | Iterable[str]) -> frozenset[str]:
+    # A string is split on whitespace: that is how an OAuth token's ``scope`` field lists
+    # them. Names are kept as they are, since OAuth scope names are case-sensitive.
+    items = granted.split() if isinstance(granted, str) else granted
+    return frozenset(name.strip() for name in items)
+
+
+def missing_oauth_scopes(granted: str | Iterable[str], needed: OAuthScopes) -> OAuthScopes | None:
+    """The scopes an app would have to add for an operation, or None if it has enough.
+
+    The granted scopes suffice when they hold every classic scope or every granular scope
+    of the operation. Otherwise each family of the result lists what that family lacks;
+    adding either list is enough, and an empty family offers no way in. An operation for
+    which the specs name no scopes is reported as None: without a known requirement,
+    blaming the manifest would send the developer the wrong way. Implied scopes (one scope
+    granting another) are not modelled, so only the names the spec lists count.
+    """
+    if not needed.classic and not needed.granular:
+        return None
+    names = _granted_names(granted)
+    for family in (needed.classic, needed.granular):
+        if family and names.issuperset(family):
+            return None
+    return OAuthScopes(
+        classic=tuple(s for s in needed.classic if s not in names),
+        granular=tuple(s for s in needed.granular if s not in names),
+    )
 
 
 @dataclass(frozen=True)
@@ -158,6 +206,17 @@ class ScopeMap:
             found = self._match(method.upper(), ["wiki", *segs])
         return found
 
+    def oauth_scopes(self, method: str, path: str) -> OAuthScopes | None:
+        """The OAuth 2.0 scopes of the operation a call hits, or None if it is unknown.
+
+        The call is matched as :meth:`lookup` matches it. Both families are empty for an
+        operation the specs give no OAuth scopes for (the Connect dynamic-modules API).
+        """
+        found = self.lookup(method, path)
+        if found is None:
+            return None
+        return _oauth_index().get((found.api, found.method, found.template))
+
     def _match(self, method: str, segs: list[str]) -> RequiredScope | None:
         best: _Template | None = None
         for template in self._index.get((method, len(segs)), ()):
@@ -174,3 +233,16 @@ def _default_map() -> ScopeMap:
     # package in development checkouts, which resources.files() cannot read from.
     raw = (Path(__file__).parent / "data" / DATA_FILE).read_bytes()
     return ScopeMap(json.loads(raw), hashlib.sha256(raw).hexdigest())
+
+
+@cache
+def _oauth_index() -> dict[tuple[str, str, str], OAuthScopes]:
+    # Read on first use only: most callers need the Connect scopes alone. Keyed like the
+    # Connect map's operations, so a template found by lookup() finds its entry here.
+    data = json.loads((Path(__file__).parent / "data" / OAUTH_DATA_FILE).read_bytes())
+    return {
+        (op["api"], op["method"].upper(), op["path"]): OAuthScopes(
+            tuple(op["classic"]), tuple(op["granular"])
+        )
+        for op in data["operations"]
+    }

@@ -49,10 +49,16 @@ class Endpoint(StrEnum):
     REQUEST = "request"
     CONTEXT = "context"
     LIFECYCLE = "lifecycle"
+    FORGE = "forge"  # a Forge Invocation Token (see collector.forge)
 
 
 #: The one algorithm accepted per endpoint kind, compared exactly.
-PINNED_ALGORITHM = {Endpoint.REQUEST: "HS256", Endpoint.CONTEXT: "HS256", Endpoint.LIFECYCLE: "RS256"}
+PINNED_ALGORITHM = {
+    Endpoint.REQUEST: "HS256",
+    Endpoint.CONTEXT: "HS256",
+    Endpoint.LIFECYCLE: "RS256",
+    Endpoint.FORGE: "RS256",
+}
 
 #: Header parameters that are refused: they point at keys or change how the JWS is read.
 REFUSED_HEADERS = ("crit", "b64", "cty", "jku", "x5u", "jwk", "x5c", "zip", "enc")
@@ -360,6 +366,73 @@ def validate_kid(kid: Any) -> str:
     return kid
 
 
+# --------------------------------------------------------------------------- shared checks
+
+
+def check_header(header: dict[str, Any], endpoint: Endpoint) -> None:
+    """Refuse key-carrying or critical parameters, a typ other than JWT, and any alg but the
+    one pinned for ``endpoint`` (compared exactly: ``none``, ``hs256`` and lists fail)."""
+    refused = [name for name in REFUSED_HEADERS if name in header]
+    if refused:
+        raise errors.UnsupportedHeader(
+            f"the header carries {', '.join(refused)}, which is never honoured"
+        )
+    typ = header.get("typ")
+    if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
+        raise errors.UnsupportedHeader(f"the header's typ {_show(typ)} is not JWT")
+    pinned = PINNED_ALGORITHM[endpoint]
+    alg = header.get("alg")
+    if alg != pinned or type(alg) is not str:
+        shown = "no alg" if alg is None else f"alg {_show(alg)}"
+        raise errors.AlgorithmNotAllowed(
+            f"{shown} is not allowed: {endpoint.value} tokens must be {pinned}"
+        )
+
+
+def check_times(claims: dict[str, Any], now: float, policy: VerifyPolicy) -> int:
+    """Check exp, iat (both required integers) and nbf against ``now`` with the policy's
+    leeway and lifetime cap; returns exp."""
+    exp = _int_claim(claims, "exp", required=True)
+    iat = _int_claim(claims, "iat", required=True)
+    nbf = _int_claim(claims, "nbf", required=False)
+    assert exp is not None and iat is not None
+    if exp < iat:
+        raise errors.InvalidClaim(f"exp ({exp}) is before iat ({iat})")
+    lifetime = exp - iat
+    if lifetime > policy.max_lifetime:
+        raise errors.LifetimeTooLong(
+            f"the lifetime exp - iat is {lifetime} s; the cap is {policy.max_lifetime} s"
+        )
+    leeway = policy.leeway
+    if now - leeway >= exp:
+        raise errors.TokenExpired(
+            f"the token expired {int(now - exp)} s ago (leeway {leeway} s)"
+        )
+    if iat > now + leeway:
+        raise errors.TokenNotYetValid(
+            f"iat is {int(iat - now)} s in the future (leeway {leeway} s)"
+        )
+    if nbf is not None and nbf > now + leeway:
+        raise errors.TokenNotYetValid(
+            f"nbf is {int(nbf - now)} s in the future (leeway {leeway} s)"
+        )
+    return exp
+
+
+def verify_rs256(key: Any, parsed: ParsedToken) -> None:
+    """Check an RS256 signature (PKCS#1 v1.5, SHA-256); raises :class:`~collector.errors.BadSignature`."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    try:
+        key.verify(parsed.signature, parsed.signing_input, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature as exc:
+        raise errors.BadSignature(
+            "the RS256 signature does not verify with the kid's public key"
+        ) from exc
+
+
 # --------------------------------------------------------------------------- verification
 
 
@@ -581,49 +654,10 @@ class TokenVerifier:
 
     @staticmethod
     def _check_header(header: dict[str, Any], endpoint: Endpoint) -> None:
-        refused = [name for name in REFUSED_HEADERS if name in header]
-        if refused:
-            raise errors.UnsupportedHeader(
-                f"the header carries {', '.join(refused)}, which is never honoured"
-            )
-        typ = header.get("typ")
-        if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
-            raise errors.UnsupportedHeader(f"the header's typ {_show(typ)} is not JWT")
-        pinned = PINNED_ALGORITHM[endpoint]
-        alg = header.get("alg")
-        if alg != pinned or type(alg) is not str:
-            shown = "no alg" if alg is None else f"alg {_show(alg)}"
-            raise errors.AlgorithmNotAllowed(
-                f"{shown} is not allowed: {endpoint.value} tokens must be {pinned}"
-            )
+        check_header(header, endpoint)
 
     def _check_times(self, claims: dict[str, Any]) -> int:
-        exp = _int_claim(claims, "exp", required=True)
-        iat = _int_claim(claims, "iat", required=True)
-        nbf = _int_claim(claims, "nbf", required=False)
-        assert exp is not None and iat is not None
-        if exp < iat:
-            raise errors.InvalidClaim(f"exp ({exp}) is before iat ({iat})")
-        lifetime = exp - iat
-        if lifetime > self.policy.max_lifetime:
-            raise errors.LifetimeTooLong(
-                f"the lifetime exp - iat is {lifetime} s; the cap is {self.policy.max_lifetime} s"
-            )
-        now = self._clock()
-        leeway = self.policy.leeway
-        if now - leeway >= exp:
-            raise errors.TokenExpired(
-                f"the token expired {int(now - exp)} s ago (leeway {leeway} s)"
-            )
-        if iat > now + leeway:
-            raise errors.TokenNotYetValid(
-                f"iat is {int(iat - now)} s in the future (leeway {leeway} s)"
-            )
-        if nbf is not None and nbf > now + leeway:
-            raise errors.TokenNotYetValid(
-                f"nbf is {int(nbf - now)} s in the future (leeway {leeway} s)"
-            )
-        return exp
+        return check_times(claims, self._clock(), self.policy)
 
     def _check_qsh(
         self, claims: dict[str, Any], method: str | None, url: str | None, endpoint: Endpoint
@@ -697,7 +731,7 @@ class TokenVerifier:
             if key is not None:
                 self._public_keys.move_to_end(pem)
                 return key
-        key = _load_rsa_key(pem, kid)
+        key = load_rsa_key(pem, kid)
         with self._keys_lock:
             self._public_keys[pem] = key
             while len(self._public_keys) > 64:
@@ -706,19 +740,11 @@ class TokenVerifier:
 
     @staticmethod
     def _verify_rsa(key: Any, parsed: ParsedToken) -> None:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import padding
-
-        try:
-            key.verify(parsed.signature, parsed.signing_input, padding.PKCS1v15(), hashes.SHA256())
-        except InvalidSignature as exc:
-            raise errors.BadSignature(
-                "the RS256 signature does not verify with the kid's public key"
-            ) from exc
+        verify_rs256(key, parsed)
 
 
-def _load_rsa_key(pem: str, kid: str) -> Any:
+def load_rsa_key(pem: str, kid: str) -> Any:
+    """The RSA public key in ``pem`` (at least 2048 bits); raises :class:`~collector.errors.UnknownKid`."""
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 

@@ -17,6 +17,9 @@ PUBLIC = {
     "AuditRecord", "Store", "Recorder", "InstallRegistry", "EventFilter",
     "ConnectAuditError", "TokenRejected", "REJECTION_CODES",
     "ConfigurationError", "StoreUnavailable", "IntegrityError", "QueueFull", "UnknownTenant",
+    # Forge Remote (issue 10)
+    "ForgeVerifier", "VerifiedInvocation", "ForgeInvocation", "ForgeExpectation",
+    "ForgeTokenUnavailable", "ForgeTokenExpired",
 } | {cls.__name__ for cls in errors.REJECTIONS}
 
 
@@ -41,7 +44,7 @@ def test_unknown_name_is_an_attribute_error() -> None:
 def test_every_rejection_code_is_exported_as_a_class() -> None:
     exported = {getattr(collector, cls.__name__).code for cls in errors.REJECTIONS}
     assert exported == set(collector.REJECTION_CODES)
-    assert len(collector.REJECTION_CODES) == 20
+    assert len(collector.REJECTION_CODES) == 21
 
 
 def test_importing_the_package_loads_no_heavy_dependency() -> None:
