@@ -170,7 +170,7 @@ class VerifiedInvocation:
 def _member(claims: Mapping[str, Any], path: str, *, required: bool) -> Any:
     value: Any = claims
     for name in path.split("."):
-        if not isinstance(value, Mapping) or name not in value:
+        if not isinstance(value, dict) or name not in value:
             if required:
                 raise errors.MissingClaim(f"the Forge token has no {path} claim")
             return None

@@ -108,21 +108,25 @@ def _compile(template: str) -> re.Pattern[str]:
     return re.compile("".join(parts))
 
 
-def _parse_rule(key: str, auth: str) -> Route:
+def _parse_rule(key: str, auth: str | ForgeExpectation) -> Route:
     method, _, path = key.strip().rpartition(" ")
-    return Route(template=path.strip(), auth=auth, method=method.strip().upper() or None)
+    forge = auth if isinstance(auth, ForgeExpectation) else None
+    return Route(template=path.strip(), auth=FORGE if forge else auth, method=method.strip().upper() or None,
+                 forge=forge)
 
 
 class RoutePolicy:
     """An ordered set of :class:`Route` rules with a default for paths no rule matches.
 
     Build it from a mapping (``{"/installed": "lifecycle", "GET /page": "request"}``), from
-    :class:`Route` objects, or from ``(pattern, auth)`` pairs.
+    :class:`Route` objects, or from ``(pattern, auth)`` pairs. A Forge route's value may be a
+    :class:`~collector.forge.ForgeExpectation` (``{"POST /forge/macro":
+    ForgeExpectation("resolver", module_key="my-macro", principal="required")}``).
     """
 
     def __init__(
         self,
-        rules: Mapping[str, str] | Iterable[Route | tuple[str, str]] = (),
+        rules: Mapping[str, str | ForgeExpectation] | Iterable[Route | tuple[str, str]] = (),
         *,
         default: str = REQUEST,
     ) -> None:

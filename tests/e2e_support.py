@@ -201,13 +201,15 @@ def running_stack(kind: str, database_url: str, *, tenants=DEFAULT_TENANTS, inst
 
         def factory(url: str):
             return module.create_app(base_url=url, database=database_url, install_keys=sim.install_keys_url,
-                                     authorization_server=sim.authorization_server, clock=clock, **options)
+                                     authorization_server=sim.authorization_server, clock=clock,
+                                     forge_jwks=sim.forge.jwks_url, **options)
 
         with serve(factory) as (url, app), _collector_logs() as records:
             audit = app.extensions["connect_audit"] if kind == "flask" else app.state.connect_audit
             stack = Stack(kind, sim, url, audit, database_url, records)
             try:
                 sim.connect(url)
+                sim.forge.deploy(module.FORGE_MANIFEST, url)  # Forge knows the app's remote too
                 if install:
                     for name in sim.tenants:
                         assert sim.install(name).status_code == 204, name

@@ -10,6 +10,10 @@ misbehaves the way real clients and attackers do (:data:`MISBEHAVIOURS`: stale a
 tokens, a wrong ``qsh``, a tampered signature, an unknown issuer, replays, ``alg`` tricks),
 so that every rejection path of the app is reachable over HTTP.
 
+**Forge.** :attr:`ConfluenceSimulator.forge` (:mod:`.forge`) plays Forge towards a Forge or
+Connect-on-Forge remote: invocation tokens signed with keys served as a JWKS, resolvers,
+product events, scheduled triggers and lifecycle events, and the ``apiBaseUrl`` REST API.
+
 **The product the app calls.** Under each tenant's baseUrl
 (``http://127.0.0.1:PORT/t/<name>/wiki``) it answers a realistic REST subset (content
 list/get/create/update/delete, spaces, CQL search, current user). It authenticates the
@@ -43,6 +47,7 @@ import requests
 from collector import signing
 from collector.errors import TokenRejected
 from collector.scopes import ScopeMap, normalise_scopes, satisfies
+from collector.simulator.forge import ForgeHost, forge_ids
 from collector.simulator.server import ServerThread
 from collector.simulator.site import HostError, Site, User
 from collector.tokens import InstallSecret, StaticInstalls, TokenVerifier
@@ -122,6 +127,11 @@ class Tenant:
     oauth_client_id: str
     status: str = "new"  # new | installed | enabled | disabled | uninstalled
     granted: tuple[str, ...] = ()
+    # Forge: the installation of the Forge app on this site (see collector.simulator.forge)
+    installation_id: str = ""
+    cloud_id: str = ""
+    forge_status: str = "new"  # new | installed
+    forge_granted: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -179,18 +189,23 @@ class ConfluenceSimulator:
         self.scope_map = ScopeMap.default()
         self.tenants: dict[str, Tenant] = {}
         for spec in tenants:
+            installation_id, cloud_id = forge_ids()
             self.tenants[spec.name] = Tenant(
                 spec=spec, host_url=self.url, site=Site(spec.name, seed=seed, hostile=spec.hostile),
                 client_key=f"{spec.client_key_prefix}{uuid.uuid4()}",
                 shared_secret=secrets.token_urlsafe(32), oauth_client_id=uuid.uuid4().hex,
+                installation_id=installation_id, cloud_id=cloud_id,
             )
         self.app: AppInfo | None = None
         self._access: dict[str, _AccessToken] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
         self._credentials: set[str] = set()
-        #: Counters: token_requests (at /oauth2/token), rest_calls (authenticated REST calls).
+        #: Counters: token_requests (at /oauth2/token), rest_calls (authenticated REST calls),
+        #: and for Forge jwks, forge_attempts, forge_rest_calls.
         self.stats: Counter[str] = Counter()
+        #: Forge's side: the JWKS, invocations of the app's remote, the apiBaseUrl REST API.
+        self.forge = ForgeHost(self)
 
     # ------------------------------------------------------------------ running
 
@@ -505,6 +520,10 @@ class ConfluenceSimulator:
                 status, body = 200, self._token_endpoint(environ)
             elif path.startswith("/t/"):
                 status, body = self._rest(environ, method, path)
+            elif path == "/.well-known/jwks.json" and method == "GET":
+                status, body = 200, self.forge.jwks()
+            elif path.startswith("/ex/confluence/"):
+                status, body = self.forge.rest(environ, method, path)
             elif method == "GET" and path.count("/") == 1 and path != "/":
                 return self._public_key(path[1:], start_response)
             else:

@@ -8,6 +8,10 @@ The collector takes four lines (marked ``# connect-audit``): construct ``Connect
 add the ASGI middleware with the route policy, read the verified context in a handler, and
 call Confluence through ``audit.client(...)``. Handlers that call Confluence are plain
 ``def`` functions: ``requests`` blocks, so FastAPI runs them in its thread pool.
+
+The app is also the remote backend of its Connect-on-Forge version (``forge-manifest.json``,
+``manifest.yml`` as JSON): the ``/forge/...`` routes take Forge Invocation Tokens and call
+Confluence at the invocation's ``apiBaseUrl`` through ``audit.forge_client(ctx)``.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from collector.app import ConnectAudit
-from collector.errors import TokenExchangeFailed, UnknownTenant
+from collector.errors import ForgeTokenUnavailable, TokenExchangeFailed, UnknownTenant
+from collector.forge import ForgeExpectation
 from collector.middleware import AsgiMiddleware, connect_context
 
 DESCRIPTOR = Path(__file__).with_name("atlassian-connect.json")
+FORGE_MANIFEST = json.loads(Path(__file__).with_name("forge-manifest.json").read_text(encoding="utf-8"))
 
 # How each route is authenticated ("request": a JWT the host signed for this exact request;
 # "context": also a context token from AP.context.getToken(); "lifecycle": a signed install
@@ -44,6 +50,13 @@ ROUTES = {
     "/api/pages": "context",
     "/api/pages/{page_id}": "context",
     "/api/spaces/{space_key}/pages": "context",
+    # Forge Remote endpoints (forge-manifest.json): a Forge Invocation Token as a bearer token
+    # The macro's resolver: only that module may call it, and only with a user in session.
+    "POST /forge/resolver": ForgeExpectation(
+        "resolver", module_key="recent-pages-macro", principal="required"),
+    "POST /forge/events": "forge:event",
+    "POST /forge/schedule": "forge:trigger",
+    "POST /forge/lifecycle": "forge:lifecycle",
 }
 
 
@@ -53,7 +66,9 @@ def create_app(*, base_url: str | None = None, database: str | None = None, inst
     descriptor = json.loads(DESCRIPTOR.read_text(encoding="utf-8")) | {"baseUrl": base_url}
     audit = ConnectAudit(  # connect-audit
         app_key=descriptor["key"], base_url=base_url, descriptor=descriptor, database=database,
-        install_keys=install_keys, authorization_server=authorization_server, **options,
+        install_keys=install_keys, authorization_server=authorization_server,
+        forge_app_ids=[FORGE_MANIFEST["app"]["id"]], forge_scopes=FORGE_MANIFEST["permissions"]["scopes"],
+        **options,
     )
 
     @asynccontextmanager
@@ -136,6 +151,47 @@ def create_app(*, base_url: str | None = None, database: str | None = None, inst
         ctx = connect_context(request)
         as_app = audit.client(ctx.client_key).as_app()
         return relay(as_app.get("/rest/api/content", params={"spaceKey": space_key}))
+
+    # ---------------------------------------------------------------- Forge Remote
+
+    @app.post("/forge/resolver")
+    def forge_resolver(request: Request, body: dict):
+        ctx = connect_context(request)  # connect-audit: the verified invocation is ctx.forge
+        confluence = audit.forge_client(ctx)
+        if body.get("call") == "mine":  # as the invoking user, with the x-forge-oauth-user token
+            return relay(confluence.as_user().get("/wiki/rest/api/user/current"))
+        if body.get("call") == "create":  # needs write:confluence-content, which the manifest lacks
+            page = {"type": "page", "title": "Made from a macro", "space": {"key": "DEV"}}
+            return relay(confluence.as_user().post("/wiki/rest/api/content", json=page))
+        space = body.get("space", "DEV")
+        return relay(confluence.as_app().get("/wiki/rest/api/content", params={"spaceKey": space}))
+
+    @app.post("/forge/events")
+    def forge_event(request: Request, body: dict):
+        ctx = connect_context(request)
+        if ctx.forge.redelivery:
+            return {"done": "already handled"}  # a retry of a delivery we acted on
+        page_id = (body.get("content") or {}).get("id")
+        if page_id:
+            response = audit.forge_client(ctx).as_app().get(f"/wiki/rest/api/content/{page_id}")
+            if response.status_code >= 500:
+                return JSONResponse({"error": "Confluence failed; Forge will retry"}, 503)
+        return {"done": True}
+
+    @app.post("/forge/schedule")
+    def forge_schedule(request: Request):
+        ctx = connect_context(request)
+        return relay(audit.forge_client(ctx).as_app().get("/wiki/rest/api/space"))
+
+    @app.post("/forge/lifecycle")
+    def forge_lifecycle():
+        # The middleware verified the token and recorded the installation (and its link to
+        # the Connect install of the same site).
+        return {"done": True}
+
+    @app.exception_handler(ForgeTokenUnavailable)
+    def no_forge_token(request: Request, exc: ForgeTokenUnavailable):
+        return JSONResponse({"error": "no usable Forge token for this call"}, 500)
 
     @app.exception_handler(UnknownTenant)
     def not_installed(request: Request, exc: UnknownTenant):
