@@ -266,7 +266,7 @@ class ForgeVerifier:
         invocation = self._read_claims(parsed, token or "")
         self._check_audience(claims, invocation.app_id)
         self._check_context(invocation, expect)
-        self._check_installation(invocation)
+        self._check_installation(invocation, lifecycle=expect.invocation == LIFECYCLE)
         return invocation
 
     def _read_claims(self, parsed: ParsedToken, token: str) -> VerifiedInvocation:
@@ -331,13 +331,13 @@ class ForgeVerifier:
         if expect.principal == "required" and inv.principal is None:
             raise errors.MissingClaim("the Forge token has no principal, which this UI route requires")
 
-    def _check_installation(self, inv: VerifiedInvocation) -> None:
+    def _check_installation(self, inv: VerifiedInvocation, *, lifecycle: bool) -> None:
         if self._installations is None:
             return
         known = self._installations.forge_installation(inv.installation_id)
         if known is None:
             return
-        if not known.active:
+        if not known.active and not lifecycle:  # an installed event is what makes it active again
             raise errors.InactiveInstall(f"the Forge installation {inv.installation_id} is uninstalled")
         if known.cloud_id and inv.cloud_id and known.cloud_id != inv.cloud_id:
             raise errors.ContextMismatch(

@@ -192,6 +192,23 @@ class InstallRegistry:
         self.invalidate_forge(inv.installation_id)
         return row
 
+    def mark_forge_uninstalled(self, installation_id: str, *, now: datetime | None = None) -> bool:
+        """Mark a Forge installation uninstalled; False when it was never seen.
+
+        Forge sends remotes no uninstall event (yet): an app that learns of it otherwise (a
+        product API answering 401/404 for the installation, an admin) records it here, and the
+        installation's tokens are then refused as ``inactive_install``.
+        """
+        with self.store.session(write=True) as session:
+            row = session.get(ForgeInstallation, installation_id)
+            if row is None:
+                return False
+            row.status, row.last_seen = "uninstalled", now or datetime.now(UTC)
+            session.add(row)
+            session.commit()
+        self.invalidate_forge(installation_id)
+        return True
+
     def forge_installation(self, installation_id: str) -> KnownInstallation | None:
         """The verifier's lookup (:class:`~collector.forge.InstallationLookup`), cached."""
         now = time.monotonic()
