@@ -209,7 +209,11 @@ def _https_url(
     value = _text(claims, path, required=required, what="an https URL")
     if value is None:
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - a malformed port raises here, not later
+    except ValueError as exc:
+        raise errors.InvalidClaim(f"{path} is not a URL: {_show(value, 80)}") from exc
     secure = parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in http_hosts)
     if not secure or not parts.hostname or parts.username or parts.password or parts.query or parts.fragment:
         raise errors.InvalidClaim(f"{path} must be an https URL without credentials, not {_show(value, 80)}")

@@ -168,36 +168,52 @@ class JwksUrlSource:
         self._fetched_at: float | None = None  # last successful read
         self._tried_at: float | None = None  # last attempt, successful or not
         self._last_error = ""
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the fields above, held briefly
+        self._fetch_lock = threading.Lock()  # held for a whole read
         #: Reads attempted so far (the tests and the benchmark read it).
         self.fetches = 0
 
     def public_key(self, kid: str) -> str:
         kid = validate_kid(kid)
-        with self._lock:  # one reader at a time: concurrent unknown kids share one read
-            now = self._clock()
-            stale = self._fetched_at is None or now - self._fetched_at >= self.ttl
-            if (kid not in self._keys or stale) and self._may_try(now):
-                self._refresh(now)
-            pem = self._keys.get(kid)
+        pem = self._fresh(kid)
+        if pem is None:
+            # One reader at a time: tokens with keys already held never wait for it, and
+            # concurrent unknown kids share one read.
+            with self._fetch_lock:
+                now = self._clock()
+                with self._lock:
+                    stale = self._fetched_at is None or now - self._fetched_at >= self.ttl
+                    wanted = (kid not in self._keys or stale) and self._may_try(now)
+                    if wanted:
+                        self._tried_at = now
+                        self.fetches += 1
+                if wanted:
+                    self._refresh(now)
+                with self._lock:
+                    pem = self._keys.get(kid)
         if pem is None:
             why = f" (last read failed: {self._last_error})" if self._last_error else ""
             raise errors.UnknownKid(f"the Forge JWKS has no key for kid {kid}{why}")
         return pem
 
+    def _fresh(self, kid: str) -> str | None:
+        with self._lock:
+            fresh = self._fetched_at is not None and self._clock() - self._fetched_at < self.ttl
+            return self._keys.get(kid) if fresh else None
+
     def _may_try(self, now: float) -> bool:
         return self._tried_at is None or now - self._tried_at >= self.refresh_interval
 
     def _refresh(self, now: float) -> None:
-        self._tried_at = now
-        self.fetches += 1
         try:
             keys = parse_jwks(self._read())
         except (errors.UnknownKid, ValueError) as exc:
-            self._last_error = str(exc)
+            with self._lock:
+                self._last_error = str(exc)
             log.warning("the Forge JWKS at %s could not be read: %s", self.url, exc)
             return
-        self._keys, self._fetched_at, self._last_error = keys, now, ""
+        with self._lock:
+            self._keys, self._fetched_at, self._last_error = keys, now, ""
 
     def _read(self) -> bytes:
         import requests
@@ -216,18 +232,31 @@ class JwksUrlSource:
         try:
             if response.status_code != 200:
                 raise errors.UnknownKid(f"HTTP {response.status_code}")
-            body = bytearray()
-            for chunk in response.iter_content(8192):
+            return self._body(response, deadline)
+        except requests.RequestException as exc:
+            raise errors.UnknownKid(f"the read failed ({type(exc).__name__})") from exc
+        finally:
+            response.close()
+
+    def _body(self, response: Any, deadline: float) -> bytes:
+        """The body, bounded in size and in total time. ``read1`` returns what one socket read
+        gives (iter_content would wait for a whole chunk), so a server dripping bytes meets the
+        deadline check after every drop; the socket timeout bounds a server that sends nothing."""
+        import urllib3
+
+        body = bytearray()
+        try:
+            while True:
+                chunk = response.raw.read1(8192)
+                if not chunk:
+                    return bytes(body)
                 body += chunk
                 if len(body) > self.max_bytes:
                     raise errors.UnknownKid(f"more than {self.max_bytes} bytes")
                 if time.monotonic() > deadline:
                     raise errors.UnknownKid(f"slower than {self.timeout:g} s")
-            return bytes(body)
-        except requests.RequestException as exc:
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise errors.UnknownKid(f"the read failed ({type(exc).__name__})") from exc
-        finally:
-            response.close()
 
     def _session_or_default(self) -> Any:
         if self._session is None:

@@ -33,7 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from collector import events as ev
-from collector.errors import REJECTION_CODES, ConfigurationError, ConnectAuditError
+from collector.errors import REJECTION_CODES, ConfigurationError, ConnectAuditError, ForgeTokenUnavailable
 from collector.models import ActorRollup, AuditEvent, EventRollup, EventRollupDaily, RollupState
 
 EVENTS = AuditEvent.__table__
@@ -47,7 +47,7 @@ DEFAULT_TIME_LIMIT = 10.0
 
 
 #: Every reason word the log can hold: a rejection code, a 403's cause, a refused exchange.
-REASONS = (*REJECTION_CODES, ev.SCOPE, ev.PERMISSION, ev.TOKEN_EXCHANGE_REFUSED)
+REASONS = (*REJECTION_CODES, ev.SCOPE, ev.PERMISSION, ev.TOKEN_EXCHANGE_REFUSED, ForgeTokenUnavailable.code)
 
 
 class FilterError(ConfigurationError):
@@ -106,6 +106,7 @@ class EventFilter:
     since: datetime | None = None
     until: datetime | None = None
     tenant: str | None = None
+    platform: str | None = None
     direction: str | None = None
     identity_kind: str | None = None
     account_id: str | None = None
@@ -122,6 +123,7 @@ class EventFilter:
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
                 raise FilterError(f"The filter's {name} must be timezone-aware (UTC)")
+        _check_word("platform", self.platform, ev.PLATFORMS)
         _check_word("direction", self.direction, ev.DIRECTIONS)
         _check_word("identity kind", self.identity_kind, ev.IDENTITY_KINDS)
         _check_word("outcome", self.outcome, ev.OUTCOMES)
@@ -163,9 +165,9 @@ class EventFilter:
                 values[f.name] = parse_time(text, now=now)
             elif f.name == "until":
                 values[f.name] = parse_time(text, now=now, end_of_day=True)
-            elif f.name == "method" or f.name == "scope":
-                values[f.name] = text.upper()
-            elif f.name in {"direction", "identity_kind", "outcome"}:
+            elif f.name == "method" or (f.name == "scope" and ":" not in text):
+                values[f.name] = text.upper()  # Connect scopes are upper case; OAuth scopes are not
+            elif f.name in {"platform", "direction", "identity_kind", "outcome"}:
                 values[f.name] = text.lower()
             else:
                 values[f.name] = text
@@ -198,6 +200,8 @@ class EventFilter:
 #: Filter field -> rollup column; fields absent here (path_contains, text) need the raw log.
 _ROLLUP_COLUMN = {
     "tenant": "tenant_client_key",
+    # Every Forge event, and no other, has a Forge auth method: the rollups answer by platform.
+    "platform": "auth_method",
     "direction": "direction",
     "identity_kind": "identity_kind",
     "account_id": "account_id",
@@ -250,6 +254,9 @@ def _column_conditions(flt: EventFilter, c: Any) -> list[sa.ColumnElement[bool]]
     conds = [c[name] == getattr(flt, name)
              for name in ("direction", "identity_kind", "account_id", "method", "outcome", "reason")
              if getattr(flt, name)]
+    if flt.platform:
+        forge = c.auth_method.in_(ev.FORGE_AUTH_METHODS)
+        conds.append(forge if flt.platform == ev.FORGE else sa.not_(forge))
     if flt.scope:
         conds.append(c.required_scope == flt.scope)
     if flt.status:
@@ -367,6 +374,7 @@ LIST_COLUMNS = (
     "event_type",
     "tenant_client_key",
     "tenant_base_url",
+    "platform",
     "auth_method",
     "identity_kind",
     "account_id",

@@ -138,6 +138,7 @@ def filter_options() -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for column in ("tenant_client_key", "method", "reason", "required_scope", "path_template"):
         out[column] = q.distinct_values(s, column)
+    out["platform"] = list(ev.PLATFORMS)
     out["direction"] = list(ev.DIRECTIONS)
     out["identity_kind"] = list(ev.IDENTITY_KINDS)
     out["outcome"] = list(ev.OUTCOMES)
@@ -206,22 +207,50 @@ def freshness(b: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def installs() -> list[dict[str, Any]]:
-    """Every tenant with product, baseUrl, status, scopes, first and last seen (no secrets)."""
+    """Every tenant with product, baseUrl, status, scopes, first and last seen (no secrets).
+
+    A Connect install linked to a Forge installation of the same site carries the
+    installation's id and the date of the switch (``forge_since``); a Forge installation with
+    no Connect install is a tenant of its own, keyed by its installation id.
+    """
     from collector.installs import InstallRegistry
 
+    registry = InstallRegistry(store())
+    forge = registry.list_forge_installations()
+    linked = {f.connect_client_key: f for f in forge if f.connect_client_key}
     rows = []
-    for inst in InstallRegistry(store()).list_installs():
+    for inst in registry.list_installs():
+        f = linked.get(inst.client_key)
         rows.append({
             "client_key": inst.client_key,
+            "platform": "connect + forge" if f else "connect",
             "base_url": inst.base_url,
             "product": inst.product,
             "status": inst.status,
             "declared_scopes": inst.declared_scopes,
             "description": inst.description,
             "first_seen": inst.first_seen,
-            "last_seen": inst.last_seen,
+            "last_seen": max(inst.last_seen, f.last_seen) if f else inst.last_seen,
+            "forge_installation": f.installation_id if f else None,
+            "forge_since": f.linked_at if f else None,
+            "forge_status": f.status if f else None,
+        })
+    for f in forge:
+        if f.connect_client_key:
+            continue
+        rows.append({
+            "client_key": f.installation_id, "platform": "forge",
+            "base_url": f.site_url or f.api_base_url or "", "product": _product(f.api_base_url),
+            "status": f.status, "declared_scopes": "", "description": None,
+            "first_seen": f.first_seen, "last_seen": f.last_seen,
+            "forge_installation": f.installation_id, "forge_since": f.first_seen, "forge_status": f.status,
         })
     return rows
+
+
+def _product(api_base_url: str | None) -> str:
+    parts = (api_base_url or "").split("/ex/", 1)
+    return parts[1].split("/", 1)[0] if len(parts) == 2 else "confluence"
 
 
 def lifecycle_timeline(client_key: str, *, limit: int = 100) -> list[dict[str, Any]]:

@@ -155,13 +155,14 @@ def guard() -> Iterator[None]:
 # --------------------------------------------------------------------------- filter bar
 
 ALL_FIELDS = (
-    "range", "tenant", "direction", "identity_kind", "outcome", "status", "reason",
+    "range", "tenant", "platform", "direction", "identity_kind", "outcome", "status", "reason",
     "method", "scope", "account_id", "path_contains", "text",
 )
 _EVENT_FIELDS = tuple(f for f in ALL_FIELDS if f != "range")
 _URL_KEYS = (*ALL_FIELDS, "since", "until")
 _LABELS = {
     "tenant": "Tenant",
+    "platform": "Platform",
     "direction": "Direction",
     "identity_kind": "Acting as",
     "outcome": "Outcome",
@@ -173,7 +174,7 @@ _LABELS = {
     "path_contains": "Path contains",
     "text": "Search",
 }
-_SELECTS = {"tenant", "direction", "identity_kind", "outcome", "reason", "method", "scope"}
+_SELECTS = {"tenant", "platform", "direction", "identity_kind", "outcome", "reason", "method", "scope"}
 
 
 def _state() -> dict[str, str]:

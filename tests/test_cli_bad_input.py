@@ -205,6 +205,7 @@ MALFORMED_FILTERS = {
     "since": ["2026-02-30"],
     "until": ["tomorrowish"],
     "status": ["4x"],
+    "platform": ["mainframe"],
     "direction": ["sideways"],
     "identity_kind": ["robot"],
     "outcome": ["maybe"],

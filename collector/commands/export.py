@@ -18,6 +18,7 @@ FILTER_FLAGS = (
     ("--since", "since", "oldest time included: ISO-8601 date/datetime (UTC) or an age like 7d"),
     ("--until", "until", "time excluded onwards; a bare date includes that whole day"),
     ("--tenant", "tenant", "a tenant's clientKey (or its baseUrl)"),
+    ("--platform", "platform", "connect or forge"),
     ("--direction", "direction", "incoming, outgoing, lifecycle or internal"),
     ("--identity-kind", "identity_kind", "app_user, user or anonymous"),
     ("--account", "account_id", "the acting user's accountId"),
@@ -25,7 +26,7 @@ FILTER_FLAGS = (
     ("--status", "status", "an HTTP status (403) or class (4xx)"),
     ("--reason", "reason", "a rejection code, or scope / permission for a 403"),
     ("--method", "method", "an HTTP method"),
-    ("--scope", "scope", "the required scope (READ, WRITE, ...)"),
+    ("--scope", "scope", "the required scope (READ, WRITE, ...; for Forge an OAuth scope)"),
     ("--path", "path_contains", "text the path contains"),
     ("--text", "text", "free text searched in tenant, account, path, reason and ids"),
 )

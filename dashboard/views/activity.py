@@ -64,6 +64,7 @@ event = ui.table(
             "reason": r["reason"],
             "site": ui.site(r["tenant_base_url"]),
             "scope": r["required_scope"],
+            "platform": r["platform"],
             "auth": r["auth_method"],
             "direction": r["direction"],
             "latency ms": r["latency_ms"],

@@ -5,7 +5,7 @@ import streamlit as st
 from dashboard import queries, ui
 
 st.title("Denials")
-flt = ui.filter_bar(("range", "tenant", "direction"))
+flt = ui.filter_bar(("range", "tenant", "platform", "direction"))
 with ui.guard():
     data = queries.denials(flt)
 

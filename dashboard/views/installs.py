@@ -1,4 +1,5 @@
-"""Installs: every tenant, its scopes and status, and its lifecycle timeline."""
+"""Installs: every tenant (Connect, Forge, or both once a site moved), its scopes and status,
+and its lifecycle timeline."""
 
 import streamlit as st
 
@@ -18,8 +19,11 @@ event = ui.table(
         {
             "tenant": i["client_key"],
             "base URL": i["base_url"],
+            "platform": i["platform"],
             "product": i["product"],
             "status": i["status"],
+            "Forge installation": i["forge_installation"],
+            "on Forge since": i["forge_since"],
             "declared scopes": i["declared_scopes"],
             "first seen": i["first_seen"],
             "last seen": i["last_seen"],
@@ -38,6 +42,9 @@ st.subheader("Tenant")
 st.text(f"{chosen['base_url']}  ({chosen['client_key']})")
 if chosen["description"]:
     st.text(chosen["description"])
+if chosen["forge_installation"] and chosen["platform"] != "forge":
+    st.text(f"Forge installation {chosen['forge_installation']} ({chosen['forge_status']}), "
+            f"linked {ui.fmt_time(chosen['forge_since'])}: its Forge events are filed under this tenant.")
 st.page_link("views/activity.py", label="Open its activity", icon=":material/list:",
              query_params={"tenant": chosen["client_key"], "range": "30d"})
 st.subheader("Lifecycle timeline")

@@ -5,7 +5,7 @@ import streamlit as st
 from dashboard import queries, ui
 
 st.title("Overview")
-flt = ui.filter_bar(("range", "tenant"))
+flt = ui.filter_bar(("range", "tenant", "platform"))
 with ui.guard():
     data = queries.overview(flt)
     sites = queries.tenant_sites()

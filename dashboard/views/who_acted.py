@@ -5,7 +5,7 @@ import streamlit as st
 from dashboard import queries, ui
 
 st.title("Who acted")
-flt = ui.filter_bar(("range", "tenant", "direction", "method"))
+flt = ui.filter_bar(("range", "tenant", "platform", "direction", "method"))
 with ui.guard():
     data = queries.who_acted(flt)
 
