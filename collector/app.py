@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from collector import config
 from collector.errors import ConfigurationError
@@ -282,12 +281,11 @@ def _forge_keys(spec: str | None) -> Any:
 def _forge_verifier(audit: ConnectAudit, keys: Any, leeway: int, max_lifetime: int) -> Any:
     """The FIT verifier; with no Forge app configured it refuses every FIT as wrong_audience."""
     from collector.forge import ForgeVerifier
-    from collector.jwks import JwksUrlSource
-    from collector.keys import is_loopback
+    from collector.jwks import is_local
     from collector.tokens import VerifyPolicy
 
-    # A key set served over loopback http is a simulator: its apiBaseUrls are loopback http too.
-    loopback = isinstance(keys, JwksUrlSource) and is_loopback(urlsplit(keys.url).hostname)
+    # Keys from this machine are a simulator's: its apiBaseUrls are loopback http too.
+    loopback = keys is not None and is_local(keys)
     return ForgeVerifier(
         audit.forge_app_ids, keys=keys, installations=audit.registry, clock=audit.clock,
         policy=VerifyPolicy(leeway=leeway, max_lifetime=max_lifetime),

@@ -131,6 +131,7 @@ class TenantClient:
         self.audit = audit
         self.client_key = client_key
         self.base_url = tenant.base_url
+        self.tenant_base_url = tenant.base_url  # the site, as the log names it
         self.product = tenant.product
         self.oauth_client_id = tenant.oauth_client_id
         self.declared_scopes = tenant.declared_scopes.strip()
@@ -333,7 +334,7 @@ class _Call:
             identity_kind=identity.kind,
             ts=self.ts,
             tenant_client_key=client.client_key,
-            tenant_base_url=client.base_url,
+            tenant_base_url=client.tenant_base_url,
             product=client.product,
             account_id=identity.account_id,
             method=self.method,
@@ -447,6 +448,7 @@ class ForgeClient:
         self.invocation = invocation
         self.client_key = invocation.tenant_key
         self.base_url = invocation.api_base_url.rstrip("/")
+        self.tenant_base_url = invocation.site_base_url or self.base_url
         self.product = _product_of(self.base_url)
         self.declared_scopes = " ".join(audit.forge_scopes)
         self.adapter = adapter if adapter is not None else audit.http_adapter

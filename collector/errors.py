@@ -125,7 +125,9 @@ class InvalidClaim(TokenRejected):
     """Raised when a claim has the wrong type or an impossible value."""
 
     code = "invalid_claim"
-    fix = "iat, exp and nbf are integer seconds since the epoch (not milliseconds); iss and qsh are strings."
+    fix = ("iat, exp and nbf are integer seconds since the epoch (not milliseconds); iss and qsh are "
+           "strings. In a Forge token app.installationId is an installation ARI and app.apiBaseUrl an "
+           "https URL.")
 
 
 class LifetimeTooLong(TokenRejected):

@@ -478,6 +478,8 @@ class ForgeInvocation:
     span_id: str | None = None
     retry_count: int = 0
     redelivery: bool = False
+    #: The site as the log names it: the linked Connect install's baseUrl, else the site URL.
+    site_base_url: str | None = None
 
     @property
     def installation_id(self) -> str:

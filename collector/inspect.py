@@ -198,15 +198,11 @@ def inspect_token(
             # Without the body's clientKey, compare iss with itself: everything else is checked.
             iss = (claims or {}).get("iss")
             fallback = iss if isinstance(iss, str) else ""
-            verifier.verify_lifecycle(
-                cleaned, method, url, body_client_key=body_client_key or fallback
-            )
+            verifier.verify_lifecycle(cleaned, method, url, body_client_key=body_client_key or fallback)
         elif with_request:
             verifier.verify_request(cleaned, method, url, endpoint=endpoint)
         else:
-            verifier.verify_signature_and_claims(
-                cleaned, endpoint=endpoint, body_client_key=body_client_key
-            )
+            verifier.verify_signature_and_claims(cleaned, endpoint=endpoint, body_client_key=body_client_key)
     except errors.TokenRejected as exc:
         reason = exc.code
         detail, fix = _sentence(exc.detail), exc.fix
@@ -231,8 +227,7 @@ def inspect_token(
     }
     if endpoint is Endpoint.LIFECYCLE and body_client_key is None:
         report["hints"].append(
-            "The token's iss was not compared with the callback body's clientKey "
-            "(give --body-client-key)."
+            "The token's iss was not compared with the callback body's clientKey (give --body-client-key)."
         )
     token_qsh = (claims or {}).get("qsh")
     if with_request and isinstance(token_qsh, str):
@@ -270,3 +265,146 @@ def _qsh_report(
         "context_token": token_qsh == CONTEXT_QSH,
         "diagnosis": None if found.matches else found.as_dict(),
     }
+
+
+# --------------------------------------------------------------------------- Forge
+
+_PRODUCT_HEADERS = {"x-forge-oauth-system:": "system", "x-forge-oauth-user:": "user"}
+_PRODUCT_USE = {
+    "system": "calls to the invocation's app.apiBaseUrl as the app's bot user (asApp), "
+    "sent as 'Authorization: Bearer <token>'",
+    "user": "calls to the invocation's app.apiBaseUrl as the invoking user (asUser), "
+    "sent as 'Authorization: Bearer <token>'",
+    None: "calls to app.apiBaseUrl as the app (x-forge-oauth-system) or as the invoking user "
+    "(x-forge-oauth-user), sent as 'Authorization: Bearer <token>'",
+}
+
+
+def _product_kind(text: str) -> tuple[str | None, str]:
+    """The kind named by a pasted ``x-forge-oauth-...:`` header line, and the rest."""
+    stripped = text.strip()
+    for prefix, kind in _PRODUCT_HEADERS.items():
+        if stripped.lower().startswith(prefix):
+            return kind, stripped[len(prefix) :]
+    return None, text
+
+
+def _is_invocation_token(claims: dict[str, Any] | None) -> bool:
+    from collector.forge import FORGE_ISSUER
+
+    return bool(claims) and (claims.get("iss") == FORGE_ISSUER or isinstance(claims.get("app"), dict))
+
+
+def inspect_forge_token(
+    token: str | None,
+    *,
+    app_ids: tuple[str, ...] | list[str],
+    keys: KeySource | None,
+    now: float,
+    leeway: int = 30,
+    installations: Any = None,
+) -> dict[str, Any]:
+    """Explain a Forge token: an invocation token (verified as the middleware verifies it) or
+    a pasted ``x-forge-oauth-system`` / ``-user`` product token (its expiry and use).
+
+    Same report shape as :func:`inspect_token`, with ``endpoint`` ``forge`` and a ``forge``
+    section: for an invocation token the installation, cloudId, site, environment, module,
+    principal and app version; for a product token ``kind`` and ``usable_for``. A product
+    token's verdict is ``usable`` or ``rejected`` (``expired``): it is opaque to the app and
+    verified by Atlassian, so only its ``exp`` can be checked here.
+    """
+    from collector.forge import ForgeVerifier, product_token_expiry
+
+    kind, rest = _product_kind(token or "")
+    cleaned = clean_pasted_token(rest)
+    header, claims = decode_for_display(cleaned)
+    report: dict[str, Any] = {
+        "header": header,
+        "claims": claims,
+        "endpoint": "forge",
+        "install": None,
+        "qsh_checked": False,
+        "fingerprint": token_fingerprint(cleaned) if cleaned else None,
+        "now": {"epoch": now, "utc": _utc(now)},
+        "times": _times(claims, now),
+        "hints": _hints(claims, now, leeway, cleaned != (token or "").strip(), None),
+    }
+    if kind is not None or (claims is not None and not _is_invocation_token(claims)):
+        exp = product_token_expiry(cleaned) if cleaned else None
+        expired = exp is not None and now >= exp
+        report.update(
+            {
+                "verdict": "rejected" if expired else "usable",
+                "reason": "expired" if expired else None,
+                "detail": _product_detail(kind, exp, now),
+                "fix": errors.ForgeTokenExpired.fix if expired else None,
+                "forge": {
+                    "token": "product",
+                    "kind": kind,
+                    "usable_for": _PRODUCT_USE[kind],
+                },
+            }
+        )
+        return report
+    from collector.jwks import is_local
+
+    verifier = ForgeVerifier(
+        app_ids, keys=keys, installations=installations, clock=lambda: now,
+        policy=VerifyPolicy(leeway=leeway),
+        http_api_hosts=("127.0.0.1", "localhost") if keys is not None and is_local(keys) else (),
+    )
+    try:
+        inv = verifier.verify(cleaned)
+    except errors.TokenRejected as exc:
+        report.update(
+            {
+                "verdict": "rejected",
+                "reason": exc.code,
+                "detail": _sentence(exc.detail),
+                "fix": exc.fix,
+                "forge": {"token": "invocation"},
+            }
+        )
+        if exc.code == "wrong_audience" and not app_ids:
+            report["hints"].append("Give the app's ARI (--app-id ari:cloud:ecosystem::app/<id>).")
+        return report
+    summary = inv.summary()
+    report.update(
+        {
+            "verdict": "accepted",
+            "reason": None,
+            "fix": None,
+            "detail": f"The invocation token is valid: installation {inv.installation_id}, "
+            f"module {inv.module_key}.",
+            "forge": {
+                "token": "invocation",
+                **{
+                    k: summary[k]
+                    for k in (
+                        "installation_id",
+                        "cloud_id",
+                        "site_url",
+                        "api_base_url",
+                        "environment",
+                        "environment_id",
+                        "module_key",
+                        "module_type",
+                        "app_version",
+                        "principal",
+                    )
+                },
+            },
+        }
+    )
+    if inv.principal is None:
+        report["hints"].append("No principal: a product event, a scheduled trigger or a backend call.")
+    return report
+
+
+def _product_detail(kind: str | None, exp: int | None, now: float) -> str:
+    what = f"A Forge {kind} token" if kind else "Not a Forge invocation token: read as a Forge product token"
+    if exp is None:
+        return f"{what}; it has no readable exp, so its expiry cannot be told (it is opaque to the app)."
+    if now >= exp:
+        return f"{what}; it expired {_relative(exp - now)}, at {_utc(exp)}."
+    return f"{what}; it expires {_relative(exp - now)}, at {_utc(exp)}."

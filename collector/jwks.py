@@ -270,6 +270,14 @@ class JwksUrlSource:
         return f"JwksUrlSource({self.url!r})"
 
 
+def is_local(source: KeySource) -> bool:
+    """Whether keys come from this machine (a file, a directory, a loopback URL): a simulator or
+    a test, whose invocation tokens may then name a loopback ``http`` apiBaseUrl."""
+    if isinstance(source, JwksUrlSource):
+        return is_loopback(urlsplit(source.url).hostname)
+    return isinstance(source, JwksFileSource | DirectoryKeySource)
+
+
 def jwks_source(spec: str | None = None) -> KeySource:
     """The key source a spec names: an ``https://`` JWKS URL (``http://`` on loopback only), a
     JWKS file, or a directory of ``<kid>.pem`` files. ``None`` means ``CONNECT_AUDIT_FORGE_JWKS``,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import io
 import json
 import logging
@@ -284,6 +285,7 @@ class Gate:
         )
         ex.forge_extra.update(_product_token_notes(ex.forge))
         self._describe_forge_tenant(ex, known)
+        ex.forge = dataclasses.replace(ex.forge, site_base_url=ex.tenant_base_url)
         ex.context = ConnectContext(
             route=self._template(ex), auth=FORGE, request_id=ex.request_id, client_key=known.tenant_key,
             base_url=ex.tenant_base_url, account_id=verified.principal,

@@ -5,8 +5,12 @@ Starts the Confluence host simulator and the Flask example app on ephemeral loop
 install the app on its sites with signed lifecycle callbacks, then drives a realistic mix
 of requests over HTTP (page loads, webhooks, context-token calls; the app calling
 Confluence as its app user and as users; scope and permission 403s; every way a token is
-refused; hostile data; a site that uninstalls). Every event is recorded by the collector
-exactly as in production, into ``--database``. Progress goes to stderr, a summary to stdout.
+refused; hostile data; a site that uninstalls). The app is also a Connect-on-Forge app: one
+site runs it on Forge from the start, one moves from Connect to Forge part-way, and their
+Forge invocations (resolvers, product events and retried deliveries, scheduled triggers,
+refused invocation tokens) and asApp/asUser calls are recorded in the same log. Every event
+is recorded by the collector exactly as in production, into ``--database``. Progress goes to
+stderr, a summary to stdout.
 
 ``--if-empty`` makes it a no-op on a store that already has events: ``make run`` seeds the
 embedded default this way before starting the dashboard.
@@ -20,6 +24,8 @@ import sys
 from collector.commands import add_database_option
 
 DEFAULT_EVENTS = 600
+#: The site that runs the app on Forge from the start; traffic's ``move`` site switches mid-demo.
+FORGE_FROM_START = "acme"
 
 
 def _count(text: str) -> int:
@@ -38,8 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the example app against a simulated Confluence and record the traffic",
         description=(
             "Start a simulated Confluence Cloud and the Flask example app on loopback, install the "
-            "app, drive N realistic requests over HTTP (including 403s, refused tokens and hostile "
-            "data) and record every call in the audit store."
+            "app (Connect, and on Forge for some sites, one of which moves mid-demo), drive N "
+            "realistic requests over HTTP (including 403s, refused tokens and hostile data) and "
+            "record every call in the audit store."
         ),
     )
     add_database_option(parser)
@@ -82,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         app = flask_example.create_app(
             base_url=server.url, database=url, install_keys=sim.install_keys_url,
             authorization_server=sim.authorization_server, instance_id=instance_id, durability="normal",
+            forge_jwks=sim.forge.jwks_url,
         )
         audit = app.extensions["connect_audit"]
         try:
@@ -93,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
                     response = sim.install(name)
                     if response.status_code != 204:
                         raise RuntimeError(f"installing on {name} failed with HTTP {response.status_code}")
+                sim.forge.deploy(flask_example.FORGE_MANIFEST, server.url)
+                response = sim.forge.install(FORGE_FROM_START)  # Connect-on-Forge from the start
+                if response.status_code != 200:
+                    raise RuntimeError(f"the Forge install on {FORGE_FROM_START} failed: "
+                                       f"HTTP {response.status_code}")
                 bar = ProgressBar("connect-audit demo", args.events, unit="requests")
                 drive(sim, plan(args.events, seed, list(sim.tenants)), progress=bar.update)
                 bar.finish()
@@ -129,6 +142,9 @@ def _summary(store, instance_id: str) -> dict:
         return {
             "outcomes": dict(by(AuditEvent.outcome)),
             "directions": dict(by(AuditEvent.direction)),
+            "platforms": dict(by(AuditEvent.platform)),
+            "forge_retries": conn.execute(sa.select(count).where(
+                mine, AuditEvent.platform == "forge", AuditEvent.event_type == "retry")).scalar_one(),
             "tenants": sorted(by(AuditEvent.tenant_base_url, AuditEvent.tenant_base_url.is_not(None))),
             "reasons": by(AuditEvent.reason, AuditEvent.reason.is_not(None)),
         }
@@ -145,6 +161,11 @@ def _print_summary(summary: dict, requests: int, seconds: float, store_url: str,
     out.write("By direction:\n")
     for direction in ("incoming", "outgoing", "lifecycle"):
         out.write(f"  {direction:<10} {summary['directions'].get(direction, 0):>7,}\n")
+    out.write("By platform:\n")
+    for platform in ("connect", "forge"):
+        out.write(f"  {platform:<10} {summary['platforms'].get(platform, 0):>7,}\n")
+    out.write(f"  (Forge deliveries retried: {summary['forge_retries']:,}, recorded as retries, "
+              "not as new actions)\n")
     out.write("Refusals and 403s by reason:\n")
     for reason, count in summary["reasons"]:
         out.write(f"  {reason:<24} {count:>7,}\n")

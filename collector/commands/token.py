@@ -8,6 +8,12 @@ request, both qsh values and the diagnosis of a mismatch. Exit status: 0 accepte
 
 Installs (the shared secret for ``iss``) come from ``--installs FILE``, a JSON object
 ``{clientKey: sharedSecret}``, or else from the audit store (``--database`` or the default).
+
+``--endpoint forge`` inspects a Forge Invocation Token against ``--app-id ARI`` (repeatable)
+and the keys of ``--jwks URL|FILE|DIR`` (default ``CONNECT_AUDIT_FORGE_JWKS``, else Forge's
+JWKS), and shows the installation, principal, module, environment and times; a pasted
+``x-forge-oauth-system`` / ``x-forge-oauth-user`` token shows its expiry and what it may be
+used for (exit 0 while usable, 1 once expired).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ _STDIN_LIMIT = 2 * 1024 * 1024
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "token",
-        help="inspect a Connect JWT: verdict, reason, fix, claims, qsh diagnosis",
+        help="inspect a Connect JWT or a Forge token: verdict, reason, fix, claims, qsh diagnosis",
         description="Work with Connect JWTs.",
     )
     actions = parser.add_subparsers(dest="token_command", metavar="ACTION", required=True)
@@ -46,9 +52,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     inspect.add_argument("--url", metavar="URL", help="the request's URL or path and query")
     inspect.add_argument(
         "--endpoint",
-        choices=("request", "context", "lifecycle"),
+        choices=("request", "context", "lifecycle", "forge"),
         default="request",
-        help="the kind of route the token reached (default request)",
+        help="the kind of route the token reached (default request); forge: a Forge invocation "
+             "token, or a pasted x-forge-oauth-system/-user token",
+    )
+    inspect.add_argument(
+        "--app-id", metavar="ARI", action="append", default=[],
+        help="forge: the app's ARI (ari:cloud:ecosystem::app/<id>), the aud a FIT must carry; repeatable",
+    )
+    inspect.add_argument(
+        "--jwks", metavar="URL|FILE|DIR",
+        help="forge: where the signing keys are (default CONNECT_AUDIT_FORGE_JWKS or Forge's JWKS)",
     )
     inspect.add_argument(
         "--installs", metavar="FILE", help="a JSON object {clientKey: sharedSecret}"
@@ -96,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
             "--endpoint lifecycle needs --app-base-url (the aud the callback must carry)"
         )
     pasted = sys.stdin.read(_STDIN_LIMIT) if args.token == _STDIN else args.token
+    if args.endpoint == "forge":
+        return _inspect_forge(args, pasted)
     keys = None
     if args.endpoint == "lifecycle":
         from collector.keys import key_source
@@ -124,6 +141,25 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(report))
     return 0 if report["verdict"] == "accepted" else 1
+
+
+def _inspect_forge(args: argparse.Namespace, pasted: str) -> int:
+    import time
+
+    from collector.errors import ConfigurationError
+    from collector.forge import APP_ARI
+    from collector.inspect import inspect_forge_token
+    from collector.jwks import jwks_source
+
+    for app_id in args.app_id:
+        if not APP_ARI.fullmatch(app_id):
+            raise ConfigurationError(f"--app-id {app_id!r} is not an app ARI (ari:cloud:ecosystem::app/<id>)")
+    report = inspect_forge_token(
+        pasted, app_ids=args.app_id, keys=jwks_source(args.jwks),
+        now=time.time() if args.now is None else args.now, leeway=args.leeway,
+    )
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else render(report))
+    return 0 if report["verdict"] in ("accepted", "usable") else 1
 
 
 def _installs(args: argparse.Namespace, notes: list[str]) -> tuple[Any, Any]:
@@ -181,6 +217,14 @@ def load_installs_file(path: str) -> dict[str, Any]:
     return installs
 
 
+_FORGE_LABELS = {
+    "installation_id": "install", "principal": "principal", "module_key": "module",
+    "module_type": "module typ", "environment": "env", "environment_id": "env id", "cloud_id": "cloud id",
+    "site_url": "site", "api_base_url": "api base", "app_version": "version", "kind": "kind",
+    "usable_for": "usable for",
+}
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
@@ -217,6 +261,9 @@ def render(report: dict[str, Any]) -> str:
             row("diagnosis", f"{mistake}: {explanation}" if mistake else explanation)
             if diagnosis.get("mistaken_canonical"):
                 row("signed as", diagnosis["mistaken_canonical"])
+    for name, value in (report.get("forge") or {}).items():
+        if value is not None and name in _FORGE_LABELS:
+            row(_FORGE_LABELS[name], value)
     row("token", report["fingerprint"] or "(none)")
     for hint in report["hints"]:
         row("hint", hint)

@@ -100,6 +100,9 @@ class ForgeHost:
         self._token_secret = secrets.token_urlsafe(32)
         self._tokens: dict[str, _ProductToken] = {}
         self.app: ForgeApp | None = None
+        #: Page ids whose next read fails with a 503 (once each): how the demo shows Forge retrying
+        #: an event delivery after the remote answered an error.
+        self.flaky_pages: set[str] = set()
         #: Counters: jwks (JWKS reads), invocations, attempts, rest_calls.
         self.stats = sim.stats
 
@@ -434,6 +437,10 @@ class ForgeHost:
         handler = _HANDLERS.get(required.operation_id)
         if handler is None:
             raise HostError(501, f"The simulator does not implement {required.operation_id}")
+        page_id = site_path.rstrip("/").rsplit("/", 1)[-1]
+        if required.operation_id == "getContentById" and page_id in self.flaky_pages:
+            self.flaky_pages.discard(page_id)
+            raise HostError(503, "Service Unavailable: try again later")
         return handler(self.sim, tenant, user, environ, site_path)
 
     def _authenticate(self, environ: dict, tenant: Tenant) -> Any:

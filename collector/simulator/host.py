@@ -770,7 +770,8 @@ class _OAuthError(Exception):
 
 
 _REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 501: "Not Implemented"}
+            404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 501: "Not Implemented",
+            503: "Service Unavailable"}
 
 
 def _read_form(environ: dict) -> dict[str, str]:

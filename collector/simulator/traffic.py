@@ -7,6 +7,12 @@ API calls; calls the app makes as its app user and as users; 403s from missing s
 from missing permissions; every way a token can be refused; hostile titles and queries; a
 site that disables and re-enables the app; and a site that uninstalls it part-way, after
 which its stale iframes keep calling.
+
+Forge traffic comes from sites where the Connect-on-Forge app is installed on Forge
+(:data:`FORGE_KINDS`: resolver calls as the app and as the user, scope and permission 403s,
+product events, a delivery Forge retries after the remote failed, scheduled triggers, and every
+way an invocation token is refused). A site that moves to Forge part-way (``move``) keeps its
+Connect install, and from then on its actions arrive as Forge invocations.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 
 import requests
 
+from collector.simulator.forge import FORGE_MISBEHAVIOURS
 from collector.simulator.host import LIFECYCLE_MISBEHAVIOURS, MISBEHAVIOURS, ConfluenceSimulator
 from collector.simulator.site import HOSTILE_TITLES
 
@@ -42,7 +49,17 @@ class Action:
 MIX = {
     "page_load": 20, "webhook": 10, "me": 8, "search": 10, "create_page": 8, "update_page": 5,
     "delete_page": 4, "space_pages": 8, "bad_token": 12, "bad_lifecycle": 3,
+    "forge_resolver": 10, "forge_mine": 5, "forge_create": 3, "forge_event": 6, "forge_schedule": 2,
+    "forge_bad_token": 5,
 }
+#: The Forge kinds, and what a Connect action becomes on a site that moved to Forge.
+FORGE_KINDS = frozenset(k for k in MIX if k.startswith("forge_"))
+ON_FORGE = {"page_load": "forge_resolver", "space_pages": "forge_resolver", "me": "forge_mine",
+            "search": "forge_mine", "create_page": "forge_create", "update_page": "forge_create",
+            "delete_page": "forge_resolver", "webhook": "forge_event", "bad_token": "forge_bad_token",
+            "bad_lifecycle": "forge_bad_token"}
+MACRO = "recent-pages-macro"
+PAGE_EVENT = "avi:confluence:created:page"
 
 
 def plan(n: int, seed: int, tenants: list[str]) -> list[Action]:
@@ -62,8 +79,10 @@ def plan(n: int, seed: int, tenants: list[str]) -> list[Action]:
             arg = rng.choice(sorted(LIFECYCLE_MISBEHAVIOURS))
         elif kind == "search":
             arg = rng.choice(SEARCH_TERMS)
-        elif kind == "space_pages":
+        elif kind == "space_pages" or kind == "forge_resolver":
             arg = rng.choice(("DEV", "DEV", "MKT", "HR"))
+        elif kind == "forge_bad_token":
+            arg = rng.choice(sorted(FORGE_MISBEHAVIOURS))
         actions.append(Action(kind, tenant, arg, rng.randrange(1 << 30)))
     return actions
 
@@ -73,11 +92,24 @@ class _Runner:
         self.sim = sim
         self.statuses: Counter[int] = Counter()
         self.failures = 0
+        self.moved: set[str] = set()  # sites whose traffic now arrives through Forge
         self._lock = threading.Lock()
+
+    def _kind(self, action: Action) -> str:
+        on_forge = self.sim.tenant(action.tenant).forge_status == "installed" and self.sim.forge.app
+        if action.kind in FORGE_KINDS and not on_forge:
+            return "page_load"  # the site has no Forge installation (yet): Connect traffic
+        if action.tenant in self.moved and action.kind in ON_FORGE:
+            return ON_FORGE[action.kind]
+        return action.kind
 
     def run(self, action: Action) -> None:
         try:
-            response = getattr(self, f"_{action.kind}")(action)
+            kind = self._kind(action)
+            if kind == "forge_bad_token" and action.kind != kind:
+                action = Action(kind, action.tenant, sorted(FORGE_MISBEHAVIOURS)[action.choice % len(
+                    FORGE_MISBEHAVIOURS)], action.choice)
+            response = getattr(self, f"_{kind}")(action)
         except requests.RequestException:
             with self._lock:
                 self.failures += 1
@@ -130,6 +162,32 @@ class _Runner:
             return self.sim.webhook(a.tenant, "page_created", misbehave="replay")
         return self.sim.page_load(a.tenant, user=self._user(a), misbehave=a.arg)
 
+    # -- Forge ---------------------------------------------------------------------
+
+    def _forge_resolver(self, a: Action):
+        space = a.arg or ("DEV", "DEV", "MKT", "HR")[a.choice % 4]
+        return self.sim.forge.resolver(a.tenant, MACRO, {"space": space}, user=self._user(a))
+
+    def _forge_mine(self, a: Action):
+        return self.sim.forge.resolver(a.tenant, MACRO, {"call": "mine"}, user=self._user(a))
+
+    def _forge_create(self, a: Action):
+        return self.sim.forge.resolver(a.tenant, MACRO, {"call": "create"}, user=self._user(a))
+
+    def _forge_event(self, a: Action):
+        page_id = self._page_id(a)
+        if a.choice % 4 == 0:
+            self.sim.forge.flaky_pages.add(page_id)  # the app fails once; Forge retries the delivery
+        body = {"eventType": PAGE_EVENT, "atlassianId": self._user(a),
+                "content": {"id": page_id, "type": "page"}, "eventId": f"evt-{a.choice}"}
+        return self.sim.forge.deliver(a.tenant, PAGE_EVENT, body)
+
+    def _forge_schedule(self, a: Action):
+        return self.sim.forge.schedule(a.tenant, "hourly-digest")
+
+    def _forge_bad_token(self, a: Action):
+        return self.sim.forge.resolver(a.tenant, MACRO, user=self._user(a), misbehave=a.arg)
+
     def _bad_lifecycle(self, a: Action):
         tenant = self.sim.tenant(a.tenant)
         misbehave = a.arg
@@ -142,23 +200,31 @@ class _Runner:
 
 def drive(sim: ConfluenceSimulator, actions: list[Action], *, workers: int = 4,
           progress: Callable[[int, int], None] | None = None,
-          uninstall: str | None = "initech", toggle: str | None = "globex") -> Counter[int]:
+          uninstall: str | None = "initech", toggle: str | None = "globex",
+          move: str | None = "globex") -> Counter[int]:
     """Send ``actions`` to the app from ``workers`` threads; returns the app's status counts.
 
     Part-way through, ``toggle`` is disabled and re-enabled (calls in between are refused as
-    an inactive install) and ``uninstall`` uninstalls the app for good.
+    an inactive install), ``uninstall`` uninstalls the app for good, and (when the simulator
+    has a Forge app deployed) ``move`` installs the Forge app and sends its traffic through
+    Forge from then on.
     """
     runner = _Runner(sim)
     total = len(actions)
     milestones = {int(total * 0.4): ("disable", toggle), int(total * 0.5): ("enable", toggle),
                   int(total * 0.75): ("uninstall", uninstall)}
+    if move and sim.forge.app is not None and move in sim.tenants:
+        milestones[int(total * 0.6)] = ("move", move)
     done = 0
     chunk = max(1, min(50, total // 20 or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="demo-host") as pool:
         for start in range(0, total, chunk):
             for index in range(start, min(start + chunk, total)):
                 action, name = milestones.get(index, (None, None))
-                if action and name in sim.tenants and sim.tenant(name).status != "uninstalled":
+                if action == "move":
+                    sim.forge.install(name)
+                    runner.moved.add(name)
+                elif action and name in sim.tenants and sim.tenant(name).status != "uninstalled":
                     getattr(sim, action)(name)
             list(pool.map(runner.run, actions[start : start + chunk]))
             done = min(start + chunk, total)
