@@ -42,6 +42,8 @@ __all__ = [
 FOLD_INTERVAL = 5.0
 #: Interactive reads give up after this many seconds with a sentence, not a hung page.
 PAGE_TIME_LIMIT = 8.0
+#: Forge app ARIs the token debugger accepts besides those seen in the store (space separated).
+FORGE_APP_IDS_ENV = "CONNECT_AUDIT_FORGE_APP_IDS"
 
 # --------------------------------------------------------------------------- the store
 
@@ -384,6 +386,8 @@ def inspect_token(
 
     from collector.inspect import inspect_token as _inspect
 
+    if endpoint == "forge":
+        return _inspect_forge(token, verify_with_store=verify_with_store, now=time.time())
     installs = None
     keys = None
     if verify_with_store:
@@ -405,6 +409,28 @@ def inspect_token(
         app_base_url=app_base_url or None,
         body_client_key=body_client_key or None,
         now=time.time(),
+    )
+
+
+def forge_app_ids() -> list[str]:
+    """The Forge app ARIs to accept: ``CONNECT_AUDIT_FORGE_APP_IDS`` and every app seen in the store."""
+    import os
+
+    from collector.installs import InstallRegistry
+
+    configured = os.environ.get(FORGE_APP_IDS_ENV, "").replace(",", " ").split()
+    seen = [f.app_id for f in InstallRegistry(store()).list_forge_installations()]
+    return list(dict.fromkeys([*configured, *seen]))
+
+
+def _inspect_forge(token: str, *, verify_with_store: bool, now: float) -> dict[str, Any]:
+    from collector.inspect import inspect_forge_token
+    from collector.installs import InstallRegistry
+    from collector.jwks import jwks_source
+
+    return inspect_forge_token(
+        token, app_ids=forge_app_ids(), keys=jwks_source(), now=now,
+        installations=InstallRegistry(store()) if verify_with_store else None,
     )
 
 

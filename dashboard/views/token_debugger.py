@@ -1,4 +1,5 @@
-"""Token debugger: paste a Connect JWT and see exactly why it is accepted or refused.
+"""Token debugger: paste a Connect JWT or a Forge token and see exactly why it is accepted or
+refused (a Forge product token: when it expires and what it may be used for).
 
 Nothing pasted is stored or logged. Hostile content in a token (HTML, scripts, formula
 characters) is shown as text. Only admins verify against the stored shared secrets.
@@ -28,8 +29,10 @@ with st.form("token_form"):
                                key="token_method", format_func=lambda m: m or "(none)")
     url = cols[1].text_input("URL the token came with (path and query, or full URL)",
                              key="token_url")
-    endpoint = cols[2].selectbox("Endpoint kind", ["request", "context", "lifecycle"],
-                                 key="token_endpoint")
+    endpoint = cols[2].selectbox("Endpoint kind", ["request", "context", "lifecycle", "forge"],
+                                 key="token_endpoint",
+                                 help="forge: a Forge invocation token, or an x-forge-oauth-system/-user "
+                                      "token (paste it with its header name)")
     more = st.columns(2)
     app_base_url = more[0].text_input("App base URL (its path is the context path)",
                                       key="token_app_base")
@@ -54,6 +57,9 @@ if not may_verify:
         st.text(report.get("detail") or "")
 elif report["verdict"] == "accepted":
     st.success("Accepted")
+    st.text(report.get("detail") or "")
+elif report["verdict"] == "usable":
+    st.success("Usable (a Forge product token: only its expiry can be checked here)")
     st.text(report.get("detail") or "")
 else:
     st.error("Rejected")
@@ -93,6 +99,12 @@ if report.get("now"):
 if report.get("fingerprint"):
     facts.append({"what": "fingerprint", "value": report["fingerprint"]})
 ui.table(facts, key="token_facts")
+
+forge = report.get("forge") or {}
+if len(forge) > 1:
+    st.subheader("Forge")
+    ui.table([{"what": k.replace("_", " "), "value": str(v)} for k, v in forge.items() if v is not None],
+             key="token_forge")
 
 if may_verify and report.get("install"):
     inst = report["install"]
