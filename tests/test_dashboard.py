@@ -362,6 +362,44 @@ def test_token_debugger_auditor_does_not_verify_and_hostile_claims_are_text(host
     assert "Matching install" not in [s.value for s in at.subheader]
 
 
+def test_token_debugger_verifies_a_forge_invocation_token_and_explains_a_product_token(
+        hostile_url, monkeypatch, tmp_path):
+    from collector.simulator import ConfluenceSimulator
+    from collector.simulator.examples import load_example
+
+    manifest = load_example("flask").FORGE_MANIFEST
+    with ConfluenceSimulator() as sim:
+        sim.forge.deploy(manifest, "http://127.0.0.1:9")
+        tenant = sim.tenant("acme")
+        fit = sim.forge.invocation_token(tenant, "recent-pages-macro", account=tenant.users()[1].account_id)
+        system = sim.forge.product_token(tenant, None)
+        expired_user = sim.forge.product_token(tenant, tenant.users()[1].account_id, ttl=-120)
+        jwks = tmp_path / "jwks.json"
+        jwks.write_text(json.dumps(sim.forge.jwks()))
+    monkeypatch.setenv("CONNECT_AUDIT_FORGE_JWKS", str(jwks))
+    monkeypatch.setenv("CONNECT_AUDIT_FORGE_APP_IDS", manifest["app"]["id"])
+    at = _signed_in(hostile_url, monkeypatch, auth.AUDITOR)
+    _open(at, "token_debugger")
+    at.selectbox(key="token_endpoint").set_value("forge")
+    _paste(at, f"Bearer {fit}")
+    assert [s.value for s in at.success] == ["Accepted"]
+    shown = "\n".join(_texts(at))
+    tables = " ".join(str(df.value.to_dict()) for df in at.dataframe)
+    assert tenant.installation_id in tables and "recent-pages-macro" in tables
+    assert fit.rsplit(".", 1)[1] not in shown  # never the signature
+
+    _paste(at, f"x-forge-oauth-system: {system}")
+    assert [s.value[:6] for s in at.success] == ["Usable"]
+    _paste(at, f"x-forge-oauth-user: {expired_user}")
+    assert [e.value for e in at.error] == ["Rejected"]
+    assert "Reason: expired" in [t.value for t in at.text]
+
+    monkeypatch.setenv("CONNECT_AUDIT_FORGE_APP_IDS", "ari:cloud:ecosystem::app/someone-else")
+    _paste(at, fit)
+    assert [e.value for e in at.error] == ["Rejected"]
+    assert "Reason: wrong_audience" in [t.value for t in at.text]
+
+
 def test_export_page_counts_the_filter_and_offers_a_named_download(hostile_url, monkeypatch):
     at = _signed_in(hostile_url, monkeypatch, auth.AUDITOR)
     _open(at, "export", range="all", outcome="rejected")

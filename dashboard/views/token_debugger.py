@@ -49,7 +49,7 @@ with ui.guard():
         body_client_key=body_key.strip() or None,
     )
 
-if not may_verify:
+if not may_verify and endpoint != "forge":  # Forge tokens verify with public keys: any role
     st.warning("Not verified against a stored secret (your role). The checks below concern "
                "the token's form, times and qsh only.")
     if report.get("reason") not in (None, "unknown_issuer"):
