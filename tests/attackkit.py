@@ -379,6 +379,8 @@ class Captured:
     app_jwts: set[str] = field(default_factory=set)  # app -> host as the app user
     assertions: set[str] = field(default_factory=set)  # OAuth 2.0 JWT bearer grant
     access_tokens: set[str] = field(default_factory=set)  # issued by /oauth2/token, used as Bearer
+    forge_fits: set[str] = field(default_factory=set)  # Forge -> app: invocation tokens (Bearer)
+    forge_product_tokens: set[str] = field(default_factory=set)  # x-forge-oauth-system / -user
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, kind: str, value: str | None) -> None:
@@ -393,6 +395,8 @@ class Captured:
         scanner.add_all("app JWT", self.app_jwts, jwt=True)
         scanner.add_all("OAuth assertion", self.assertions, jwt=True)
         scanner.add_all("access token", self.access_tokens)
+        scanner.add_all("Forge invocation token", self.forge_fits, jwt=True)
+        scanner.add_all("Forge product token", self.forge_product_tokens, jwt=True)
         return scanner
 
 
@@ -431,6 +435,10 @@ def capturing_wsgi(app, captured: Captured):
         scheme, _, credential = (environ.get("HTTP_AUTHORIZATION") or "").partition(" ")
         if scheme.upper() == "JWT":
             captured.add("host_jwts", credential.strip())
+        elif scheme.lower() == "bearer":
+            captured.add("forge_fits", credential.strip())
+        for header in ("HTTP_X_FORGE_OAUTH_SYSTEM", "HTTP_X_FORGE_OAUTH_USER"):
+            captured.add("forge_product_tokens", environ.get(header))
         for name, value in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True):
             if name == "jwt":
                 captured.add("host_jwts", value)
@@ -495,7 +503,7 @@ class EndToEnd:
         self.app = load_example("flask").create_app(
             base_url=self.server.url, database=self.database, install_keys=self.sim.install_keys_url,
             authorization_server=self.sim.authorization_server, http_adapter=capturing_adapter(self.captured),
-            recorder_options={"spill_dir": self.root / "spill"},
+            recorder_options={"spill_dir": self.root / "spill"}, forge_jwks=self.sim.forge.jwks_url,
         )
         self.audit = self.app.extensions["connect_audit"]
         self.server.mount(capturing_wsgi(self.app, self.captured)).start()
@@ -503,6 +511,9 @@ class EndToEnd:
         for name in self.sim.tenants:
             response = self.sim.install(name)
             assert response.status_code == 204, (name, response.status_code, response.text[:200])
+        # Connect-on-Forge: acme on Forge from the start, globex moves part-way (drive's move)
+        self.sim.forge.deploy(load_example("flask").FORGE_MANIFEST, self.server.url)
+        assert self.sim.forge.install("acme").status_code == 200
         self.statuses = drive(self.sim, plan(self.actions, self.seed, list(self.sim.tenants)))
         for tenant in self.sim.tenants.values():  # what the simulator knows, beyond the wire
             self.captured.add("shared_secrets", tenant.shared_secret)

@@ -12,7 +12,8 @@ details, the token debugger with a real token pasted in).
 The credentials of the run are collected from outside the code under test (a WSGI layer in
 front of the app, the ``requests`` transport adapter of its outgoing client) and from the
 simulator's own account of what it handed out (:meth:`ConfluenceSimulator.credentials`):
-shared secrets, the host's JWTs, the app's JWTs, OAuth assertions and access tokens. Each is
+shared secrets, the host's JWTs, the app's JWTs, OAuth assertions and access tokens, and on
+the Forge side the invocation tokens and the system and user tokens. Each is
 searched (and each JWT's signature segment on its own, and base64/hex forms of the secrets) in:
 the database files with their ``-wal`` and ``-shm`` while the app runs and after it stopped,
 spill files (on PostgreSQL the database is taken away mid-run so that the recorder spills), key
@@ -209,7 +210,8 @@ def test_no_secret_survives_an_end_to_end_run(database_url, tmp_path, monkeypatc
         captured = run.captured
         # The capture is the premise of the test: it must have seen every kind of secret.
         counts = {k: len(getattr(captured, k)) for k in
-                  ("shared_secrets", "host_jwts", "app_jwts", "assertions", "access_tokens")}
+                  ("shared_secrets", "host_jwts", "app_jwts", "assertions", "access_tokens",
+                   "forge_fits", "forge_product_tokens")}
         assert all(counts.values()), counts
         scanner = captured.scanner()
         for value in run.sim.credentials():
