@@ -58,10 +58,18 @@ def _records(now: datetime, n: int) -> list[AuditRecord]:
             outcome, status, reason = ev.REJECTED, 401, "expired" if i % 2 else "qsh_mismatch"
         elif i % 29 == 0:
             outcome, status = ev.ERROR, 502
+        direction = ev.OUTGOING if i % 2 else ev.INCOMING
+        auth = ev.USER_BEARER if kind == ev.USER else ev.APP_JWT
+        platform = ev.CONNECT
+        if i % 6 == 5:  # a Connect-on-Forge share of the traffic, in the same log
+            platform = ev.FORGE
+            auth = ev.FORGE_INVOCATION if direction == ev.INCOMING else (
+                ev.FORGE_USER if kind == ev.USER else ev.FORGE_SYSTEM)
         out.append(AuditRecord(
-            direction=ev.OUTGOING if i % 2 else ev.INCOMING,
+            direction=direction,
             outcome=outcome,
-            auth_method=ev.USER_BEARER if kind == ev.USER else ev.APP_JWT,
+            auth_method=auth,
+            platform=platform,
             identity_kind=kind,
             ts=ts,
             tenant_client_key=tenant,

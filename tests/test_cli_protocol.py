@@ -273,3 +273,80 @@ def test_console_entry_point_reads_stdin(installs_file):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["verdict"] == "accepted"
     assert SECRET not in done.stdout + done.stderr
+
+
+# --------------------------------------------------------------------------- Forge
+
+
+@pytest.fixture(scope="module")
+def forge_tokens(tmp_path_factory):
+    """A FIT, a system and an expired user token, and the JWKS file (and a key directory)
+    that verify the FIT, all from the simulated Forge."""
+    from collector.simulator import ConfluenceSimulator
+    from collector.simulator.examples import load_example
+
+    manifest = load_example("flask").FORGE_MANIFEST
+    where = tmp_path_factory.mktemp("forge")
+    with ConfluenceSimulator() as sim:
+        sim.forge.deploy(manifest, "https://app.example.com")
+        tenant = sim.tenant("acme")
+        user = tenant.users()[1].account_id
+        tokens = {
+            "fit": sim.forge.invocation_token(tenant, "recent-pages-macro", account=user),
+            "stale": sim.forge.invocation_token(tenant, "recent-pages-macro", misbehave="expired"),
+            "system": sim.forge.product_token(tenant, None),
+            "user_expired": sim.forge.product_token(tenant, user, ttl=-60),
+            "app_id": manifest["app"]["id"], "installation": tenant.installation_id, "user": user,
+        }
+        (where / "jwks.json").write_text(json.dumps(sim.forge.jwks()))
+        (where / "keys").mkdir()
+        (where / "keys" / f"{sim.forge.kid}.pem").write_text(sim.forge._public_pem)
+    tokens["jwks"], tokens["keys"] = str(where / "jwks.json"), str(where / "keys")
+    return tokens
+
+
+@pytest.mark.parametrize("source", ["jwks", "keys"])
+def test_forge_invocation_token_is_verified_and_explained(cli, forge_tokens, source):
+    t = forge_tokens
+    status, report = inspect_json(cli, f"Bearer {t['fit']}", "--endpoint", "forge", "--app-id", t["app_id"],
+                                  "--jwks", t[source])
+    assert (status, report["verdict"], report["endpoint"]) == (0, "accepted", "forge")
+    assert report["forge"]["installation_id"] == t["installation"]
+    assert report["forge"]["principal"] == t["user"] and report["forge"]["module_key"] == "recent-pages-macro"
+    assert report["forge"]["environment"] == "PRODUCTION"
+    assert report["times"]["exp"]["relative"].startswith("in ")
+    assert t["fit"].rsplit(".", 1)[1] not in json.dumps(report)
+
+
+def test_forge_rejections_name_the_code(cli, forge_tokens):
+    t = forge_tokens
+    common = ("--endpoint", "forge", "--jwks", t["jwks"])
+    status, report = inspect_json(cli, t["fit"], *common)
+    assert (status, report["reason"]) == (1, "wrong_audience")
+    assert any("--app-id" in hint for hint in report["hints"])
+    status, report = inspect_json(cli, t["stale"], *common, "--app-id", t["app_id"])
+    assert (status, report["reason"]) == (1, "expired")
+    status, out, _ = cli("token", "inspect", t["fit"], *common, "--app-id", t["app_id"])
+    assert status == 0 and "install    ari:cloud:ecosystem::installation/" in out
+
+
+def test_forge_product_tokens_show_expiry_and_use(cli, forge_tokens):
+    t = forge_tokens
+    status, report = inspect_json(cli, f"x-forge-oauth-system: {t['system']}", "--endpoint", "forge",
+                                  "--jwks", t["jwks"])
+    assert (status, report["verdict"]) == (0, "usable")
+    assert report["forge"]["kind"] == "system" and "asApp" in report["forge"]["usable_for"]
+    status, report = inspect_json(cli, f"x-forge-oauth-user: {t['user_expired']}", "--endpoint", "forge",
+                                  "--jwks", t["jwks"])
+    assert (status, report["verdict"], report["reason"]) == (1, "rejected", "expired")
+    assert report["forge"]["kind"] == "user" and "asUser" in report["forge"]["usable_for"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (("--app-id", "com.example.app"), "is not an app ARI"),
+    (("--jwks", "http://example.com/jwks.json"), "loopback only"),
+    (("--jwks", "/no/such/jwks.json"), "does not exist"),
+])
+def test_forge_usage_errors_exit_2(cli, forge_tokens, argv, message):
+    status, _, err = cli("token", "inspect", forge_tokens["fit"], "--endpoint", "forge", *argv)
+    assert status == 2 and message in err and "Traceback" not in err

@@ -165,9 +165,20 @@ def test_cli_streams_to_stdout_with_time_and_status_filters(sqlite_url, capsysbi
     assert got == expected and got
 
 
+@pytest.mark.parametrize("platform", [ev.FORGE, ev.CONNECT])
+def test_cli_platform_filter_exports_one_platform(sqlite_url, capsysbinary, platform):
+    data = build_store(sqlite_url, hostile=False)
+    assert cli.main(["export", "--database", sqlite_url, "--format", "ndjson", "--platform", platform]) == 0
+    rows = [json.loads(line) for line in capsysbinary.readouterr().out.decode().splitlines()]
+    expected = {r.event_id for r in data.records if r.platform == platform}
+    assert {r["event_id"] for r in rows} == expected and expected
+    assert {r["platform"] for r in rows} == {platform}
+
+
 @pytest.mark.parametrize(
     ("flags", "needle"),
     [
+        (["--platform", "mainframe"], "not a platform"),
         (["--since", "last tuesday"], "not a time"),
         (["--status", "forbidden"], "not an HTTP status"),
         (["--outcome", "blocked"], "not an outcome"),

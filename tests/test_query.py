@@ -31,6 +31,8 @@ def _expected(data, flt: q.EventFilter):
             return False
         if flt.tenant and r.tenant_client_key != flt.tenant:
             return False
+        if flt.platform and r.platform != flt.platform:
+            return False
         if flt.outcome and r.outcome != flt.outcome:
             return False
         if flt.identity_kind and r.identity_kind != flt.identity_kind:
@@ -113,6 +115,8 @@ def test_filters_select_exactly_the_matching_rows(filled):
         q.EventFilter(since=since, outcome=ev.DENIED),
         q.EventFilter(identity_kind=ev.USER, status="4xx"),
         q.EventFilter(account_id="5b10ac8d82e05b22cc7d0004"),
+        q.EventFilter(platform=ev.FORGE),
+        q.EventFilter(platform=ev.CONNECT, outcome=ev.DENIED),
         q.EventFilter(since=since, until=data.now - timedelta(hours=2), tenant="tenant-beta"),
     ):
         rows = q.page(store, flt, limit=1000).rows
@@ -154,7 +158,8 @@ def test_aggregates_are_exact_before_and_after_folding(filled):
     def check():
         for base in _ranges(data):
             for flt in (base, base.replace(outcome=ev.REJECTED), base.replace(tenant="tenant-beta"),
-                        base.replace(account_id="5b10ac8d82e05b22cc7d0000")):
+                        base.replace(account_id="5b10ac8d82e05b22cc7d0000"),
+                        base.replace(platform=ev.FORGE), base.replace(platform=ev.CONNECT)):
                 expected = _expected(data, flt)
                 assert q.count(store, flt) == len(expected), flt
                 by_reason = dict(q.aggregate(store, flt, ("reason",)))
