@@ -36,7 +36,8 @@ def test_the_traffic_mix_is_reproducible_from_its_seed():
     assert plan(200, 7, names) != plan(200, 8, names)
     kinds = Counter(action.kind for action in plan(2000, 1, names))
     assert {"page_load", "webhook", "me", "search", "create_page", "update_page", "delete_page",
-            "space_pages", "bad_token", "bad_lifecycle"} == set(kinds)
+            "space_pages", "bad_token", "bad_lifecycle", "forge_resolver", "forge_mine", "forge_create",
+            "forge_event", "forge_schedule", "forge_bad_token"} == set(kinds)
 
 
 @pytest.mark.slow
@@ -55,6 +56,14 @@ def test_demo_records_a_realistic_mix_with_an_intact_chain(sqlite_url, capsys):
     assert methods >= {"app_jwt", "context_jwt", "user_bearer", "lifecycle_jwt", "none"}
     assert len({r["tenant_client_key"] for r in rows} - {None}) == 4
     assert any(r["event_type"] == "uninstalled" for r in rows)
+    # Connect-on-Forge: Forge traffic in the same log, and globex's move mid-demo
+    forge = [r for r in rows if r["platform"] == "forge"]
+    assert {r["auth_method"] for r in forge} >= {"forge_invocation", "forge_system", "forge_user"}
+    assert {"scope", "permission"} <= {r["reason"] for r in forge}
+    assert any(r["outcome"] == "rejected" for r in forge)
+    assert "By platform:" in out and f"forge      {len(forge):>7,}" in out
+    moved = [r for r in forge if r["direction"] == "lifecycle"]
+    assert len({r["tenant_client_key"] for r in moved}) == 2  # acme from the start, globex mid-demo
     assert any((r["account_id"] or "")[:1] in "=+-@" for r in rows)  # hostile identities reached the log
     assert len(rows) > 150 and f"Recorded {len(rows):,} events" in out
     with Store.open(sqlite_url, create=False) as store:
