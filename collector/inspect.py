@@ -222,6 +222,7 @@ def inspect_token(
         "now": {"epoch": now, "utc": _utc(now)},
         "times": _times(claims, now),
         "install": _install_view(installs, claims),
+        "forge": None,  # filled by inspect_forge_token
         "qsh_checked": False,
         "hints": _hints(claims, now, leeway, cleaned != raw.strip(), reason),
     }
