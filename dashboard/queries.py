@@ -328,7 +328,9 @@ def who_acted(flt: EventFilter, *, n: int = 50) -> dict[str, Any]:
 
 FIXES: dict[str, str] = {cls.code: cls.fix for cls in REJECTIONS}
 FIXES[TokenExchangeFailed.code] = TokenExchangeFailed.fix
-FIXES[ev.SCOPE] = "Add the required scope to the app descriptor's scopes and have each site update the app."
+FIXES[ev.SCOPE] = ("Add the required scope to the app descriptor's scopes (Connect) or to manifest.yml's "
+                   "permissions.scopes (Forge: its classic or its granular scopes), and have each site "
+                   "update the app.")
 FIXES[ev.PERMISSION] = (
     "The scopes are fine: the acting user lacks the permission (space or page restriction); "
     "act as a user who has it or ask an administrator to grant it."

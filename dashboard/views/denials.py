@@ -19,7 +19,7 @@ cols[2].metric("401/403 answered by the app", f"{split['answered_total']:,}",
                help="Incoming requests the app refused, or answered 403 after Confluence refused it.")
 cols[3].metric("Rejected tokens", f"{sum(r['events'] for r in data['rejections']):,}")
 
-st.subheader("403 because the descriptor lacks a scope")
+st.subheader("403 because the descriptor (or manifest) lacks a scope")
 st.caption(queries.FIXES["scope"])
 ui.table(
     [{"tenant": r["tenant"], "scope to add": r["scope"], "method": r["method"],

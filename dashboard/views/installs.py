@@ -17,13 +17,13 @@ st.caption(f"{len(installs)} tenants. Select one to see its lifecycle and activi
 event = ui.table(
     [
         {
-            "tenant": i["client_key"],
             "base URL": i["base_url"],
             "platform": i["platform"],
-            "product": i["product"],
-            "status": i["status"],
-            "Forge installation": i["forge_installation"],
             "on Forge since": i["forge_since"],
+            "status": i["status"],
+            "tenant": i["client_key"],
+            "Forge installation": i["forge_installation"],
+            "product": i["product"],
             "declared scopes": i["declared_scopes"],
             "first seen": i["first_seen"],
             "last seen": i["last_seen"],
@@ -32,6 +32,9 @@ event = ui.table(
     ],
     key="installs_table",
     select=True,
+    # The site, its platform and the date of the move first; the long keys narrow, after them.
+    column_config={name: st.column_config.TextColumn(name, width="small")
+                   for name in ("tenant", "Forge installation")},
 )
 picked = ui.selected_row(event)
 if picked is None:
