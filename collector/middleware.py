@@ -363,13 +363,25 @@ class Gate:
         return ex.route.template if ex.declared else None
 
     def refusal(self, ex: Exchange) -> tuple[int, list[tuple[str, str]], bytes]:
-        """The response for a refused request: generic, with only the request id to quote."""
+        """The response for a refused request: generic, with only the request id to quote.
+
+        Forge's remote contract wants a JSON body on every non-2xx answer, so Forge routes get
+        one (``401`` stays reserved for a token that was not accepted, as the contract says)."""
         status = ex.failure_status if ex.failure else 401
-        body = _REFUSALS[status] + f"Request id: {ex.request_id}\n".encode()
-        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+        forge = ex.route.auth == FORGE
+        if forge:
+            message = _REFUSALS[status].decode().strip()
+            message = message.replace("Atlassian Connect token", "Forge Invocation Token")
+            body = json.dumps({"error": message, "requestId": ex.request_id}).encode()
+            kind = "application/json"
+        else:
+            body = _REFUSALS[status] + f"Request id: {ex.request_id}\n".encode()
+            kind = "text/plain; charset=utf-8"
+        headers = [("Content-Type", kind), ("Content-Length", str(len(body))),
                    (REQUEST_ID_HEADER, ex.request_id), ("Cache-Control", "no-store")]
         if status == 401:
-            headers.append(("WWW-Authenticate", 'JWT realm="atlassian-connect"'))
+            challenge = 'Bearer realm="forge"' if forge else 'JWT realm="atlassian-connect"'
+            headers.append(("WWW-Authenticate", challenge))
         elif status == 503:
             headers.append(("Retry-After", "5"))
         return status, headers, body

@@ -55,6 +55,10 @@ def _incoming(stack, response) -> dict:
 def test_each_spoilt_invocation_token_is_refused_with_its_code(stack, misbehave):
     response = stack.sim.forge.resolver("acme", MACRO, misbehave=misbehave)
     assert response.status_code == 401
+    # Forge's contract: a JSON body; nothing about why, only the request id to quote
+    refused = "Unauthorized: the request's Forge Invocation Token was not accepted."
+    assert response.json() == {"error": refused, "requestId": _rid(response)}
+    assert response.headers["www-authenticate"] == 'Bearer realm="forge"'
     row = _incoming(stack, response)
     code = FORGE_MISBEHAVIOURS[misbehave]
     assert code in REJECTION_CODES

@@ -275,6 +275,51 @@ def test_an_unreachable_store_is_a_503_and_the_event_is_spilled_not_lost(pg_url,
         audit.store.close()
 
 
+@pytest.mark.postgres
+def test_a_forge_invocation_while_the_store_is_gone_is_a_json_503_and_spilled(pg_url, tmp_path):
+    """Forge's contract wants JSON on a non-2xx answer; the verdict waits for the store (the
+    installation lookup), so the invocation is refused for now (Forge retries events) and
+    its event goes to the spill file."""
+    import time as clock
+
+    import sqlalchemy as sa
+    from forgekit import APP_ID, fit_claims, forge_key, rs256
+    from forgekit import KID as FORGE_KID
+
+    keys = tmp_path / "forge-keys"
+    keys.mkdir()
+    (keys / f"{FORGE_KID}.pem").write_text(forge_key().public_pem)
+    server = ServerThread()
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    now = int(clock.time())
+    audit = make_audit(pg_url, tmp_path / "keys", server.url, recorder_options={"spill_dir": spill},
+                       forge_app_ids=[APP_ID], forge_jwks=str(keys))
+    server.mount(WsgiMiddleware(echo_wsgi, audit, {**ROUTES, "POST /forge/events": "forge:event"})).start()
+    try:
+        name = sa.engine.make_url(pg_url).database
+        admin = sa.create_engine(pg_url.replace(f"/{name}", "/postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+        claims = fit_claims({"iat": now, "nbf": now, "exp": now + 60})
+        token = rs256({"alg": "RS256", "typ": "JWT", "kid": FORGE_KID}, claims, forge_key().private_pem)
+        event = {"eventType": "avi:confluence:created:page"}
+        response = requests.post(f"{server.url}/forge/events", json=event,
+                                 headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+        assert response.headers["Content-Type"] == "application/json"
+        assert response.json()["requestId"] == response.headers["X-Request-Id"]
+        assert audit.flush(timeout=30)
+        spilled = "".join(p.read_text() for p in spill.glob("*")).replace(" ", "")
+        assert response.headers["X-Request-Id"] in spilled and '"platform":"forge"' in spilled
+        assert token.rsplit(".", 1)[1] not in spilled
+    finally:
+        server.stop()
+        audit.recorder.close(timeout=5)
+        audit.store.close()
+
+
 def test_a_refusal_after_the_signature_verified_is_attributed_to_its_tenant(served):
     # An expired or replayed token was signed with the tenant's secret: the refusal is that
     # site's, and filtering the log by tenant must show it. A forged one names no tenant.
