@@ -48,8 +48,7 @@ import jwt
 from collector import errors
 from collector.forge import FORGE_ISSUER, RESOLVER, ForgeExpectation, ForgeVerifier
 from collector.jwks import JwksUrlSource
-from collector.signing import sign_rs256
-from collector.simulator.host import _rsa_key_pair
+from collector.signing import rsa_key_pair, sign_rs256
 from collector.simulator.server import ServerThread
 from collector.tokens import validate_kid
 
@@ -202,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     args = parser.parse_args(argv)
 
-    private_pem, public_pem = _rsa_key_pair()
+    private_pem, public_pem = rsa_key_pair()
     jwks_app = _JwksApp(_jwks(public_pem))
     with ServerThread(jwks_app) as server:
         funcs, source, token_size = candidates(time.time(), server.url, private_pem, public_pem)

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from collector import errors
 from collector.forge import KnownInstallation
-from collector.simulator.host import _rsa_key_pair
+from collector.signing import rsa_key_pair
 
 NOW = 1_700_000_000
 KID = "forge-key-2024-01"
@@ -62,13 +62,13 @@ class KeyPair:
 @functools.cache
 def forge_key() -> KeyPair:
     """The key Forge signs with (generated once per test process: RSA generation is slow)."""
-    return KeyPair(*_rsa_key_pair())
+    return KeyPair(*rsa_key_pair())
 
 
 @functools.cache
 def other_key() -> KeyPair:
     """A key nobody publishes for KID: an attacker's."""
-    return KeyPair(*_rsa_key_pair())
+    return KeyPair(*rsa_key_pair())
 
 
 @functools.cache

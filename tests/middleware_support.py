@@ -40,15 +40,7 @@ DESCRIPTOR = {
 @functools.cache
 def key_pair() -> tuple[str, str]:
     """An RSA key pair for signing lifecycle callbacks (made once: generation is slow)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
+    return signing.rsa_key_pair()
 
 
 def make_audit(database_url: str, key_dir: Path, base_url: str, **options) -> ConnectAudit:

@@ -10,12 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from collector.cli import main
 from collector.qsh import query_string_hash
-from collector.signing import lifecycle_token, request_token, sign_hs256
+from collector.signing import lifecycle_token, request_token, rsa_key_pair, sign_hs256
 
 NOW = 1_700_000_000
 CK = "tenant-7d1c"
@@ -210,11 +208,8 @@ def test_argparse_usage_errors_exit_2(cli):
 
 
 def test_lifecycle_callback(cli, tmp_path):
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (tmp_path / "kid-9").write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    private, public = rsa_key_pair()
+    (tmp_path / "kid-9").write_text(public)
     callback = lifecycle_token(private_key_pem=private, kid="kid-9", client_key=CK, app_base_url=APP,
                                method="POST", url=f"{APP}/installed", now=NOW)
     common = ("--endpoint", "lifecycle", "--install-keys", str(tmp_path), "--app-base-url", APP,

@@ -10,12 +10,10 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from collector import errors
 from collector.keys import DirectoryKeySource, HttpKeySource, key_source
-from collector.signing import lifecycle_token
+from collector.signing import lifecycle_token, rsa_key_pair
 from collector.tokens import TokenVerifier
 
 NOW = 1_700_000_000
@@ -24,14 +22,8 @@ APP = "https://app.example.com"
 
 @pytest.fixture(scope="module")
 def keypair():
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
-    return private, public
+    private, public = rsa_key_pair()
+    return private.encode(), public
 
 
 class KeyServer:

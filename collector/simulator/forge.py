@@ -92,11 +92,9 @@ class ForgeHost:
     """Forge's side of the simulator; reached as ``simulator.forge``."""
 
     def __init__(self, sim: ConfluenceSimulator) -> None:
-        from collector.simulator.host import _rsa_key_pair
-
         self.sim = sim
         self.kid = f"forge-{uuid.uuid4().hex[:16]}"
-        self._private_key, self._public_pem = _rsa_key_pair()
+        self._private_key, self._public_pem = signing.rsa_key_pair()
         self._token_secret = secrets.token_urlsafe(32)
         self._tokens: dict[str, _ProductToken] = {}
         self.app: ForgeApp | None = None

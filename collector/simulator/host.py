@@ -185,7 +185,7 @@ class ConfluenceSimulator:
         self._server = ServerThread(self.wsgi, port=port)
         self.url = self._server.url
         self.kid = f"sim-{uuid.uuid4().hex}"
-        self._private_key, self._public_pem = _rsa_key_pair()
+        self._private_key, self._public_pem = signing.rsa_key_pair()
         self.scope_map = ScopeMap.default()
         self.tenants: dict[str, Tenant] = {}
         for spec in tenants:
@@ -826,18 +826,5 @@ _FOREIGN: list[Any] = []
 def _foreign_key() -> str:
     """A second private key in PEM (made once per process: RSA generation is slow)."""
     if not _FOREIGN:
-        _FOREIGN.append(_rsa_key_pair()[0])
+        _FOREIGN.append(signing.rsa_key_pair()[0])
     return _FOREIGN[0]
-
-
-def _rsa_key_pair() -> tuple[str, str]:
-    """A new 2048-bit RSA private key and its public key, both in PEM."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
