@@ -44,6 +44,10 @@ _EXPORTS: dict[str, str] = {
     # errors: the domain language
     "ConnectAuditError": "collector.errors",
     "TokenRejected": "collector.errors",
+    "StructuralRejection": "collector.errors",
+    "TrustRejection": "collector.errors",
+    "ClaimRejection": "collector.errors",
+    "ReplayRejection": "collector.errors",
     "REJECTION_CODES": "collector.errors",
     "MissingToken": "collector.errors",
     "TokenTooLarge": "collector.errors",

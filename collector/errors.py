@@ -38,35 +38,56 @@ class TokenRejected(ConnectAuditError):
         return f"{type(self).__name__}(code={self.code!r}, detail={self.detail!r})"
 
 
-class MissingToken(TokenRejected):
+# The rejections fall in four groups, as pyjwt groups its errors: the token cannot be read
+# (structural), nothing proves who signed it (trust), its claims are wrong (claims), or it was
+# already used (replay). Catch a group to treat its members alike; the code names the member.
+
+
+class StructuralRejection(TokenRejected):
+    """Raised when the token cannot be read as a strict compact JWS with an acceptable header."""
+
+
+class TrustRejection(TokenRejected):
+    """Raised when nothing proves that the expected party signed the token (key, issuer, signature)."""
+
+
+class ClaimRejection(TokenRejected):
+    """Raised when the token is authentic but a claim is absent, malformed or not for this request."""
+
+
+class ReplayRejection(TokenRejected):
+    """Raised when an authentic token arrives again where it may be used only once."""
+
+
+class MissingToken(StructuralRejection):
     """Raised when a request that needs a token carries none."""
 
     code = "missing_token"
     fix = "Send the JWT in the Authorization header ('JWT <token>') or the jwt query parameter."
 
 
-class TokenTooLarge(TokenRejected):
+class TokenTooLarge(StructuralRejection):
     """Raised when a token is longer than the size cap, before any decoding."""
 
     code = "too_large"
     fix = "Real Connect tokens are well under 8 KiB; look for a proxy or client appending data."
 
 
-class MalformedToken(TokenRejected):
+class MalformedToken(StructuralRejection):
     """Raised when a token is not a strict compact JWS with canonical base64url JSON parts."""
 
     code = "malformed"
     fix = "Check that the whole token was sent, unquoted, unpadded and not URL-encoded twice."
 
 
-class UnsupportedHeader(TokenRejected):
+class UnsupportedHeader(StructuralRejection):
     """Raised when the header carries a parameter that is never honoured (crit, jku, x5u, ...)."""
 
     code = "unsupported_header"
     fix = "Sign with a plain header ({'alg', 'typ', 'kid'}); key-carrying or critical headers are refused."
 
 
-class AlgorithmNotAllowed(TokenRejected):
+class AlgorithmNotAllowed(StructuralRejection):
     """Raised when the header's alg is not the one pinned for this kind of endpoint."""
 
     code = "alg_not_allowed"
@@ -74,7 +95,7 @@ class AlgorithmNotAllowed(TokenRejected):
            "RS256. 'none' is never accepted.")
 
 
-class MissingKid(TokenRejected):
+class MissingKid(StructuralRejection):
     """Raised when an RS256 token (lifecycle, Forge) has no kid, or one that is not strictly formatted."""
 
     code = "missing_kid"
@@ -82,7 +103,7 @@ class MissingKid(TokenRejected):
            "a Forge invocation token without a well-formed kid was not minted by Forge.")
 
 
-class UnknownKid(TokenRejected):
+class UnknownKid(TrustRejection):
     """Raised when no public key can be obtained for the token's kid (install keys or Forge JWKS)."""
 
     code = "unknown_kid"
@@ -90,7 +111,7 @@ class UnknownKid(TokenRejected):
            "directory used in tests); the JWKS is re-read at most once a minute for a new kid.")
 
 
-class UnknownIssuer(TokenRejected):
+class UnknownIssuer(TrustRejection):
     """Raised when no install matches the token's iss exactly, or a Forge token's iss is not Forge's."""
 
     code = "unknown_issuer"
@@ -98,7 +119,7 @@ class UnknownIssuer(TokenRejected):
            "A Forge invocation token's iss is always 'forge/invocation-token'.")
 
 
-class InactiveInstall(TokenRejected):
+class InactiveInstall(TrustRejection):
     """Raised when the token's tenant (Connect install or Forge installation) is uninstalled or disabled."""
 
     code = "inactive_install"
@@ -106,14 +127,14 @@ class InactiveInstall(TokenRejected):
            "it is called.")
 
 
-class BadSignature(TokenRejected):
+class BadSignature(TrustRejection):
     """Raised when the signature does not verify with the install's secret or the kid's key."""
 
     code = "bad_signature"
     fix = "The shared secret differs: a stale install, a reinstall not yet received, or the wrong tenant."
 
 
-class MissingClaim(TokenRejected):
+class MissingClaim(ClaimRejection):
     """Raised when a required claim (iss, iat, exp, qsh, aud, app.installationId, ...) is absent."""
 
     code = "missing_claim"
@@ -121,7 +142,7 @@ class MissingClaim(TokenRejected):
            "app.installationId, app.apiBaseUrl, app.environment, app.module, and principal on UI routes.")
 
 
-class InvalidClaim(TokenRejected):
+class InvalidClaim(ClaimRejection):
     """Raised when a claim has the wrong type or an impossible value."""
 
     code = "invalid_claim"
@@ -130,42 +151,44 @@ class InvalidClaim(TokenRejected):
            "https URL.")
 
 
-class LifetimeTooLong(TokenRejected):
+class LifetimeTooLong(ClaimRejection):
     """Raised when exp - iat exceeds the allowed token lifetime."""
 
     code = "lifetime_too_long"
     fix = "Issue short-lived tokens (Atlassian uses 3 minutes); the default cap is one hour."
 
 
-class TokenExpired(TokenRejected):
+class TokenExpired(ClaimRejection):
     """Raised when exp is in the past, beyond the leeway."""
 
     code = "expired"
     fix = "The token is stale: a cached page, a slow queue or a clock skew. Check the server clock (NTP)."
 
 
-class TokenNotYetValid(TokenRejected):
+class TokenNotYetValid(ClaimRejection):
     """Raised when nbf or iat lies in the future, beyond the leeway."""
 
     code = "not_yet_valid"
     fix = "The issuer's clock is ahead of this server's; synchronise clocks (NTP)."
 
 
-class QshMismatch(TokenRejected):
+class QshMismatch(ClaimRejection):
     """Raised when the token's qsh differs from the hash of the request actually received."""
 
     code = "qsh_mismatch"
     fix = "Hash the method, the path without the context path and the sorted query; see the diagnosis."
+    #: The :class:`collector.qsh.Diagnosis` of the mismatch (set by the verifier), for callers that show it.
+    diagnosis: object | None = None
 
 
-class ContextQshNotAllowed(TokenRejected):
+class ContextQshNotAllowed(ClaimRejection):
     """Raised when a context token (qsh = context-qsh) reaches an endpoint not declared for it."""
 
     code = "context_qsh_not_allowed"
     fix = "Declare the route as taking context tokens, or have the host sign the real request."
 
 
-class WrongAudience(TokenRejected):
+class WrongAudience(ClaimRejection):
     """Raised when a lifecycle token's aud lacks the app's baseUrl, or a Forge token's aud is not our app."""
 
     code = "wrong_audience"
@@ -173,21 +196,21 @@ class WrongAudience(TokenRejected):
            "the app ARI (ari:cloud:ecosystem::app/<id> from manifest.yml) in forge_app_ids.")
 
 
-class IssuerMismatch(TokenRejected):
+class IssuerMismatch(ClaimRejection):
     """Raised when a lifecycle token's iss differs from the clientKey in the callback body."""
 
     code = "issuer_mismatch"
     fix = "The body and the token describe different tenants: treat the callback as forged."
 
 
-class Replayed(TokenRejected):
+class Replayed(ReplayRejection):
     """Raised when a token already used on a state-changing request or callback comes again."""
 
     code = "replayed"
     fix = "Mint a fresh token per state-changing request; a retry must not reuse the old one."
 
 
-class ContextMismatch(TokenRejected):
+class ContextMismatch(ClaimRejection):
     """Raised when a Forge token's module, environment or site differs from the route's or installation's."""
 
     code = "context_mismatch"
@@ -216,8 +239,8 @@ REJECTIONS: tuple[type[TokenRejected], ...] = (
     ContextQshNotAllowed,
     WrongAudience,
     IssuerMismatch,
-    Replayed,
     ContextMismatch,
+    Replayed,
 )
 
 #: The public reason codes, exactly as stored and printed.
@@ -244,6 +267,18 @@ class StoreUnavailable(ConnectAuditError):
 
 class IntegrityError(ConnectAuditError):
     """Raised when the audit log's hash chain or checkpoints do not verify."""
+
+
+class FilterError(ConfigurationError):
+    """Raised when a filter value cannot be understood (a bad date, status or vocabulary word)."""
+
+
+class QueryTimeout(ConnectAuditError):
+    """Raised when a read takes longer than its time limit."""
+
+
+class RecorderClosed(ConnectAuditError):
+    """Raised when an event is recorded after the recorder was closed."""
 
 
 class QueueFull(ConnectAuditError):

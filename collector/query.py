@@ -33,7 +33,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from collector import events as ev
-from collector.errors import REJECTION_CODES, ConfigurationError, ConnectAuditError, ForgeTokenUnavailable
+from collector.errors import (
+    REJECTION_CODES,
+    ConfigurationError,
+    FilterError,
+    ForgeTokenUnavailable,
+    QueryTimeout,
+)
 from collector.models import ActorRollup, AuditEvent, EventRollup, EventRollupDaily, RollupState
 
 EVENTS = AuditEvent.__table__
@@ -48,14 +54,6 @@ DEFAULT_TIME_LIMIT = 10.0
 
 #: Every reason word the log can hold: a rejection code, a 403's cause, a refused exchange.
 REASONS = (*REJECTION_CODES, ev.SCOPE, ev.PERMISSION, ev.TOKEN_EXCHANGE_REFUSED, ForgeTokenUnavailable.code)
-
-
-class FilterError(ConfigurationError):
-    """Raised when a filter value cannot be understood (a bad date, status or vocabulary word)."""
-
-
-class QueryTimeout(ConnectAuditError):
-    """Raised when a read takes longer than its time limit."""
 
 
 # --------------------------------------------------------------------------- filter

@@ -45,7 +45,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from collector import chain
-from collector.errors import ConnectAuditError, QueueFull, StoreUnavailable
+from collector.errors import QueueFull, RecorderClosed, StoreUnavailable
 from collector.events import AuditRecord
 from collector.models import AuditEvent
 from collector.store import Store
@@ -65,10 +65,6 @@ ROLLUP_MAX_LAG_EVENTS = 50_000
 ROLLUP_MAX_LAG_SECONDS = 10.0
 
 _live: weakref.WeakSet[Recorder] = weakref.WeakSet()
-
-
-class RecorderClosed(ConnectAuditError):
-    """Raised when an event is recorded after the recorder was closed."""
 
 
 class Recorder:

@@ -20,7 +20,23 @@ PUBLIC = {
     # Forge Remote (issue 10)
     "ForgeVerifier", "VerifiedInvocation", "ForgeInvocation", "ForgeExpectation",
     "ForgeTokenUnavailable", "ForgeTokenExpired",
+    # the rejection groups (issue 14), to catch a kind of refusal at once
+    "StructuralRejection", "TrustRejection", "ClaimRejection", "ReplayRejection",
 } | {cls.__name__ for cls in errors.REJECTIONS}
+
+GROUPS = (errors.StructuralRejection, errors.TrustRejection, errors.ClaimRejection, errors.ReplayRejection)
+
+
+def test_every_rejection_is_in_exactly_one_group_and_says_when_it_is_raised() -> None:
+    for cls in errors.REJECTIONS:
+        assert [g.__name__ for g in GROUPS if issubclass(cls, g)] == [cls.__mro__[1].__name__], cls
+        assert cls.__doc__.startswith("Raised when "), cls
+        assert cls.fix, cls
+    for group in GROUPS:
+        assert group.__doc__.startswith("Raised when ") and issubclass(group, errors.TokenRejected)
+    # the order of the checks runs group by group: structure, trust, claims, replay
+    order = [next(i for i, g in enumerate(GROUPS) if issubclass(cls, g)) for cls in errors.REJECTIONS]
+    assert order == sorted(order)
 
 
 def test_public_names_are_exactly_the_pinned_set() -> None:
