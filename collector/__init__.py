@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # the facade an app constructs, and what its middleware hands to handlers
     "ConnectAudit": "collector.app",
-    "ConnectContext": "collector.middleware",
-    "connect_context": "collector.middleware",
+    "ConnectContext": "collector.context",
+    "connect_context": "collector.context",
     "Route": "collector.routes",
     # protocol core (pure)
     "canonical_request": "collector.qsh",

@@ -49,8 +49,8 @@ from urllib.parse import urlsplit
 import requests
 
 from collector import events, signing
+from collector.context import current_context, note_forbidden
 from collector.errors import ForgeTokenExpired, ForgeTokenUnavailable, TokenExchangeFailed, UnknownTenant
-from collector.middleware import current_context, note_forbidden
 from collector.scopes import classify_forbidden, missing_oauth_scopes, normalise_scopes, satisfies
 
 if TYPE_CHECKING:
@@ -436,20 +436,20 @@ class ForgeClient:
     """Calls back to the product for one Forge invocation, at its ``app.apiBaseUrl``.
 
     Built by :meth:`~collector.app.ConnectAudit.forge_client` from the
-    :class:`~collector.middleware.ConnectContext` (or its ``forge`` invocation) of a verified
+    :class:`~collector.context.ConnectContext` (or its ``forge`` invocation) of a verified
     Forge route; the tokens are the invocation's own.
     """
 
     def __init__(self, audit: ConnectAudit, invocation: ForgeInvocation, *, adapter: Any = None,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
-        from collector.middleware import _product_of
+        from collector.forge import product_of
 
         self.audit = audit
         self.invocation = invocation
         self.client_key = invocation.tenant_key
         self.base_url = invocation.api_base_url.rstrip("/")
         self.tenant_base_url = invocation.site_base_url or self.base_url
-        self.product = _product_of(self.base_url)
+        self.product = product_of(self.base_url)
         self.declared_scopes = " ".join(audit.forge_scopes)
         self.adapter = adapter if adapter is not None else audit.http_adapter
         self.timeout = timeout

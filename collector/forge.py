@@ -492,3 +492,9 @@ class ForgeInvocation:
     @property
     def principal(self) -> str | None:
         return self.verified.principal
+
+
+def product_of(api_base_url: str) -> str | None:
+    """``confluence`` for ``https://api.atlassian.com/ex/confluence/<cloudId>``."""
+    parts = api_base_url.split("/ex/", 1)
+    return parts[1].split("/", 1)[0][:40] or None if len(parts) == 2 else None

@@ -29,7 +29,6 @@ through :class:`~collector.client.TenantClient`, so one page load's events share
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
 import io
 import json
@@ -44,7 +43,17 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, unquote_plus
 
 from collector import events
+from collector.context import (  # re-exported: the handler's view of a request
+    _CURRENT,
+    ENVIRON_KEY,
+    STATE_KEY,
+    ConnectContext,
+    connect_context,
+    current_context,
+    note_forbidden,
+)
 from collector.errors import ConnectAuditError, MissingToken, StoreUnavailable, TokenRejected
+from collector.forge import product_of
 from collector.routes import CONTEXT, FORGE, LIFECYCLE, PUBLIC, Route, RoutePolicy, is_state_changing
 
 if TYPE_CHECKING:
@@ -52,10 +61,11 @@ if TYPE_CHECKING:
     from collector.forge import ForgeInvocation
     from collector.tokens import VerifiedToken
 
+__all__ = ["ENVIRON_KEY", "STATE_KEY", "AsgiMiddleware", "ConnectContext", "Gate", "WsgiMiddleware",
+           "connect_context", "current_context", "note_forbidden"]
+
 log = logging.getLogger("collector.middleware")
 
-ENVIRON_KEY = "connect_audit.context"
-STATE_KEY = "connect_audit"
 REQUEST_ID_HEADER = "X-Request-Id"
 LIFECYCLE_EVENTS = ("installed", "uninstalled", "enabled", "disabled")
 #: A lifecycle body is about 1 KB; a larger one is not read further (and then fails verification).
@@ -76,71 +86,6 @@ _REFUSALS = {
 }
 
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 503: "Service Unavailable"}
-
-_CURRENT: contextvars.ContextVar[Exchange | None] = contextvars.ContextVar(
-    "connect_audit_exchange", default=None
-)
-
-
-# ---------------------------------------------------------------------- the handler's view
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectContext:
-    """What the middleware established about the request being handled.
-
-    ``client_key`` and ``base_url`` name the tenant (None on ``public`` routes),
-    ``account_id`` the user the host says is acting (None for webhooks, lifecycle callbacks
-    and anonymous users), ``token`` the :class:`~collector.tokens.VerifiedToken` itself, and
-    ``event_type`` the lifecycle event (``installed`` ...) on lifecycle routes.
-    """
-
-    route: str | None
-    auth: str
-    request_id: str
-    client_key: str | None = None
-    base_url: str | None = None
-    account_id: str | None = None
-    event_type: str | None = None
-    token: VerifiedToken | None = field(default=None, repr=False)
-    platform: str = events.CONNECT
-    #: On Forge routes: the verified invocation, its product tokens, trace id and retry count.
-    forge: ForgeInvocation | None = field(default=None, repr=False)
-
-    @property
-    def authenticated(self) -> bool:
-        return self.client_key is not None
-
-
-def connect_context(source: Any) -> ConnectContext | None:
-    """The verified context of a request, from a Flask/werkzeug or Starlette request, a WSGI
-    environ or an ASGI scope; None when the middleware did not run or the route is public."""
-    environ = getattr(source, "environ", None)
-    if isinstance(environ, Mapping):
-        return environ.get(ENVIRON_KEY)
-    scope = getattr(source, "scope", source)
-    if isinstance(scope, Mapping):
-        if ENVIRON_KEY in scope:
-            return scope[ENVIRON_KEY]
-        state = scope.get("state")
-        if isinstance(state, Mapping):
-            return state.get(STATE_KEY)
-    return None
-
-
-def current_context() -> ConnectContext | None:
-    """The context of the request this thread or task is handling (None outside a request)."""
-    ex = _CURRENT.get()
-    return ex.context if ex is not None else None
-
-
-def note_forbidden(cause: str) -> None:
-    """Remember why the product refused a call made while handling the current request, so
-    that the app's own 403, if it passes the refusal on, is recorded with the same cause."""
-    ex = _CURRENT.get()
-    if ex is not None:
-        ex.forbidden = cause
-
 
 # ---------------------------------------------------------------------- the shared steps
 
@@ -312,7 +257,7 @@ class Gate:
 
     def _describe_forge_tenant(self, ex: Exchange, known: Any) -> None:
         inv = ex.forge.verified
-        ex.product = _product_of(inv.api_base_url)
+        ex.product = product_of(inv.api_base_url)
         ex.tenant_base_url = inv.site_url or inv.api_base_url
         if known.connect_client_key:
             self._describe_tenant(ex, known.connect_client_key)
@@ -492,12 +437,6 @@ def _product_token_notes(inv: ForgeInvocation) -> dict[str, Any]:
         if token is not None:
             notes[f"{token.kind}_token"] = {"fingerprint": token.fingerprint, "exp": token.expires_at}
     return notes
-
-
-def _product_of(api_base_url: str) -> str | None:
-    """``confluence`` for ``https://api.atlassian.com/ex/confluence/<cloudId>``."""
-    parts = api_base_url.split("/ex/", 1)
-    return parts[1].split("/", 1)[0][:40] or None if len(parts) == 2 else None
 
 
 def _unverified_forge_summary(token: str | None) -> tuple[dict[str, Any] | None, str | None]:

@@ -357,9 +357,7 @@ class ForgeHost:
         elif misbehave == "unknown_kid":
             kid = f"forge-unknown-{uuid.uuid4().hex[:12]}"
         elif misbehave == "bad_signature":
-            from collector.simulator.host import _foreign_key
-
-            key = _foreign_key()
+            key = self.sim.foreign_key()
         token = signing.sign_rs256(claims, key, kid=kid) if kid else _sign_without_kid(claims, key)
         self.sim._remember(token)
         return token
@@ -416,8 +414,6 @@ class ForgeHost:
 
     def rest(self, environ: dict, method: str, path: str) -> tuple[int, Any]:
         """A product call at ``/ex/confluence/<cloudId>/wiki/...`` with a Forge product token."""
-        from collector.simulator.host import _HANDLERS
-
         parts = path.split("/", 4)  # '', 'ex', 'confluence', cloudId, rest
         tenant = next(
             (t for t in self.sim.tenants.values() if len(parts) == 5 and t.cloud_id == parts[3]), None
@@ -432,7 +428,7 @@ class ForgeHost:
             raise HostError(404, f"No API at {site_path} for {method}")
         if missing_oauth_scopes(tenant.forge_granted, needed) is not None:
             raise HostError(403, SCOPE_MESSAGE)
-        handler = _HANDLERS.get(required.operation_id)
+        handler = self.sim.rest_handler(required.operation_id)
         if handler is None:
             raise HostError(501, f"The simulator does not implement {required.operation_id}")
         page_id = site_path.rstrip("/").rsplit("/", 1)[-1]

@@ -252,6 +252,17 @@ class ConfluenceSimulator:
         with self._lock:
             self._credentials.update(v for v in values if v)
 
+    @staticmethod
+    def rest_handler(operation_id: str) -> Callable | None:
+        """The simulator's implementation of a REST operation (shared by the Connect and Forge
+        sides: the same site answers both), or None."""
+        return _HANDLERS.get(operation_id)
+
+    @staticmethod
+    def foreign_key() -> str:
+        """A private key nobody publishes: what a forger signs with."""
+        return _foreign_key()
+
     def tenant_by_client_key(self, client_key: str) -> Tenant | None:
         return next((t for t in self.tenants.values() if t.client_key == client_key), None)
 
