@@ -29,6 +29,9 @@ class TokenRejected(ConnectAuditError):
     #: after that check (expired, qsh_mismatch, replayed, ...): the refusal is then truly
     #: that tenant's. None when nothing proves who signed the token.
     client_key: str | None = None
+    #: The token as parsed (a :class:`collector.tokens.ParsedToken`, signature unchecked) when
+    #: the refusal came after parsing: its claims may be recorded, marked unverified.
+    parsed: object | None = None
 
     def __init__(self, detail: str = "") -> None:
         self.detail = detail or self.__doc__.strip().removeprefix("Raised when ").rstrip(".")

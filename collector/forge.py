@@ -44,6 +44,7 @@ from collector.tokens import (
     ParsedToken,
     VerifyPolicy,
     _show,
+    carrying,
     check_header,
     check_times,
     load_rsa_key,
@@ -260,18 +261,19 @@ class ForgeVerifier:
     def verify(self, token: str | None, expect: ForgeExpectation = ForgeExpectation()) -> VerifiedInvocation:
         """Verify ``token`` for a route that declares ``expect``; raises a ``TokenRejected``."""
         parsed = parse_token(token, max_size=self.policy.max_size)
-        check_header(parsed.header, Endpoint.FORGE)
-        kid = validate_kid(parsed.header.get("kid"))
-        verify_rs256(self._public_key(kid), parsed)
-        claims = parsed.claims
-        iss = _text(claims, "iss")
-        if iss != FORGE_ISSUER:
-            raise errors.UnknownIssuer(f"iss {_show(iss)} is not {FORGE_ISSUER!r}")
-        invocation = self._read_claims(parsed, token or "")
-        self._check_audience(claims, invocation.app_id)
-        self._check_context(invocation, expect)
-        self._check_installation(invocation, lifecycle=expect.invocation == LIFECYCLE)
-        return invocation
+        with carrying(parsed):
+            check_header(parsed.header, Endpoint.FORGE)
+            kid = validate_kid(parsed.header.get("kid"))
+            verify_rs256(self._public_key(kid), parsed)
+            claims = parsed.claims
+            iss = _text(claims, "iss")
+            if iss != FORGE_ISSUER:
+                raise errors.UnknownIssuer(f"iss {_show(iss)} is not {FORGE_ISSUER!r}")
+            invocation = self._read_claims(parsed, token or "")
+            self._check_audience(claims, invocation.app_id)
+            self._check_context(invocation, expect)
+            self._check_installation(invocation, lifecycle=expect.invocation == LIFECYCLE)
+            return invocation
 
     def _read_claims(self, parsed: ParsedToken, token: str) -> VerifiedInvocation:
         claims = parsed.claims

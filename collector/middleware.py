@@ -171,14 +171,9 @@ class Gate:
                 self._admit_lifecycle(ex, url, body)
                 return
             endpoint = Endpoint.CONTEXT if ex.route.auth == CONTEXT else Endpoint.REQUEST
-            # A context token is reusable by design (the front end caches the one
-            # AP.context.getToken() gave it for its whole lifetime), so only a token signed
-            # for this one request is single-use on a state-changing method.
-            single_use = is_state_changing(ex.method) and not (
-                endpoint is Endpoint.CONTEXT and _is_context_token(ex.token)
-            )
+            # The verifier keeps context tokens reusable (their front end caches them).
             ex.verified = self.audit.verifier.verify_request(
-                ex.token, ex.method, url, endpoint=endpoint, state_changing=single_use
+                ex.token, ex.method, url, endpoint=endpoint, state_changing=is_state_changing(ex.method)
             )
         except TokenRejected as exc:
             ex.rejection = exc
@@ -360,7 +355,7 @@ class Gate:
         rec.auth_method = _auth_method(ex)
         if ex.rejection is not None:
             rec.outcome, rec.reason, rec.detail = events.REJECTED, ex.rejection.code, ex.rejection.detail
-            rec.claims, rec.token_fingerprint = _unverified_summary(ex.token)
+            rec.claims, rec.token_fingerprint = _unverified_summary(ex.token, ex.rejection.parsed)
             if ex.rejection.client_key:
                 rec.tenant_client_key = ex.rejection.client_key
                 rec.tenant_base_url, rec.product = ex.tenant_base_url, ex.product
@@ -396,7 +391,7 @@ class Gate:
         )
         if ex.rejection is not None:
             rec.outcome, rec.reason, rec.detail = events.REJECTED, ex.rejection.code, ex.rejection.detail
-            rec.claims, rec.token_fingerprint = _unverified_forge_summary(ex.token)
+            rec.claims, rec.token_fingerprint = _unverified_forge_summary(ex.token, ex.rejection.parsed)
             log.info("rejected Forge %s %s: %s (%s)", ex.method, rec.path, rec.reason, ex.request_id)
             return rec
         inv = ex.forge
@@ -439,16 +434,15 @@ def _product_token_notes(inv: ForgeInvocation) -> dict[str, Any]:
     return notes
 
 
-def _unverified_forge_summary(token: str | None) -> tuple[dict[str, Any] | None, str | None]:
+def _unverified_forge_summary(token: str | None, parsed: Any) -> tuple[dict[str, Any] | None, str | None]:
     """Claims of a refused FIT, for debugging: marked unverified, strings truncated."""
     if not token:
         return None, None
-    from collector.tokens import parse_token, token_fingerprint
+    from collector.tokens import token_fingerprint
 
     fingerprint = token_fingerprint(token)
-    try:
-        claims = parse_token(token).claims
-    except (TokenRejected, ValueError):
+    claims = getattr(parsed, "claims", None)
+    if not isinstance(claims, Mapping):
         return None, fingerprint
     app = claims.get("app") if isinstance(claims.get("app"), Mapping) else {}
     summary: dict[str, Any] = {"verified": False}
@@ -493,21 +487,18 @@ def _auth_method(ex: Exchange) -> str:
     return events.APP_JWT
 
 
-def _unverified_summary(token: str | None) -> tuple[dict[str, Any] | None, str | None]:
-    """Claims of a refused token, for debugging: marked unverified, strings truncated."""
+def _unverified_summary(token: str | None, parsed: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """Claims of a refused token, for debugging: marked unverified, strings truncated.
+
+    ``parsed`` is the token as the verifier parsed it (None when it could not be parsed:
+    then there are no claims to show, only the fingerprint)."""
     if not token:
         return None, None
-    from collector.tokens import parse_token, token_fingerprint
+    from collector.tokens import token_fingerprint
 
-    fingerprint = None
-    try:
-        fingerprint = token_fingerprint(token)
-        parsed = parse_token(token)
-    except (TokenRejected, ValueError):
-        return None, fingerprint
-    claims = getattr(parsed, "claims", None) or (parsed[1] if isinstance(parsed, tuple) else None)
+    claims = getattr(parsed, "claims", None)
     if not isinstance(claims, Mapping):
-        return None, fingerprint
+        return None, token_fingerprint(token)
     summary: dict[str, Any] = {"verified": False}
     for name in ("iss", "sub", "iat", "exp"):
         value = claims.get(name)
@@ -518,17 +509,7 @@ def _unverified_summary(token: str | None) -> tuple[dict[str, Any] | None, str |
     qsh = claims.get("qsh")
     if isinstance(qsh, str):
         summary["qsh_kind"] = "context" if qsh == "context-qsh" else "computed"
-    return summary, fingerprint
-
-
-def _is_context_token(token: str) -> bool:
-    from collector.qsh import CONTEXT_QSH
-    from collector.tokens import parse_token
-
-    try:
-        return parse_token(token).claims.get("qsh") == CONTEXT_QSH
-    except TokenRejected:
-        return False  # verification will name what is wrong with it
+    return summary, token_fingerprint(token)
 
 
 def _recorded_path(path: str, query: str) -> str:

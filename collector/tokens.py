@@ -30,7 +30,8 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -369,6 +370,18 @@ def validate_kid(kid: Any) -> str:
 # --------------------------------------------------------------------------- shared checks
 
 
+@contextmanager
+def carrying(parsed: ParsedToken) -> Iterator[None]:
+    """Attach ``parsed`` to a rejection raised inside, so that whoever records the refusal
+    reads the (unverified) claims without parsing the token again."""
+    try:
+        yield
+    except errors.TokenRejected as exc:
+        if exc.parsed is None:
+            exc.parsed = parsed
+        raise
+
+
 def check_header(header: dict[str, Any], endpoint: Endpoint) -> None:
     """Refuse key-carrying or critical parameters, a typ other than JWT, and any alg but the
     one pinned for ``endpoint`` (compared exactly: ``none``, ``hs256`` and lists fail)."""
@@ -533,7 +546,8 @@ class TokenVerifier:
         ``url`` is the URL or request target as received; the app's context path (the
         path of ``app_base_url``) is removed before the qsh is computed. A context token
         is accepted only when ``endpoint`` is :attr:`Endpoint.CONTEXT`. With a replay
-        guard, a ``state_changing`` request's token is accepted once.
+        guard, a ``state_changing`` request's token is accepted once, except a context
+        token, which its front end reuses by design.
         """
         if not isinstance(method, str) or not isinstance(url, str):
             raise TypeError("verify_request needs the method and URL of the request received")
@@ -589,28 +603,29 @@ class TokenVerifier:
         replay: bool = True,
     ) -> VerifiedToken:
         parsed = parse_token(token, max_size=self.policy.max_size)
-        self._check_header(parsed.header, Endpoint.LIFECYCLE)
-        kid = validate_kid(parsed.header.get("kid"))
-        self._verify_rsa(self._public_key(kid), parsed)
-        claims = parsed.claims
-        iss = _text_claim(claims, "iss", required=True)
-        exp = self._check_times(claims)
-        account_id = _text_claim(claims, "sub", required=False)
-        qsh_kind = self._check_qsh(claims, method, url, Endpoint.LIFECYCLE)
-        self._check_audience(claims)
-        if body_client_key is not None and iss != body_client_key:
-            raise errors.IssuerMismatch(
-                f"the token's iss {_show(iss)} differs from the body's clientKey "
-                f"{_show(body_client_key)}"
-            )
-        digest = token_hash(parsed)
-        if replay:
-            self._check_replay(iss, digest, exp)
-        install = self._installs.install_secret(iss) if self._installs is not None else None
-        return VerifiedToken(
-            parsed.header, claims, iss, account_id, qsh_kind,
-            token_fingerprint(token), digest, install,
-        )  # fmt: skip
+        with carrying(parsed):
+            self._check_header(parsed.header, Endpoint.LIFECYCLE)
+            kid = validate_kid(parsed.header.get("kid"))
+            self._verify_rsa(self._public_key(kid), parsed)
+            claims = parsed.claims
+            iss = _text_claim(claims, "iss", required=True)
+            exp = self._check_times(claims)
+            account_id = _text_claim(claims, "sub", required=False)
+            qsh_kind = self._check_qsh(claims, method, url, Endpoint.LIFECYCLE)
+            self._check_audience(claims)
+            if body_client_key is not None and iss != body_client_key:
+                raise errors.IssuerMismatch(
+                    f"the token's iss {_show(iss)} differs from the body's clientKey "
+                    f"{_show(body_client_key)}"
+                )
+            digest = token_hash(parsed)
+            if replay:
+                self._check_replay(iss, digest, exp)
+            install = self._installs.install_secret(iss) if self._installs is not None else None
+            return VerifiedToken(
+                parsed.header, claims, iss, account_id, qsh_kind,
+                token_fingerprint(token), digest, install,
+            )  # fmt: skip
 
     def _verify_shared_secret(
         self,
@@ -621,36 +636,40 @@ class TokenVerifier:
         state_changing: bool,
     ) -> VerifiedToken:
         parsed = parse_token(token, max_size=self.policy.max_size)
-        self._check_header(parsed.header, endpoint)
-        claims = parsed.claims
-        iss = _text_claim(claims, "iss", required=True)
-        install = self._installs.install_secret(iss) if self._installs is not None else None
-        if install is None:
-            raise errors.UnknownIssuer(f"no install has clientKey {_show(iss)}")
-        if not install.active:
-            raise errors.InactiveInstall(f"the install {_show(iss)} is uninstalled or disabled")
-        secret = install.shared_secret.encode("utf-8")
-        if not secret:
-            raise errors.BadSignature("the install has no shared secret to verify with")
-        expected = hmac.digest(secret, parsed.signing_input, "sha256")  # one-shot, in C
-        if not hmac.compare_digest(expected, parsed.signature):
-            raise errors.BadSignature(
-                "the HS256 signature does not verify with the install's shared secret"
-            )
-        try:
-            exp = self._check_times(claims)
-            account_id = _text_claim(claims, "sub", required=False)
-            qsh_kind = self._check_qsh(claims, method, url, endpoint)
-            digest = token_hash(parsed)
-            if state_changing:
-                self._check_replay(iss, digest, exp)
-        except errors.TokenRejected as exc:
-            exc.client_key = iss  # the signature verified: this refusal is the tenant's
-            raise
-        return VerifiedToken(
-            parsed.header, claims, iss, account_id, qsh_kind,
-            token_fingerprint(token), digest, install,
-        )  # fmt: skip
+        with carrying(parsed):
+            self._check_header(parsed.header, endpoint)
+            claims = parsed.claims
+            iss = _text_claim(claims, "iss", required=True)
+            install = self._installs.install_secret(iss) if self._installs is not None else None
+            if install is None:
+                raise errors.UnknownIssuer(f"no install has clientKey {_show(iss)}")
+            if not install.active:
+                raise errors.InactiveInstall(f"the install {_show(iss)} is uninstalled or disabled")
+            secret = install.shared_secret.encode("utf-8")
+            if not secret:
+                raise errors.BadSignature("the install has no shared secret to verify with")
+            expected = hmac.digest(secret, parsed.signing_input, "sha256")  # one-shot, in C
+            if not hmac.compare_digest(expected, parsed.signature):
+                raise errors.BadSignature(
+                    "the HS256 signature does not verify with the install's shared secret"
+                )
+            try:
+                exp = self._check_times(claims)
+                account_id = _text_claim(claims, "sub", required=False)
+                qsh_kind = self._check_qsh(claims, method, url, endpoint)
+                digest = token_hash(parsed)
+                # A context token is reusable by design (the front end keeps the one
+                # AP.context.getToken() gave it for its whole life): only a token signed for
+                # one request is single-use.
+                if state_changing and not (qsh_kind == "context" and endpoint is Endpoint.CONTEXT):
+                    self._check_replay(iss, digest, exp)
+            except errors.TokenRejected as exc:
+                exc.client_key = iss  # the signature verified: this refusal is the tenant's
+                raise
+            return VerifiedToken(
+                parsed.header, claims, iss, account_id, qsh_kind,
+                token_fingerprint(token), digest, install,
+            )  # fmt: skip
 
     @staticmethod
     def _check_header(header: dict[str, Any], endpoint: Endpoint) -> None:
