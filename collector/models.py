@@ -158,18 +158,12 @@ sa.Index("ix_audit_events_outcome_ts", _events.outcome, _events.ts)
 sa.Index("ix_audit_events_reason_ts", _events.reason, _events.ts)
 
 
-class EventRollup(SQLModel, table=True):
-    """Hourly event counts per dimension combination, so aggregates never scan the log.
+class RollupDimensions(SQLModel):
+    """The dimensions and measures the hourly and daily event rollups share (one list, read by
+    :data:`collector.query.ROLLUP_DIMS`). Dimensions are never NULL ('' and status 0 stand for
+    "none") so that the composite key can be the upsert's conflict target on both SQLite and
+    PostgreSQL."""
 
-    Maintained incrementally from ``audit_events`` by :func:`collector.query.refresh_rollups`
-    (events with ``seq`` above the watermark in :class:`RollupState`). Dimensions are
-    never NULL ('' and status 0 stand for "none") so that the composite key can be the
-    upsert's conflict target on both SQLite and PostgreSQL.
-    """
-
-    __tablename__ = "event_rollups"
-
-    hour: int = Field(primary_key=True)  # epoch seconds // 3600 of the event's ts
     tenant_client_key: str = Field(default="", primary_key=True)
     direction: str = Field(default="", primary_key=True)
     identity_kind: str = Field(default="", primary_key=True)
@@ -185,7 +179,25 @@ class EventRollup(SQLModel, table=True):
     latency_n: int = 0
 
 
-class EventRollupDaily(SQLModel, table=True):
+#: The rollups' dimension columns, in key order (the measures n, latency_sum, latency_n follow).
+ROLLUP_DIMENSIONS: tuple[str, ...] = tuple(
+    name for name in RollupDimensions.model_fields if name not in ("n", "latency_sum", "latency_n")
+)
+
+
+class EventRollup(RollupDimensions, table=True):
+    """Hourly event counts per dimension combination, so aggregates never scan the log.
+
+    Maintained incrementally from ``audit_events`` by :func:`collector.query.refresh_rollups`
+    (events with ``seq`` above the watermark in :class:`RollupState`).
+    """
+
+    __tablename__ = "event_rollups"
+
+    hour: int = Field(primary_key=True)  # epoch seconds // 3600 of the event's ts
+
+
+class EventRollupDaily(RollupDimensions, table=True):
     """Daily event counts, the same dimensions as :class:`EventRollup`.
 
     An hourly rollup of a busy month still holds hundreds of thousands of rows; a range of
@@ -197,19 +209,6 @@ class EventRollupDaily(SQLModel, table=True):
     __tablename__ = "event_rollups_daily"
 
     day: int = Field(primary_key=True)  # epoch seconds // 86400 of the event's ts (UTC days)
-    tenant_client_key: str = Field(default="", primary_key=True)
-    direction: str = Field(default="", primary_key=True)
-    identity_kind: str = Field(default="", primary_key=True)
-    auth_method: str = Field(default="", primary_key=True)
-    outcome: str = Field(default="", primary_key=True)
-    reason: str = Field(default="", primary_key=True)
-    status: int = Field(default=0, primary_key=True)
-    method: str = Field(default="", primary_key=True)
-    path_template: str = Field(default="", primary_key=True)
-    required_scope: str = Field(default="", primary_key=True)
-    n: int = 0
-    latency_sum: float = 0.0
-    latency_n: int = 0
 
 
 class ActorRollup(SQLModel, table=True):

@@ -40,7 +40,14 @@ from collector.errors import (
     ForgeTokenUnavailable,
     QueryTimeout,
 )
-from collector.models import ActorRollup, AuditEvent, EventRollup, EventRollupDaily, RollupState
+from collector.models import (
+    ROLLUP_DIMENSIONS,
+    ActorRollup,
+    AuditEvent,
+    EventRollup,
+    EventRollupDaily,
+    RollupState,
+)
 
 EVENTS = AuditEvent.__table__
 ROLLUP = EventRollup.__table__
@@ -507,18 +514,7 @@ def distinct_values(source: Any, column: str, *, limit: int = 500) -> list[str]:
 
 # --------------------------------------------------------------------------- rollups
 
-ROLLUP_DIMS = (
-    "tenant_client_key",
-    "direction",
-    "identity_kind",
-    "auth_method",
-    "outcome",
-    "reason",
-    "status",
-    "method",
-    "path_template",
-    "required_scope",
-)
+ROLLUP_DIMS = ROLLUP_DIMENSIONS  # one list, on the models (collector.models.RollupDimensions)
 ACTOR_DIMS = ("tenant_client_key", "account_id", "identity_kind", "method", "path_template", "outcome")
 
 

@@ -20,6 +20,8 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
+# Written out, not read from collector.models: a revision describes the schema as it was when
+# it was written, and must not change when the models do.
 DIMS = (
     "tenant_client_key",
     "direction",
