@@ -222,9 +222,10 @@ def _check_word(label: str, value: str | None, allowed: Sequence[str]) -> None:
     if value is not None and value not in allowed:
         article = "an" if label[:1] in "aeiou" else "a"
         # A long list (the reason codes) is named, not spelled out, to keep one short sentence.
+        rest = allowed[len(REJECTION_CODES):]
         choices = f"one of {', '.join(allowed)}" if len(allowed) <= 8 else (
-            f"a rejection code such as {allowed[0]} or {allowed[-4]} (see the README), "
-            f"or {', '.join(allowed[-3:])}"
+            f"a rejection code such as {allowed[0]} or {REJECTION_CODES[-1]} (see docs/debugging.md), "
+            f"or {', '.join(rest)}"
         )
         raise FilterError(f"'{value}' is not {article} {label}: use {choices}")
 

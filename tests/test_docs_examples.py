@@ -1,4 +1,5 @@
-"""The README's command-line and debugging examples are run exactly as written.
+"""The documentation's command-line and debugging examples are run exactly as written, and
+every link between the README and the pages under docs/ leads somewhere.
 
 Every ```console block of the ``cli`` and ``debugging`` sections is a list of ``$ command``
 lines, each followed by the output it must print. Commands run in-process through
@@ -24,14 +25,15 @@ from collector.inspect import inspect_token
 from collector.tokens import StaticInstalls
 
 ROOT = Path(__file__).parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
 ECHO_STATUS = '; echo "exit $?"'
+PAGES = ("cli", "debugging", "integrating", "dashboard", "reliability", "performance", "architecture")
 
 
 def section(name: str) -> str:
-    start = README.index(f"<!-- section: {name} -->")
-    end = README.find("<!-- section:", start + 1)
-    return README[start : end if end != -1 else len(README)]
+    """A reference page of docs/ (the README keeps only what a newcomer reads first)."""
+    text = (ROOT / "docs" / f"{name}.md").read_text(encoding="utf-8")
+    assert name == "architecture" or f"<!-- section: {name} -->" in text
+    return text
 
 
 def console_examples(name: str) -> list[tuple[str, str]]:
@@ -109,3 +111,34 @@ def test_documented_json_fields_are_the_report_fields():
     for cell in re.findall(r"^\| ([^|]+) \|", table, flags=re.M):
         documented.update(re.findall(r"`([a-z_]+)`", cell))
     assert documented == set(report)
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to dashes."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    return {_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+
+
+def test_the_readme_leads_to_every_reference_page_and_every_link_resolves():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in PAGES:
+        assert f"](docs/{name}.md)" in readme, name
+    assert len(readme.splitlines()) < 150  # a newcomer's page, not the manual
+    checked = 0
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"```.*?```", "", doc.read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            file_part, _, anchor = target.partition("#")
+            path = (doc.parent / file_part).resolve() if file_part else doc
+            assert path.exists(), f"{doc.name}: {target} leads nowhere"
+            if anchor:
+                assert anchor in _anchors(path), f"{doc.name}: no heading for #{anchor} in {path.name}"
+            checked += 1
+    assert checked > 15

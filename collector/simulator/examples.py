@@ -1,6 +1,6 @@
 """Find and load the example Connect apps that live in the source tree (``examples/``).
 
-The examples are documentation that runs: the README quotes them, the tests serve them
+The examples are documentation that runs: docs/integrating.md quotes them, the tests serve them
 and ``connect-audit demo`` drives the Flask one. They are not installed as a package (a
 top-level ``examples`` package in site-packages would collide with anyone's), so they are
 loaded from the checkout, next to the ``collector`` directory.
