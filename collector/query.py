@@ -1,373 +1,73 @@
-"""Reading the audit log: filters pushed into SQL, keyset pages, streaming, aggregates.
+"""Reading the audit log: keyset pages, streaming, and aggregates over the rollups.
 
-This module is shared by ``connect-audit export`` and the dashboard (through
-``dashboard/queries.py``), so both answer the same question with the same SQL.
+This module is the reads, shared by ``connect-audit export`` and the dashboard (through
+``dashboard/queries.py``), so both answer the same question with the same SQL. It builds on
+three rooms, whose names it re-exports so that callers keep one import:
 
-Three rules keep it fast on millions of events:
+* :mod:`collector.filters`: :class:`EventFilter` and its SQL (:func:`where_clause`);
+* :mod:`collector.database`: connections and the statement time limit (:func:`reading`);
+* :mod:`collector.rollups`: the rollup tables and their upkeep (:func:`refresh_rollups`).
 
-* every filter becomes a SQL condition (:func:`where_clause`); nothing is filtered in
-  Python and nothing loads the table into memory;
-* pages are keyset pages on ``(ts, seq)`` descending, so page 1000 costs what page 1 does;
-* aggregates read the daily and hourly rollup tables (:func:`refresh_rollups` keeps them
-  current incrementally) for the whole days and hours of a range, and the raw log only for
-  the partial hours at its edges, which keeps them exact and independent of the log's size.
-
-Every statement runs under a time limit (:func:`time_limit`) and raises
-:class:`QueryTimeout`, a sentence a person can act on, instead of hanging a page.
+Pages are keyset pages on ``(ts, seq)`` descending, so page 1000 costs what page 1 does;
+aggregates read whole days and hours from the rollups and only the edges from the log.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import re
-import threading
-import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from collector import events as ev
-from collector.errors import (
-    REJECTION_CODES,
-    ConfigurationError,
-    FilterError,
-    ForgeTokenUnavailable,
-    QueryTimeout,
+from collector.database import (
+    ACTORS,
+    DAILY_ROLLUP,
+    DEFAULT_TIME_LIMIT,
+    EVENTS,
+    ROLLUP,
+    STATE,
+    connect,
+    reading,
+    time_limit,
 )
-from collector.models import (
-    ROLLUP_DIMENSIONS,
-    ActorRollup,
-    AuditEvent,
-    EventRollup,
-    EventRollupDaily,
-    RollupState,
-)
-
-EVENTS = AuditEvent.__table__
-ROLLUP = EventRollup.__table__
-ACTORS = ActorRollup.__table__
-DAILY_ROLLUP = EventRollupDaily.__table__
-STATE = RollupState.__table__
-
-#: Default statement time limit, in seconds, for interactive reads.
-DEFAULT_TIME_LIMIT = 10.0
-
-
-#: Every reason word the log can hold: a rejection code, a 403's cause, a refused exchange.
-REASONS = (*REJECTION_CODES, ev.SCOPE, ev.PERMISSION, ev.TOKEN_EXCHANGE_REFUSED, ForgeTokenUnavailable.code)
-
-
-# --------------------------------------------------------------------------- filter
-
-_STATUS_RE = re.compile(r"^(?:[1-5]\d\d|[1-5]xx)$")
-_DURATION_RE = re.compile(r"^(\d+)\s*(m|min|h|d|w)$")
-_DURATION_UNITS = {"m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_time(value: str, *, now: datetime | None = None, end_of_day: bool = False) -> datetime:
-    """Read an instant: ISO-8601 (a date, or a datetime; naive means UTC) or an age like ``7d``.
-
-    Ages (``30m``, ``24h``, ``7d``, ``2w``) count back from ``now``. With ``end_of_day`` a
-    bare date means the start of the next day, so ``--until 2026-01-31`` includes that day.
-    """
-    text = value.strip()
-    match = _DURATION_RE.match(text.lower())
-    if match:
-        now = now or datetime.now(UTC)
-        return now - timedelta(seconds=int(match.group(1)) * _DURATION_UNITS[match.group(2)])
-    try:
-        if len(text) == 10:
-            day = date.fromisoformat(text)
-            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            return start + timedelta(days=1) if end_of_day else start
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "T", 1))
-    except ValueError:
-        raise FilterError(
-            f"'{value}' is not a time: use an ISO-8601 date or datetime, or an age like 24h or 7d"
-        ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-@dataclass(frozen=True, slots=True)
-class EventFilter:
-    """Which events to read. Every field is optional; set fields are ANDed.
-
-    ``since`` is inclusive and ``until`` exclusive. ``tenant`` is a clientKey, or a baseUrl
-    when it starts with ``http``. ``status`` is a code (``403``) or a class (``4xx``).
-    ``path_contains`` and ``text`` are case-insensitive substrings; ``text`` searches the
-    tenant, account, path, reason, detail, scope and the event and request ids.
-    """
-
-    since: datetime | None = None
-    until: datetime | None = None
-    tenant: str | None = None
-    platform: str | None = None
-    direction: str | None = None
-    identity_kind: str | None = None
-    account_id: str | None = None
-    method: str | None = None
-    path_contains: str | None = None
-    scope: str | None = None
-    status: str | None = None
-    outcome: str | None = None
-    reason: str | None = None
-    text: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("since", "until"):
-            value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                raise FilterError(f"The filter's {name} must be timezone-aware (UTC)")
-        _check_word("platform", self.platform, ev.PLATFORMS)
-        _check_word("direction", self.direction, ev.DIRECTIONS)
-        _check_word("identity kind", self.identity_kind, ev.IDENTITY_KINDS)
-        _check_word("outcome", self.outcome, ev.OUTCOMES)
-        _check_word("reason", self.reason, REASONS)
-        if self.status is not None and not _STATUS_RE.match(str(self.status)):
-            raise FilterError(
-                f"'{self.status}' is not an HTTP status: use a code such as 403 or a class such as 4xx"
-            )
-        if self.since and self.until and self.since >= self.until:
-            raise FilterError("The time range is empty: 'since' must be before 'until'")
-
-    # -- URL state and CLI flags ---------------------------------------------------
-
-    def to_params(self) -> dict[str, str]:
-        """The set fields as strings, for ``st.query_params`` or a shareable link."""
-        out: dict[str, str] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None or value == "":
-                continue
-            out[f.name] = _iso(value) if isinstance(value, datetime) else str(value)
-        return out
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], *, now: datetime | None = None) -> EventFilter:
-        """Build a filter from strings (query parameters, CLI flags); unknown keys are ignored.
-
-        Raises :class:`FilterError` with one sentence when a value is malformed.
-        """
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = params.get(f.name)
-            if isinstance(raw, list | tuple):
-                raw = raw[-1] if raw else None
-            if raw is None or str(raw).strip() == "":
-                continue
-            text = str(raw).strip()
-            if f.name == "since":
-                values[f.name] = parse_time(text, now=now)
-            elif f.name == "until":
-                values[f.name] = parse_time(text, now=now, end_of_day=True)
-            elif f.name == "method" or (f.name == "scope" and ":" not in text):
-                values[f.name] = text.upper()  # Connect scopes are upper case; OAuth scopes are not
-            elif f.name in {"platform", "direction", "identity_kind", "outcome"}:
-                values[f.name] = text.lower()
-            else:
-                values[f.name] = text
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> EventFilter:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data.update(changes)
-        return type(self)(**data)
-
-    def describe(self) -> str:
-        """A short human label of the set fields (used in export file names and headings)."""
-        parts = [f"{k}={v}" for k, v in self.to_params().items() if k not in {"since", "until"}]
-        return ", ".join(parts) or "no filter"
-
-    def raw_only_fields(self, dims: Sequence[str]) -> set[str]:
-        """The set fields that a rollup with ``dims`` cannot answer (they need the raw log)."""
-        out = set()
-        for name in self.to_params():
-            if name in {"since", "until"}:
-                continue
-            column = _ROLLUP_COLUMN.get(name)
-            if column is None or column not in dims or (
-                name == "tenant" and str(self.tenant).startswith("http")
-            ):
-                out.add(name)
-        return out
-
-
-#: Filter field -> rollup column; fields absent here (path_contains, text) need the raw log.
-_ROLLUP_COLUMN = {
-    "tenant": "tenant_client_key",
-    # Every Forge event, and no other, has a Forge auth method: the rollups answer by platform.
-    "platform": "auth_method",
-    "direction": "direction",
-    "identity_kind": "identity_kind",
-    "account_id": "account_id",
-    "method": "method",
-    "scope": "required_scope",
-    "status": "status",
-    "outcome": "outcome",
-    "reason": "reason",
-}
-
-
-def _check_word(label: str, value: str | None, allowed: Sequence[str]) -> None:
-    if value is not None and value not in allowed:
-        article = "an" if label[:1] in "aeiou" else "a"
-        # A long list (the reason codes) is named, not spelled out, to keep one short sentence.
-        rest = allowed[len(REJECTION_CODES):]
-        choices = f"one of {', '.join(allowed)}" if len(allowed) <= 8 else (
-            f"a rejection code such as {allowed[0]} or {REJECTION_CODES[-1]} (see docs/debugging.md), "
-            f"or {', '.join(rest)}"
-        )
-        raise FilterError(f"'{value}' is not {article} {label}: use {choices}")
-
-
-def _like(column: sa.ColumnElement, needle: str) -> sa.ColumnElement[bool]:
-    escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return column.ilike(f"%{escaped}%", escape="\\")
-
-
-_TEXT_COLUMNS = (
-    "tenant_client_key",
-    "tenant_base_url",
-    "account_id",
-    "path",
-    "reason",
-    "detail",
-    "required_scope",
-    "event_id",
-    "request_id",
+from collector.errors import FilterError, QueryTimeout
+from collector.filters import REASONS, EventFilter, _column_conditions, _iso, parse_time, where_clause
+from collector.rollups import (
+    ACTOR_DIMS,
+    ACTOR_HOURLY,
+    DAILY,
+    FOLD_STEP,
+    HOURLY,
+    ROLLUP_DIMS,
+    ROLLUPS,
+    Rollup,
+    _dim_expr,
+    _hour_expr,
+    _watermarks,
+    refresh_rollups,
+    rollup_lag,
 )
 
-
-def _status_condition(column: sa.ColumnElement, status: str) -> sa.ColumnElement[bool]:
-    if status.endswith("xx"):
-        low = int(status[0]) * 100
-        return sa.and_(column >= low, column < low + 100)
-    return column == int(status)
-
-
-def _column_conditions(flt: EventFilter, c: Any) -> list[sa.ColumnElement[bool]]:
-    """The filter's plain column tests, shared by the log and the rollup tables."""
-    conds = [c[name] == getattr(flt, name)
-             for name in ("direction", "identity_kind", "account_id", "method", "outcome", "reason")
-             if getattr(flt, name)]
-    if flt.platform:
-        forge = c.auth_method.in_(ev.FORGE_AUTH_METHODS)
-        conds.append(forge if flt.platform == ev.FORGE else sa.not_(forge))
-    if flt.scope:
-        conds.append(c.required_scope == flt.scope)
-    if flt.status:
-        conds.append(_status_condition(c.status, flt.status))
-    return conds
-
-
-def where_clause(flt: EventFilter, table: sa.Table = EVENTS) -> sa.ColumnElement[bool]:
-    """The filter as one SQL condition over ``audit_events`` (``true`` when nothing is set)."""
-    c = table.c
-    conds: list[sa.ColumnElement[bool]] = []
-    if flt.since is not None:
-        conds.append(c.ts >= flt.since)
-    if flt.until is not None:
-        conds.append(c.ts < flt.until)
-    if flt.tenant:
-        if flt.tenant.startswith("http"):
-            conds.append(c.tenant_base_url == flt.tenant.rstrip("/"))
-        else:
-            conds.append(c.tenant_client_key == flt.tenant)
-    conds += _column_conditions(flt, c)
-    if flt.path_contains:
-        conds.append(_like(c.path, flt.path_contains))
-    if flt.text:
-        conds.append(sa.or_(*(_like(c[name], flt.text) for name in _TEXT_COLUMNS)))
-    return sa.and_(sa.true(), *conds)
-
-
-# --------------------------------------------------------------------------- connections
-
-
-def _engine(source: Any) -> sa.Engine:
-    if isinstance(source, sa.Engine):
-        return source
-    engine = getattr(source, "engine", None)
-    if isinstance(engine, sa.Engine):
-        return engine
-    raise TypeError(f"expected a Store, an Engine or a Connection, not {type(source).__name__}")
-
-
-@contextmanager
-def connect(source: Any) -> Iterator[sa.Connection]:
-    """A connection from a Store, an Engine, or the Connection itself (left open)."""
-    if isinstance(source, sa.Connection):
-        yield source
-        return
-    with _engine(source).connect() as conn:
-        yield conn
-
-
-@contextmanager
-def time_limit(conn: sa.Connection, seconds: float | None) -> Iterator[None]:
-    """Abort the statements run inside after ``seconds``, raising :class:`QueryTimeout`.
-
-    SQLite has no statement timeout, so a progress handler interrupts the query once the
-    deadline passes; PostgreSQL gets ``SET LOCAL statement_timeout`` in the transaction.
-    """
-    if not seconds:
-        yield
-        return
-    dialect = conn.dialect.name
-    message = (
-        f"The query ran longer than its {seconds:g} s limit; narrow the time range "
-        "or add a filter (tenant, outcome, reason) that the indexes can use"
-    )
-    if dialect == "sqlite":
-        raw = conn.connection.driver_connection
-        deadline = time.monotonic() + seconds
-        fired = threading.Event()
-
-        def _check() -> int:
-            if time.monotonic() > deadline:
-                fired.set()
-                return 1
-            return 0
-
-        raw.set_progress_handler(_check, 20_000)
-        try:
-            yield
-        except sa.exc.OperationalError as exc:
-            if fired.is_set() or "interrupted" in str(exc).lower():
-                raise QueryTimeout(message) from None
-            raise
-        finally:
-            raw.set_progress_handler(None, 0)
-        return
-    if dialect == "postgresql":
-        # SET LOCAL lasts until the end of the (auto-begun) transaction of this block.
-        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(seconds * 1000)}")
-        try:
-            yield
-        except sa.exc.OperationalError as exc:
-            if "statement timeout" in str(exc).lower() or "canceling statement" in str(exc):
-                raise QueryTimeout(message) from None
-            raise
-        return
-    yield
-
-
-@contextmanager
-def reading(source: Any, seconds: float | None = DEFAULT_TIME_LIMIT) -> Iterator[sa.Connection]:
-    """A connection whose statements run under the time limit."""
-    with connect(source) as conn, time_limit(conn, seconds):
-        yield conn
-
+#: The readers' one import: this module's reads, and the names of the rooms it builds on.
+__all__ = [  # noqa: RUF022 - grouped by the room each name comes from
+    # collector.filters
+    "REASONS", "EventFilter", "FilterError", "parse_time", "where_clause",
+    # collector.database
+    "ACTORS", "DAILY_ROLLUP", "DEFAULT_TIME_LIMIT", "EVENTS", "ROLLUP", "STATE", "QueryTimeout", "connect",
+    "reading", "time_limit",
+    # collector.rollups
+    "ACTOR_DIMS", "ACTOR_HOURLY", "DAILY", "FOLD_STEP", "HOURLY", "ROLLUPS", "ROLLUP_DIMS", "Rollup",
+    "refresh_rollups", "rollup_lag",
+    # the reads
+    "LIST_COLUMNS", "Cursor", "Page", "acting_users", "aggregate", "bounds", "bucket_seconds", "count",
+    "count_at_most", "denial_split", "distinct_values", "facets", "get_event", "internal_events", "iter_rows",
+    "overview", "page", "series", "summary", "top_values", "who_acted",
+]
 
 # --------------------------------------------------------------------------- rows
 
@@ -511,258 +211,6 @@ def distinct_values(source: Any, column: str, *, limit: int = 500) -> list[str]:
     stmt = sa.select(col).where(col != "").group_by(col).order_by(col).limit(limit)
     with reading(source) as conn:
         return [r[0] for r in conn.execute(stmt)]
-
-
-# --------------------------------------------------------------------------- rollups
-
-ROLLUP_DIMS = ROLLUP_DIMENSIONS  # one list, on the models (collector.models.RollupDimensions)
-ACTOR_DIMS = ("tenant_client_key", "account_id", "identity_kind", "method", "path_template", "outcome")
-
-
-@dataclass(frozen=True)
-class Rollup:
-    """One rollup table: its watermark's name, its time key and grain, its dimensions."""
-
-    name: str  # rollup_state.name
-    table: sa.Table
-    key: str  # the time column: "hour" or "day"
-    grain_h: int  # hours per key step
-    dims: tuple[str, ...]
-
-
-HOURLY = Rollup("events", ROLLUP, "hour", 1, ROLLUP_DIMS)
-DAILY = Rollup("days", DAILY_ROLLUP, "day", 24, ROLLUP_DIMS)
-ACTOR_HOURLY = Rollup("actors", ACTORS, "hour", 1, ACTOR_DIMS)
-ROLLUPS = (HOURLY, DAILY, ACTOR_HOURLY)
-
-
-def _bucket_expr(dialect: str, column: sa.ColumnElement, seconds: int) -> sa.ColumnElement[int]:
-    """Epoch seconds of a stored timestamp divided by ``seconds`` (floored), computed in SQL."""
-    if dialect == "sqlite":
-        return sa.cast(sa.func.strftime("%s", column), sa.Integer) // seconds  # floor, not true, division
-    return sa.cast(sa.func.floor(sa.extract("epoch", column) / seconds), sa.BigInteger)
-
-
-def _hour_expr(dialect: str, column: sa.ColumnElement, step_h: int = 1) -> sa.ColumnElement[int]:
-    """The epoch hour of a timestamp, rounded down to a multiple of ``step_h``."""
-    if step_h == 1:
-        return _bucket_expr(dialect, column, 3600)
-    return _bucket_expr(dialect, column, 3600 * step_h) * step_h
-
-
-def _dim_expr(name: str) -> sa.ColumnElement:
-    col = EVENTS.c[name]
-    return sa.func.coalesce(col, 0 if name == "status" else "")
-
-
-def _upsert(dialect: str, table: sa.Table):
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:  # pragma: no cover - the store supports only these two
-        raise ConfigurationError(f"rollups are not supported on {dialect}")
-    return insert(table)
-
-
-def _fold_statement(
-    dialect: str, rollup: Rollup, within: sa.ColumnElement | None = None
-) -> sa.Executable:
-    """``INSERT ... SELECT ... GROUP BY ... ON CONFLICT`` adding the events with
-    ``:lo < seq <= :hi`` (and ``within``) to ``rollup``'s counts."""
-    bucket, group = _fold_bucket(dialect, rollup)
-    span = sa.and_(
-        EVENTS.c.seq > sa.bindparam("lo"),
-        EVENTS.c.seq <= sa.bindparam("hi"),
-        sa.true() if within is None else within,
-    )
-    dims = [_dim_expr(d).label(d) for d in rollup.dims]
-    target = rollup.table
-    keys = [rollup.key, *rollup.dims]
-    if rollup is not ACTOR_HOURLY:
-        measures = (
-            sa.func.count().label("n"),
-            sa.func.coalesce(sa.func.sum(EVENTS.c.latency_ms), 0.0).label("latency_sum"),
-            sa.func.count(EVENTS.c.latency_ms).label("latency_n"),
-        )
-        select = sa.select(bucket, *dims, *measures).where(span).group_by(group, *dims)
-        ins = _upsert(dialect, target).from_select([*keys, "n", "latency_sum", "latency_n"], select)
-        ex = ins.excluded
-        merge = {
-            "n": target.c.n + ex.n,
-            "latency_sum": target.c.latency_sum + ex.latency_sum,
-            "latency_n": target.c.latency_n + ex.latency_n,
-        }
-    else:
-        measures = (
-            sa.func.count().label("n"),
-            sa.func.min(EVENTS.c.ts).label("first_ts"),
-            sa.func.max(EVENTS.c.ts).label("last_ts"),
-        )
-        select = (
-            sa.select(bucket, *dims, *measures)
-            .where(span, EVENTS.c.account_id.is_not(None))
-            .group_by(group, *dims)
-        )
-        ins = _upsert(dialect, target).from_select([*keys, "n", "first_ts", "last_ts"], select)
-        ex = ins.excluded
-        least, greatest = (
-            (sa.func.min, sa.func.max) if dialect == "sqlite" else (sa.func.least, sa.func.greatest)
-        )
-        merge = {
-            "n": target.c.n + ex.n,
-            "first_ts": least(target.c.first_ts, ex.first_ts),
-            "last_ts": greatest(target.c.last_ts, ex.last_ts),
-        }
-    return ins.on_conflict_do_update(index_elements=keys, set_=merge)
-
-
-def _fold_bucket(dialect: str, rollup: Rollup) -> tuple[sa.ColumnElement, sa.ColumnElement]:
-    """The rollup's time key for a fold, and the expression to group the events by.
-
-    SQLite stores ``ts`` as ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC), so events are grouped by
-    the text prefix of their hour or day, and the prefix is turned into an epoch number
-    once per group instead of parsing every event's timestamp (a quarter of a fold's time).
-    """
-    if dialect != "sqlite":
-        bucket = _bucket_expr(dialect, EVENTS.c.ts, rollup.grain_h * 3600)
-        return bucket.label(rollup.key), bucket
-    if rollup.grain_h == 24:
-        prefix, suffix = sa.func.substr(EVENTS.c.ts, 1, 10), ""
-    else:
-        prefix, suffix = sa.func.substr(EVENTS.c.ts, 1, 13), ":00:00"
-    start = sa.func.strftime("%s", prefix + suffix if suffix else prefix)
-    bucket = sa.cast(start, sa.Integer) // (rollup.grain_h * 3600)
-    return bucket.label(rollup.key), prefix
-
-
-@functools.cache
-def _fold(dialect: str, rollup: Rollup) -> sa.Executable:
-    # Built once: constructing these statements costs more Python time than running them
-    # over a second of traffic, and the fold runs on the recorder's writer thread.
-    return _fold_statement(dialect, rollup)
-
-
-_MAX_SEQ = sa.select(sa.func.max(EVENTS.c.seq))
-_OLDEST_TS = sa.select(EVENTS.c.ts).order_by(EVENTS.c.ts.asc()).limit(1)
-_STATES = sa.select(STATE.c.name, STATE.c.last_seq, STATE.c.oldest_hour)
-_SET_MARK = STATE.update().where(STATE.c.name == sa.bindparam("rollup")).values(
-    last_seq=sa.bindparam("seq")
-)
-_SET_OLDEST = STATE.update().where(STATE.c.name == sa.bindparam("rollup")).values(
-    oldest_hour=sa.bindparam("hour")
-)
-
-#: Events folded per transaction: the first fold of a large log runs in steps so that the
-#: recorder, which needs the same write lock, never waits long.
-FOLD_STEP = 200_000
-
-
-@contextmanager
-def _write(source: Any) -> Iterator[sa.Connection]:
-    """The store's chain-append transaction when there is a Store, else a plain one.
-
-    Holding the chain lock matters: while it is held no append is in flight, so every
-    ``seq`` up to the maximum is committed and the watermark can never skip an event.
-    """
-    if hasattr(source, "write_transaction"):
-        with source.write_transaction() as conn:
-            yield conn
-        return
-    with _engine(source).begin() as conn:
-        yield conn
-
-
-def refresh_rollups(source: Any, *, step: int = FOLD_STEP, limit: int | None = None) -> int:
-    """Fold events not yet counted into the rollups; returns how many events were folded.
-
-    Incremental (only ``seq`` above each rollup's watermark) and safe to run from several
-    processes: each step runs under the store's write lock. After a purge, rollup hours and
-    days older than the oldest event kept are dropped so that aggregates never count purged
-    events. ``limit`` stops after about that many events, so that a caller on a write path
-    (the recorder) never holds the lock for long when it finds a large backlog.
-    """
-    if limit is not None:
-        step = max(1, min(step, limit))
-    folded = 0
-    while True:
-        with _write(source) as conn:
-            dialect = conn.dialect.name
-            hi = conn.execute(_MAX_SEQ).scalar() or 0
-            states = _states(conn)
-            behind = 0
-            for rollup in ROLLUPS:
-                lo = states[rollup.name][0]
-                top = min(hi, lo + step)
-                if top > lo:
-                    conn.execute(_fold(dialect, rollup), {"lo": lo, "hi": top})
-                    conn.execute(_SET_MARK, {"rollup": rollup.name, "seq": top})
-                    states[rollup.name] = (top, states[rollup.name][1])
-                    behind = max(behind, top - lo)
-            oldest = conn.execute(_OLDEST_TS).scalar()
-            for rollup in ROLLUPS:
-                _prune(conn, rollup, oldest, *states[rollup.name])
-            done = all(states[rollup.name][0] >= hi for rollup in ROLLUPS)
-        folded += behind
-        if done or not behind or (limit is not None and folded >= limit):
-            return folded
-
-
-def _states(conn: sa.Connection) -> dict[str, tuple[int, int | None]]:
-    """Every rollup's ``(watermark, oldest hour)``, creating the missing rows at 0."""
-    stmt = _STATES.with_for_update() if conn.dialect.name == "postgresql" else _STATES
-    states = {name: (int(seq), oldest) for name, seq, oldest in conn.execute(stmt)}
-    missing = [rollup.name for rollup in ROLLUPS if rollup.name not in states]
-    if missing:
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-
-            conn.execute(insert(STATE).on_conflict_do_nothing(),
-                         [{"name": name, "last_seq": 0} for name in missing])
-            states = {name: (int(seq), oldest) for name, seq, oldest in conn.execute(stmt)}
-        else:
-            conn.execute(STATE.insert(), [{"name": name, "last_seq": 0} for name in missing])
-            states.update({name: (0, None) for name in missing})
-    return states
-
-
-def _prune(
-    conn: sa.Connection, rollup: Rollup, oldest: datetime | None, watermark: int, state: int | None
-) -> None:
-    """Drop what a purge removed from the log: the hours (days) before the oldest event
-    kept, and recount the hour (day) holding it, which a purge may have cut in the middle.
-
-    ``state`` is the oldest hour seen at the last fold: when the oldest event has moved
-    past it, events were purged.
-    """
-    table = rollup.table
-    if oldest is None:
-        conn.execute(table.delete())
-        return
-    first_hour = int(oldest.timestamp()) // 3600
-    if state is not None and state >= first_hour:
-        return
-    if state is not None:  # the oldest event moved forward: a purge happened
-        first = first_hour // rollup.grain_h
-        conn.execute(table.delete().where(table.c[rollup.key] <= first))
-        if watermark:
-            lo_ts = datetime.fromtimestamp(first * rollup.grain_h * 3600, UTC)
-            within = sa.and_(EVENTS.c.ts >= lo_ts, EVENTS.c.ts < lo_ts + timedelta(hours=rollup.grain_h))
-            conn.execute(_fold_statement(conn.dialect.name, rollup, within), {"lo": 0, "hi": watermark})
-    conn.execute(_SET_OLDEST, {"rollup": rollup.name, "hour": first_hour})
-
-
-def _watermarks(conn: sa.Connection) -> tuple[int, dict[str, int]]:
-    """The newest ``seq`` in the log, and how far each rollup has folded it."""
-    last = conn.execute(_MAX_SEQ).scalar() or 0
-    return last, {name: int(seq) for name, seq, _oldest in conn.execute(_STATES)}
-
-
-def rollup_lag(source: Any) -> int:
-    """How many events the rollups have not counted yet."""
-    with reading(source) as conn:
-        last, marks = _watermarks(conn)
-    return max(0, last - min(marks.get(rollup.name, 0) for rollup in ROLLUPS))
 
 
 # --------------------------------------------------------------------------- aggregates
@@ -1207,3 +655,4 @@ def internal_events(source: Any, event_type: str | None = None, *, limit: int = 
     )
     with reading(source) as conn:
         return [dict(r._mapping) for r in conn.execute(stmt)]
+
