@@ -188,6 +188,18 @@ class ConnectAudit:
             raise ValueError("forge_client needs the context of a verified Forge invocation")
         return ForgeClient(self, invocation, adapter=adapter)
 
+    def collaborators(self):
+        """What the middleware's gate works with, each by name (a middleware ``Collaborators``)."""
+        from collector.middleware import Collaborators
+
+        return Collaborators(
+            verifier=self.verifier, forge_verifier=self.forge_verifier, registry=self.registry,
+            replay=self.replay, tenant=self.tenant, apply_lifecycle=self.apply_lifecycle, record=self.record,
+            app_url=self.app_url, lifecycle_event_for=self.lifecycle_event_for,
+            is_webhook_path=self.is_webhook_path, clock=self.clock, instance_id=self.instance_id,
+            forge_scopes=self.forge_scopes,
+        )
+
     # ------------------------------------------------------------------ used by middleware and client
 
     def app_url(self, path: str, query: str = "") -> str:

@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -54,9 +54,27 @@ from collector.errors import ForgeTokenExpired, ForgeTokenUnavailable, TokenExch
 from collector.scopes import classify_forbidden, missing_oauth_scopes, normalise_scopes, satisfies
 
 if TYPE_CHECKING:
-    from collector.app import ConnectAudit
     from collector.forge import ForgeInvocation, ProductToken
-    from collector.scopes import OAuthScopes, RequiredScope
+    from collector.scopes import OAuthScopes, RequiredScope, ScopeMap
+
+
+class ClientHost(Protocol):
+    """What the outgoing client works with (a :class:`~collector.app.ConnectAudit` is one): named
+    here so that the client depends on these, not on the facade."""
+
+    app_key: str
+    authorization_server: str
+    access_tokens: AccessTokenCache
+    scope_map: ScopeMap
+    http_adapter: Any
+    forge_scopes: tuple[str, ...]
+    registry: Any  # install_secret(clientKey) -> InstallSecret | None
+
+    def clock(self) -> float: ...
+
+    def tenant(self, client_key: str | None) -> Any: ...  # TenantInfo | None, no secret
+
+    def record(self, rec: events.AuditRecord) -> None: ...
 
 log = logging.getLogger("collector.client")
 
@@ -122,7 +140,7 @@ class _Identity:
 class TenantClient:
     """Calls to one tenant, as the app user or as a user; see the module docstring."""
 
-    def __init__(self, audit: ConnectAudit, client_key: str, *, adapter: Any = None,
+    def __init__(self, audit: ClientHost, client_key: str, *, adapter: Any = None,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         tenant = audit.tenant(client_key)
         if tenant is None or not tenant.active:
@@ -440,7 +458,7 @@ class ForgeClient:
     Forge route; the tokens are the invocation's own.
     """
 
-    def __init__(self, audit: ConnectAudit, invocation: ForgeInvocation, *, adapter: Any = None,
+    def __init__(self, audit: ClientHost, invocation: ForgeInvocation, *, adapter: Any = None,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         from collector.forge import product_of
 

@@ -57,12 +57,11 @@ from collector.forge import product_of
 from collector.routes import CONTEXT, FORGE, LIFECYCLE, PUBLIC, Route, RoutePolicy, is_state_changing
 
 if TYPE_CHECKING:
-    from collector.app import ConnectAudit
     from collector.forge import ForgeInvocation
     from collector.tokens import VerifiedToken
 
-__all__ = ["ENVIRON_KEY", "STATE_KEY", "AsgiMiddleware", "ConnectContext", "Gate", "WsgiMiddleware",
-           "connect_context", "current_context", "note_forbidden"]
+__all__ = ["ENVIRON_KEY", "STATE_KEY", "AsgiMiddleware", "Collaborators", "ConnectContext", "Gate",
+           "WsgiMiddleware", "connect_context", "current_context", "note_forbidden"]
 
 log = logging.getLogger("collector.middleware")
 
@@ -117,12 +116,35 @@ class Exchange:
     forge_extra: dict[str, Any] | None = None  # trace id, retry count: known before verification
 
 
+@dataclass(frozen=True)
+class Collaborators:
+    """Everything the gate works with, given explicitly (:meth:`ConnectAudit.collaborators`
+    builds it), so that the middleware knows its dependencies and not the facade."""
+
+    verifier: Any  # collector.tokens.TokenVerifier: Connect tokens
+    forge_verifier: Any  # collector.forge.ForgeVerifier: Forge invocation tokens
+    registry: Any  # collector.installs.InstallRegistry: Forge installations and their link
+    replay: Any  # a collector.tokens.ReplayGuard: remembers Forge deliveries across instances
+    tenant: Callable[[str | None], Any]  # clientKey -> TenantInfo (no secret), cached
+    apply_lifecycle: Callable[[str, Mapping[str, Any]], Any]  # a verified lifecycle body -> registry
+    record: Callable[[events.AuditRecord], None]  # queue one event (no I/O on this thread)
+    app_url: Callable[[str, str], str]  # (path, query) -> the URL the host called
+    lifecycle_event_for: Callable[[str], str | None]  # the descriptor's lifecycle URLs
+    is_webhook_path: Callable[[str], bool]  # the descriptor's webhook URLs
+    clock: Callable[[], float]
+    instance_id: str
+    forge_scopes: tuple[str, ...] = ()
+
+
 class Gate:
     """Verification and recording shared by the WSGI and ASGI middleware (no I/O of its own
-    beyond what the verifier and install registry do)."""
+    beyond what the verifier and install registry do).
 
-    def __init__(self, audit: ConnectAudit, routes: RoutePolicy | Mapping[str, str] | Iterable | None):
-        self.audit = audit
+    ``audit`` is the :class:`Collaborators`, or an object that builds them (a
+    :class:`~collector.app.ConnectAudit`)."""
+
+    def __init__(self, audit: Any, routes: RoutePolicy | Mapping[str, str] | Iterable | None):
+        self.audit = audit if isinstance(audit, Collaborators) else audit.collaborators()
         self.policy = RoutePolicy.coerce(routes)
 
     def begin(self, method: str, path: str, query: str, request_id: str | None) -> Exchange:
@@ -546,7 +568,7 @@ def _safe_text(exc: BaseException) -> str:
 class WsgiMiddleware:
     """WSGI middleware (PEP 3333). ``WsgiMiddleware(flask_app.wsgi_app, audit, routes)``."""
 
-    def __init__(self, app: Callable, audit: ConnectAudit, routes: RoutePolicy | Mapping | Iterable | None):
+    def __init__(self, app: Callable, audit: Any, routes: RoutePolicy | Mapping | Iterable | None):
         self.app = app
         self.gate = Gate(audit, routes)
 
@@ -660,7 +682,7 @@ def _wsgi_body(environ: dict) -> bytes:
 class AsgiMiddleware:
     """Pure ASGI middleware (HTTP scopes; lifespan and websocket pass through untouched)."""
 
-    def __init__(self, app: Callable, audit: ConnectAudit, routes: RoutePolicy | Mapping | Iterable | None):
+    def __init__(self, app: Callable, audit: Any, routes: RoutePolicy | Mapping | Iterable | None):
         self.app = app
         self.gate = Gate(audit, routes)
 

@@ -31,12 +31,13 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module ``path`` imports at run time (``from a import b`` counts as a and a.b)."""
+def _imports(path: Path, *, typing: bool = False) -> set[str]:
+    """Every module ``path`` imports at run time (``from a import b`` counts as a and a.b);
+    with ``typing``, also those imported only for type checking."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     typing_only: set[int] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test):
+        if not typing and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test):
             typing_only.update(id(child) for child in ast.walk(node))
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -107,6 +108,13 @@ def test_the_collector_has_no_import_cycle():
 
 def test_code_in_a_handler_depends_on_the_context_module_not_the_middleware():
     assert not _names(_imports(COLLECTOR["collector.client"]), ("collector.middleware", "collector.app"))
+
+
+@pytest.mark.parametrize("module", ["collector.middleware", "collector.client", "collector.context"])
+def test_the_request_path_names_its_collaborators_not_the_facade(module):
+    """The gate gets Collaborators and the client a ClientHost: not even their type hints need
+    ConnectAudit, so the facade wires them and nothing climbs back to it."""
+    assert not _names(_imports(COLLECTOR[module], typing=True), ("collector.app",))
 
 
 def test_dashboard_pages_read_only_through_the_query_module():
