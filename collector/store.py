@@ -78,12 +78,14 @@ def _first_line(exc: BaseException) -> str:
 class Store:
     """An opened audit store (SQLite file or PostgreSQL database)."""
 
-    def __init__(self, engine: sa.Engine, *, url: str, dialect: str, key_dir: Path, durability: str):
+    def __init__(self, engine: sa.Engine, *, url: str, dialect: str, key_dir: Path, durability: str,
+                 read_only: bool = False):
         self.engine = engine
         self.url = url  # password-masked, safe for messages
         self.dialect = dialect
         self.key_dir = key_dir
         self.durability = durability
+        self.read_only = read_only
         # The same pool, but every transaction begins as a writer (SQLite BEGIN IMMEDIATE),
         # so a transaction never has to upgrade its lock half-way (the cause of most
         # "database is locked" errors under concurrency).
@@ -99,6 +101,7 @@ class Store:
         create: bool = True,
         durability: str = "full",
         lock_timeout: float | None = None,
+        read_only: bool = False,
     ) -> Store:
         """Open (and if needed create and upgrade) the store at ``url``.
 
@@ -111,6 +114,10 @@ class Store:
         ``lock_timeout`` is how long a writer waits for the write lock before the store
         counts as unavailable (SQLite ``busy_timeout``, default 60 s; PostgreSQL
         ``lock_timeout``, default none); the recorder then spills instead of waiting.
+
+        ``read_only`` opens it for reading only, as the dashboard does (SQLite ``query_only``,
+        PostgreSQL ``default_transaction_read_only``): every write is refused by the database
+        itself, and a store whose schema is not current is an error instead of an upgrade.
         """
         if durability not in DURABILITIES:
             raise ConfigurationError(
@@ -121,11 +128,13 @@ class Store:
             raise ConfigurationError(f"lock_timeout must be a number of seconds >= 0, not {lock_timeout!r}")
         if parsed.get_backend_name() == "sqlite":
             busy = SQLITE_BUSY_TIMEOUT if lock_timeout is None else lock_timeout
-            store = _open_sqlite(parsed, create=create, durability=durability, busy_timeout=busy)
+            store = _open_sqlite(parsed, create=create and not read_only, durability=durability,
+                                 busy_timeout=busy, read_only=read_only)
         else:
-            store = _open_postgresql(parsed, durability=durability, lock_timeout=lock_timeout)
+            store = _open_postgresql(parsed, durability=durability, lock_timeout=lock_timeout,
+                                     read_only=read_only)
         try:
-            store._ensure_schema(create=create)
+            store._ensure_schema(create=create and not read_only)
         except BaseException:
             store.close()
             raise
@@ -206,6 +215,12 @@ class Store:
             ) from exc
         if version == SCHEMA_HEAD:
             return  # the common case: no Alembic import, fast start
+        if self.read_only:
+            state = "has no audit schema" if version is None else f"is at schema version {version}"
+            raise StoreUnavailable(
+                f"the audit store {self.url} {state} and is opened read-only here (current: {SCHEMA_HEAD}); "
+                "open it once with the app or `connect-audit verify --database URL` to create or upgrade it"
+            )
         if version is not None and version not in KNOWN_REVISIONS:
             raise StoreUnavailable(
                 f"the audit store {self.url} has schema version {version}, newer than this "
@@ -283,7 +298,8 @@ def _switch_to_wal(cur: sqlite3.Cursor, busy_timeout: float) -> str:
             time.sleep(0.02)
 
 
-def _open_sqlite(parsed: sa.URL, *, create: bool, durability: str, busy_timeout: float) -> Store:
+def _open_sqlite(parsed: sa.URL, *, create: bool, durability: str, busy_timeout: float,
+                 read_only: bool = False) -> Store:
     database = parsed.database or ""
     if database in ("", ":memory:") or database.startswith("file:"):
         raise ConfigurationError(
@@ -313,6 +329,8 @@ def _open_sqlite(parsed: sa.URL, *, create: bool, durability: str, busy_timeout:
                 raise StoreUnavailable(f"{path} cannot be switched to WAL mode (it is in {mode} mode)")
             cur.execute(f"PRAGMA synchronous = {synchronous}")
             cur.execute("PRAGMA foreign_keys = ON")
+            if read_only:
+                cur.execute("PRAGMA query_only = ON")  # SQLite itself refuses every write
         finally:
             cur.close()
 
@@ -322,7 +340,8 @@ def _open_sqlite(parsed: sa.URL, *, create: bool, durability: str, busy_timeout:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     store = Store(
-        engine, url=str(path), dialect="sqlite", key_dir=path.parent.absolute(), durability=durability
+        engine, url=str(path), dialect="sqlite", key_dir=path.parent.absolute(), durability=durability,
+        read_only=read_only,
     )
     try:
         with engine.connect():
@@ -376,7 +395,8 @@ def _check_sqlite_header(path: Path) -> None:
 # ---------------------------------------------------------------------- PostgreSQL
 
 
-def _open_postgresql(parsed: sa.URL, *, durability: str, lock_timeout: float | None) -> Store:
+def _open_postgresql(parsed: sa.URL, *, durability: str, lock_timeout: float | None,
+                     read_only: bool = False) -> Store:
     try:
         import psycopg  # noqa: F401  (only to give a clear message when it is missing)
     except ImportError as exc:
@@ -388,6 +408,8 @@ def _open_postgresql(parsed: sa.URL, *, durability: str, lock_timeout: float | N
     options = f"-c synchronous_commit={commit} -c timezone=UTC"
     if lock_timeout is not None:
         options += f" -c lock_timeout={max(int(lock_timeout * 1000), 1)}"
+    if read_only:
+        options += " -c default_transaction_read_only=on"  # the server refuses every write
     engine = sa.create_engine(
         parsed,
         pool_pre_ping=True,
@@ -407,5 +429,6 @@ def _open_postgresql(parsed: sa.URL, *, durability: str, lock_timeout: float | N
         where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
         raise StoreUnavailable(f"cannot reach PostgreSQL at {where}: {_first_line(exc)}") from exc
     return Store(
-        engine, url=masked, dialect="postgresql", key_dir=config.data_dir().absolute(), durability=durability
+        engine, url=masked, dialect="postgresql", key_dir=config.data_dir().absolute(), durability=durability,
+        read_only=read_only,
     )

@@ -8,9 +8,10 @@ pages, rollups, a time limit), :mod:`collector.export`, :mod:`collector.chain`,
 timed without Streamlit (``bench/dashboard.py`` does).
 
 The store is opened once per server process (``st.cache_resource``) from
-``CONNECT_AUDIT_DATABASE_URL`` (:func:`collector.config.database_url`). A daemon thread
-folds new events into the hourly and daily rollups every few seconds, so that aggregates read a
-small tail of the log at most.
+``CONNECT_AUDIT_DATABASE_URL`` (:func:`collector.config.database_url`), read-only: the
+database refuses any write from the pages. The recorders that write the log fold the rollups;
+the one event the dashboard writes, an export's own record, goes through a recorder on a
+separate writable handle opened for it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,8 +38,6 @@ __all__ = [
     "QueryTimeout",
 ]
 
-#: Seconds between two folds of new events into the rollups (per server process).
-FOLD_INTERVAL = 5.0
 #: Interactive reads give up after this many seconds with a sentence, not a hung page.
 PAGE_TIME_LIMIT = 8.0
 #: Forge app ARIs the token debugger accepts besides those seen in the store (space separated).
@@ -48,54 +46,28 @@ FORGE_APP_IDS_ENV = "CONNECT_AUDIT_FORGE_APP_IDS"
 # --------------------------------------------------------------------------- the store
 
 
-class _Folder:
-    """Keeps the rollups current in the background; failures are kept for the UI."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="connect-audit-fold", daemon=True)
-
-    def start(self) -> _Folder:
-        self._thread.start()
-        return self
-
-    def fold_now(self) -> int:
-        try:
-            folded = q.refresh_rollups(self.store)
-            self.last_error = None
-            return folded
-        except ConnectAuditError as exc:
-            self.last_error = str(exc)
-            return 0
-        except Exception as exc:  # noqa: BLE001 - a background fold must never kill the UI
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            return 0
-
-    def _run(self) -> None:
-        # Fold at once (the first fold of a large store takes a while), then keep up.
-        self.fold_now()
-        while not self._stop.wait(FOLD_INTERVAL):
-            self.fold_now()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
 @dataclass
 class _Handle:
-    store: Any
-    folder: _Folder
+    store: Any  # opened read-only: every page's read
+    url: str
+    _writer: Any = None  # opened on the first export: the one thing the dashboard records
+
+    def writer(self) -> Any:
+        """A writable handle for recording an export (through the recorder, the log's writer)."""
+        if self._writer is None:
+            from collector.store import Store
+
+            self._writer = Store.open(self.url, create=False)
+        return self._writer
 
 
 def _open(url: str) -> _Handle:
     from collector.store import Store
 
-    store = Store.open(url, create=False)
-    # Folding runs beside the pages, never before them: until it has caught up, pages read
-    # the unfolded tail from the log, so they stay exact, only slower.
-    return _Handle(store, _Folder(store).start())
+    # Read-only: the database itself refuses a write from the pages. The rollups are folded by
+    # the recorders that write the log; until they catch up, pages read the unfolded tail
+    # from the log, so they stay exact, only slower.
+    return _Handle(Store.open(url, create=False, read_only=True), url)
 
 
 def _handle() -> _Handle:
@@ -113,14 +85,15 @@ _direct: dict[str, _Handle] = {}
 
 def use_store(store: Any) -> None:
     """Serve a given open store (benchmarks and scripts that run without Streamlit)."""
-    _direct[config.database_url()] = _Handle(store, _Folder(store))
+    _direct[config.database_url()] = _Handle(store, config.database_url(), store)
+
+
+def _current() -> _Handle:
+    return _direct.get(config.database_url()) or _handle()
 
 
 def store() -> Any:
-    url = config.database_url()
-    if url in _direct:
-        return _direct[url].store
-    return _handle().store
+    return _current().store
 
 
 def store_label() -> str:
@@ -194,14 +167,12 @@ def freshness(b: dict[str, Any] | None = None) -> dict[str, Any]:
     s = store()
     b = b or q.bounds(s)
     now = datetime.now(UTC)
-    handle = _direct.get(config.database_url()) or _handle()
     return {
         "newest": b["newest"],
         "age_s": (now - b["newest"]).total_seconds() if b["newest"] else None,
         "oldest": b["oldest"],
         "events": (b["last_seq"] - b["first_seq"] + 1) if b["last_seq"] else 0,
         "unfolded": q.rollup_lag(s),
-        "fold_error": handle.folder.last_error,
     }
 
 
@@ -446,12 +417,19 @@ def export_bytes(flt: EventFilter, fmt: str, *, actor: str) -> tuple[bytes, Any]
     runs); Streamlit then serves the finished file, which it holds in memory, so very large
     exports are better done with ``connect-audit export``.
     """
-    from collector.export import export
+    import dataclasses
+
+    from collector.export import export, record_export
 
     with tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024) as tmp:
-        result = export(store(), flt, tmp, fmt, actor=actor, via="dashboard")
+        # Read through the read-only store; only the export's own event is written.
+        result = export(store(), flt, tmp, fmt, actor=actor, via="dashboard", record=False)
+        event_id = record_export(
+            _current().writer(), flt, fmt=fmt, rows=result.rows, sha256=result.sha256, size=result.bytes,
+            filename=result.filename_suggestion, actor=actor, via="dashboard",
+        )
         tmp.seek(0)
-        return tmp.read(), result
+        return tmp.read(), dataclasses.replace(result, audit_event_id=event_id)
 
 
 def export_file_name(flt: EventFilter, fmt: str) -> str:

@@ -400,6 +400,33 @@ def test_token_debugger_verifies_a_forge_invocation_token_and_explains_a_product
     assert "Reason: wrong_audience" in [t.value for t in at.text]
 
 
+def test_the_dashboard_reads_through_a_store_that_refuses_writes(tmp_path, monkeypatch):
+    import sqlalchemy as sa
+
+    from dashboard import queries
+
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    build_store(url, events=40)
+    monkeypatch.setenv("CONNECT_AUDIT_DATABASE_URL", url)
+    handle = queries._open(url)
+    try:
+        assert handle.store.read_only
+        with pytest.raises(sa.exc.DBAPIError, match=r"(?i)readonly"), handle.store.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM audit_events"))
+        with handle.store.engine.connect() as conn:
+            before = conn.execute(sa.text("SELECT count(*) FROM audit_events")).scalar()
+        queries._direct[url] = handle
+        data, result = queries.export_bytes(queries.EventFilter(outcome="rejected"), "csv", actor="admin")
+        assert result.rows > 0 and result.audit_event_id and data.startswith(b"event_id,")
+        with handle.store.engine.connect() as conn:  # the export's own event, through the writer
+            assert conn.execute(sa.text("SELECT count(*) FROM audit_events")).scalar() == before + 1
+    finally:
+        queries._direct.pop(url, None)
+        handle.store.close()
+        if handle._writer is not None:
+            handle._writer.close()
+
+
 def test_export_page_counts_the_filter_and_offers_a_named_download(hostile_url, monkeypatch):
     at = _signed_in(hostile_url, monkeypatch, auth.AUDITOR)
     _open(at, "export", range="all", outcome="rejected")

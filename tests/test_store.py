@@ -280,3 +280,32 @@ def test_upgrading_a_0001_store_fills_the_daily_rollup_from_the_hourly_one(datab
         assert q.rollup_lag(store) == 0  # the daily watermark starts at the hourly one's
         assert q.refresh_rollups(store) == 0
         assert q.count(store, q.EventFilter()) == len(data.records)
+
+
+def test_a_read_only_store_refuses_every_write_on_both_backends(database_url):
+    """What the dashboard opens: the database itself refuses a write, whoever attempts it."""
+    Store.open(database_url).close()  # created and migrated by a writer first
+    with Store.open(database_url, read_only=True) as store:
+        assert store.read_only
+        with store.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM audit_events")).scalar() == 0
+        for statement in ("DELETE FROM audit_events", "UPDATE installs SET status = 'x'",
+                          "INSERT INTO checkpoints (seq, hash, event_count, created_at, key_id, signature) "
+                          "VALUES (1, 'h', 1, '2026-01-01', 'k', 's')"):
+            refused = pytest.raises(sa.exc.DBAPIError, match=r"(?i)read.only|readonly")
+            with refused, store.engine.begin() as conn:
+                conn.execute(sa.text(statement))
+    with Store.open(database_url) as store, store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM audit_events")).scalar() == 0
+
+
+def test_a_read_only_open_never_creates_or_upgrades_a_store(tmp_path):
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    with pytest.raises(StoreUnavailable):
+        Store.open(missing, read_only=True)
+    assert not (tmp_path / "none.db").exists()
+    old = tmp_path / "old.db"
+    with Store.open(f"sqlite:///{old}") as store, store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0002'"))
+    with pytest.raises(StoreUnavailable, match="schema version 0002 and is opened read-only"):
+        Store.open(f"sqlite:///{old}", read_only=True)

@@ -25,9 +25,6 @@ st.text(
     f"oldest kept {ui.fmt_time(fresh['oldest'])}; "
     f"{fresh['unfolded']:,} events not yet in the rollups"
 )
-if fresh["fold_error"]:
-    st.warning("The rollups could not be refreshed; counts read the log directly.")
-    st.text(fresh["fold_error"])
 
 step = {3600: "hour", 21600: "6 hours", 86400: "day"}.get(data["bucket_s"], "bucket")
 ui.bar_chart(data["series"], x="time", y="events", color="outcome",
