@@ -139,3 +139,20 @@ def test_the_checks_see_imports_they_must_see(tmp_path):
     )
     found = _imports(sample)
     assert {"collector.store", "requests"} <= found and "collector.app" not in found
+
+
+def test_one_event_vocabulary_the_record_the_table_and_the_export_agree():
+    """AuditRecord (built on the request path), the audit_events table and the export's columns
+    name the same fields: a field added to one and not the others fails here."""
+    import dataclasses
+
+    from collector.events import AuditRecord
+    from collector.export import CSV_COLUMNS
+    from collector.models import AuditEvent
+
+    record = {f.name for f in dataclasses.fields(AuditRecord)}
+    table = {c.name for c in AuditEvent.__table__.columns}
+    chained = {"seq", "prev_hash", "hash"}  # given by the writer, not by whoever records
+    assert record == table - chained
+    # Every stored column is exported (ts under its documented name, timestamp), once.
+    assert set(CSV_COLUMNS) == (table - {"ts"}) | {"timestamp"} and len(CSV_COLUMNS) == len(table)
