@@ -142,17 +142,12 @@ class InstallRegistry:
         if known is not None and fresh and known.cloud_id == inv.cloud_id:
             return known
         now = now or datetime.now(UTC)
-        with self.store.session(write=True) as session:
-            row = session.get(ForgeInstallation, inv.installation_id)
-            if row is None:
-                row = ForgeInstallation(installation_id=inv.installation_id, app_id=inv.app_id,
-                                        first_seen=now, last_seen=now)
+
+        def change(row: ForgeInstallation, session: Any) -> None:
             _update_forge(row, inv, now)
             _link_forge_installation(session, row, now)
-            session.add(row)
-            session.commit()
-            session.refresh(row)
-            known = _known(row)
+
+        known = _known(self._write_forge(inv, now, change))
         self._forge_touched[inv.installation_id] = mono
         with self._lock:
             self._forge[inv.installation_id] = (mono + self.cache_ttl, known)
@@ -174,11 +169,8 @@ class InstallRegistry:
                 f"expected one of {', '.join(FORGE_LIFECYCLE_EVENTS)}"
             )
         now = now or datetime.now(UTC)
-        with self.store.session(write=True) as session:
-            row = session.get(ForgeInstallation, inv.installation_id)
-            if row is None:
-                row = ForgeInstallation(installation_id=inv.installation_id, app_id=inv.app_id,
-                                        first_seen=now, last_seen=now)
+
+        def change(row: ForgeInstallation, session: Any) -> None:
             _update_forge(row, inv, now)
             app = payload.get("app")
             if isinstance(app, Mapping) and isinstance(app.get("version"), str):
@@ -186,11 +178,37 @@ class InstallRegistry:
             row.cloud_id = row.cloud_id or _site_ari_cloud_id(payload.get("context"))
             row.status = status
             _link_forge_installation(session, row, now)
-            session.add(row)
-            session.commit()
-            session.refresh(row)
+
+        row = self._write_forge(inv, now, change)
         self.invalidate_forge(inv.installation_id)
         return row
+
+    def _write_forge(self, inv: VerifiedInvocation, now: datetime, change: Any) -> ForgeInstallation:
+        """Create or update the invocation's installation row with ``change(row, session)``.
+
+        The first invocations of a new installation often arrive together (a page with several
+        macros): on PostgreSQL two of them can both find no row and both insert it. The loser's
+        unique violation is no error: the row now exists, so it is read and updated instead.
+        """
+        from sqlalchemy.exc import IntegrityError
+
+        for attempt in (1, 2):
+            try:
+                with self.store.session(write=True) as session:
+                    row = session.get(ForgeInstallation, inv.installation_id)
+                    if row is None:
+                        row = ForgeInstallation(installation_id=inv.installation_id, app_id=inv.app_id,
+                                                first_seen=now, last_seen=now)
+                    change(row, session)
+                    session.add(row)
+                    session.commit()
+                    session.refresh(row)
+                    session.expunge(row)
+                    return row
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def mark_forge_uninstalled(self, installation_id: str, *, now: datetime | None = None) -> bool:
         """Mark a Forge installation uninstalled; False when it was never seen.

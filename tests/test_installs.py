@@ -175,3 +175,72 @@ def test_normalise_scopes():
     assert normalise_scopes("read write, READ act-as-user") == "READ WRITE ACT_AS_USER"
     assert normalise_scopes(["Read", "admin"]) == "READ ADMIN"
     assert normalise_scopes("") == ""
+
+
+# --------------------------------------------------------------------------- Forge installations
+
+
+def _invocation(installation: str, *, cloud_id: str = "cloud-1", site: str | None = "https://acme.atlassian.net"):
+    """A verified invocation as the Forge verifier hands it over (built from a real FIT)."""
+    from forgekit import KID, NOW, MemoryKeys, fit_claims, forge_key, rs256
+
+    from collector.forge import ForgeVerifier
+
+    claims = fit_claims({"app.installationId": installation, "context.cloudId": cloud_id,
+                         "context.siteUrl": site})
+    keys = MemoryKeys({KID: forge_key().public_pem})
+    verifier = ForgeVerifier([claims["aud"]], keys=keys, clock=lambda: NOW)
+    return verifier.verify(rs256({"alg": "RS256", "typ": "JWT", "kid": KID}, claims, forge_key().private_pem))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_the_first_invocations_of_an_installation_may_arrive_together(backend, request):
+    """Eight threads see a new installation at once: no error, one row (on PostgreSQL the losers'
+    unique violations are read back as the row that now exists)."""
+    import threading
+    import uuid
+
+    from collector.store import Store
+
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
+    with Store.open(url) as store:
+        for _ in range(10):  # a race: ten new installations, so that it is met, not hoped for
+            installation = f"ari:cloud:ecosystem::installation/{uuid.uuid4()}"
+            inv = _invocation(installation)
+            registries = [InstallRegistry(store) for _ in range(8)]
+            barrier, failures, seen = threading.Barrier(8), [], []
+
+            def first_sight(registry: InstallRegistry, inv=inv, barrier=barrier, failures=failures,
+                            seen=seen) -> None:
+                barrier.wait()
+                try:
+                    seen.append(registry.observe_forge(inv))
+                except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                    failures.append(exc)
+
+            threads = [threading.Thread(target=first_sight, args=(r,)) for r in registries]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert not failures and len(seen) == 8
+            rows = InstallRegistry(store).list_forge_installations()
+            rows = [r for r in rows if r.installation_id == installation]
+            assert len(rows) == 1 and rows[0].cloud_id == "cloud-1"
+
+
+def test_a_forge_installation_links_to_the_connect_install_of_its_site(store):
+    registry = InstallRegistry(store)
+    registry.apply_lifecycle("installed", payload("ck-acme", baseUrl="https://acme.atlassian.net/wiki"))
+    linked = registry.observe_forge(_invocation("ari:cloud:ecosystem::installation/a-1"))
+    alone = registry.observe_forge(_invocation("ari:cloud:ecosystem::installation/b-2", cloud_id="cloud-2",
+                                               site="https://other.atlassian.net"))
+    assert (linked.connect_client_key, linked.tenant_key) == ("ck-acme", "ck-acme")
+    assert (alone.connect_client_key, alone.tenant_key) == (None, "ari:cloud:ecosystem::installation/b-2")
+    # A Connect install that arrives after the Forge one links it then.
+    registry.apply_lifecycle("installed", payload("ck-other", baseUrl="https://other.atlassian.net/wiki"))
+    later = registry.forge_installation("ari:cloud:ecosystem::installation/b-2")
+    assert later.connect_client_key == "ck-other"
+    assert registry.mark_forge_uninstalled("ari:cloud:ecosystem::installation/a-1")
+    assert not registry.forge_installation("ari:cloud:ecosystem::installation/a-1").active
+    assert not registry.mark_forge_uninstalled("ari:cloud:ecosystem::installation/never")
