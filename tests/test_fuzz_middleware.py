@@ -74,7 +74,13 @@ def run_property(h: Harness, prop: Callable[[], None]) -> None:
     sent_before = h.sent
     with ErrorLog() as errors:
         prop()
+    # The middleware records a request once the server has sent its response, so the client
+    # can hold the last answer a moment before its event is queued: wait for it (bounded).
+    deadline = time.monotonic() + 10
     rows = _incoming_events(h)
+    while len(rows) - before < h.sent - sent_before and time.monotonic() < deadline:
+        time.sleep(0.02)
+        rows = _incoming_events(h)
     assert len(rows) - before == h.sent - sent_before, "a request was not recorded exactly once"
     for outcome, reason, status in rows:
         if outcome == "rejected":
