@@ -44,14 +44,23 @@ def test_four_processes_write_one_store_concurrently(database_url, tmp_path):
                 f"p{k}",
                 "--flush-every",
                 "100",
+                "--wait-for-go",
             ],
             env=env_for_child(tmp_path),
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for k in range(PROCESSES)
     ]
+    # Start them together: interpreter start-up on a busy machine would otherwise let one
+    # writer finish before the last one begins, and the test would prove nothing.
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
     outputs = [p.communicate(timeout=300) for p in procs]
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err

@@ -1,10 +1,12 @@
 """A separate process that records events through the real Recorder (for crash/concurrency tests).
 
     python tests/writer_process.py URL --events N --prefix P [--flush-every K] [--lock-timeout S]
-        [--durability full|normal]
+        [--durability full|normal] [--wait-for-go]
 
 Event ids are ``P-000000``, ``P-000001``, ...; after each successful ``flush()`` it prints
-``acked N`` (every event before N is durable), and at the end one JSON line of stats.
+``acked N`` (every event before N is durable), and at the end one JSON line of stats. With
+``--wait-for-go`` it prints ``ready`` once its store and recorder are open and waits for a line
+on standard input, so that a test can start several writers at the same moment.
 """
 
 from __future__ import annotations
@@ -31,9 +33,13 @@ def main() -> int:
     parser.add_argument("--flush-every", type=int, default=0)
     parser.add_argument("--lock-timeout", type=float, default=None)
     parser.add_argument("--durability", default="full")
+    parser.add_argument("--wait-for-go", action="store_true")
     args = parser.parse_args()
     store = Store.open(args.url, lock_timeout=args.lock_timeout, durability=args.durability)
     rec = Recorder(store, batch_size=200).start()
+    if args.wait_for_go:
+        print("ready", flush=True)
+        sys.stdin.readline()
     for i in range(args.events):
         rec.record(record(i, event_id=f"{args.prefix}-{i:06d}"))
         if args.flush_every and (i + 1) % args.flush_every == 0 and rec.flush(timeout=60):
