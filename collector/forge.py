@@ -29,9 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -42,12 +40,12 @@ from collector.tokens import (
     Endpoint,
     KeySource,
     ParsedToken,
+    RsaKeyCache,
     VerifyPolicy,
     _show,
     carrying,
     check_header,
     check_times,
-    load_rsa_key,
     parse_token,
     token_fingerprint,
     token_hash,
@@ -250,13 +248,11 @@ class ForgeVerifier:
                 raise errors.ConfigurationError(
                     f"a Forge app id is an ARI such as ari:cloud:ecosystem::app/<uuid>, not {app_id!r}"
                 )
-        self._keys = keys
+        self._keys = RsaKeyCache(keys, "Forge JWKS source")
         self._installations = installations
         self._clock = clock
         self.policy = policy
         self._http_hosts = frozenset(http_api_hosts)
-        self._public_keys: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
 
     def verify(self, token: str | None, expect: ForgeExpectation = ForgeExpectation()) -> VerifiedInvocation:
         """Verify ``token`` for a route that declares ``expect``; raises a ``TokenRejected``."""
@@ -264,7 +260,7 @@ class ForgeVerifier:
         with carrying(parsed):
             check_header(parsed.header, Endpoint.FORGE)
             kid = validate_kid(parsed.header.get("kid"))
-            verify_rs256(self._public_key(kid), parsed)
+            verify_rs256(self._keys.get(kid), parsed)
             claims = parsed.claims
             iss = _text(claims, "iss")
             if iss != FORGE_ISSUER:
@@ -350,30 +346,6 @@ class ForgeVerifier:
                 f"the token's cloudId {_show(inv.cloud_id)} is not the site installation "
                 f"{inv.installation_id} belongs to"
             )
-
-    def _public_key(self, kid: str) -> Any:
-        if self._keys is None:
-            raise errors.UnknownKid("no Forge JWKS source is configured")
-        try:
-            pem = self._keys.public_key(kid)
-        except errors.TokenRejected:
-            raise
-        except Exception as exc:  # a failing source means no key for this kid: fail closed
-            raise errors.UnknownKid(
-                f"the key for kid {kid} could not be obtained ({type(exc).__name__})"
-            ) from exc
-        with self._lock:
-            key = self._public_keys.get(pem)
-            if key is not None:
-                self._public_keys.move_to_end(pem)
-                return key
-        key = load_rsa_key(pem, kid)
-        with self._lock:
-            self._public_keys[pem] = key
-            while len(self._public_keys) > 64:
-                self._public_keys.popitem(last=False)
-        return key
-
 
 def _cloud_id_of(api_base_url: str) -> str | None:
     """The cloudId in ``.../ex/<product>/<cloudId>``, the documented apiBaseUrl form."""

@@ -521,14 +521,12 @@ class TokenVerifier:
         app_base_url: str | None = None,
     ) -> None:
         self._installs = installs
-        self._keys = keys
         self._replay = replay
         self._clock = clock
         self.policy = policy
         self.app_base_url = app_base_url
         self._app_context = context_path(app_base_url)
-        self._public_keys: OrderedDict[str, Any] = OrderedDict()
-        self._keys_lock = threading.Lock()
+        self._rsa_keys = RsaKeyCache(keys, "install-key source")
 
     # -- entry points ---------------------------------------------------------------
 
@@ -735,27 +733,7 @@ class TokenVerifier:
     # -- lifecycle keys ---------------------------------------------------------------
 
     def _public_key(self, kid: str) -> Any:
-        if self._keys is None:
-            raise errors.UnknownKid("no install-key source is configured")
-        try:
-            pem = self._keys.public_key(kid)
-        except errors.TokenRejected:
-            raise
-        except Exception as exc:  # a failing source (network, file) means no key for this kid
-            raise errors.UnknownKid(
-                f"the key for kid {kid} could not be obtained ({type(exc).__name__})"
-            ) from exc
-        with self._keys_lock:
-            key = self._public_keys.get(pem)
-            if key is not None:
-                self._public_keys.move_to_end(pem)
-                return key
-        key = load_rsa_key(pem, kid)
-        with self._keys_lock:
-            self._public_keys[pem] = key
-            while len(self._public_keys) > 64:
-                self._public_keys.popitem(last=False)
-        return key
+        return self._rsa_keys.get(kid)
 
     @staticmethod
     def _verify_rsa(key: Any, parsed: ParsedToken) -> None:
@@ -776,3 +754,42 @@ def load_rsa_key(pem: str, kid: str) -> Any:
     if key.key_size < 2048:
         raise errors.UnknownKid(f"the key published for kid {kid} is shorter than 2048 bits")
     return key
+
+
+class RsaKeyCache:
+    """RSA public keys by ``kid`` from a :class:`KeySource`, each PEM loaded once.
+
+    Shared by the lifecycle and the Forge verifiers: loading a PEM validates the key, which
+    costs far more than a verification, so the last 64 keys are kept (least recently used go
+    first). A failing source means no key for this kid: ``unknown_kid``, never a crash.
+    """
+
+    def __init__(self, source: KeySource | None, what: str, *, size: int = 64) -> None:
+        self.source = source
+        self.what = what
+        self.size = size
+        self._keys: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, kid: str) -> Any:
+        if self.source is None:
+            raise errors.UnknownKid(f"no {self.what} is configured")
+        try:
+            pem = self.source.public_key(kid)
+        except errors.TokenRejected:
+            raise
+        except Exception as exc:  # a failing source (network, file) means no key for this kid
+            raise errors.UnknownKid(
+                f"the key for kid {kid} could not be obtained ({type(exc).__name__})"
+            ) from exc
+        with self._lock:
+            key = self._keys.get(pem)
+            if key is not None:
+                self._keys.move_to_end(pem)
+                return key
+        key = load_rsa_key(pem, kid)
+        with self._lock:
+            self._keys[pem] = key
+            while len(self._keys) > self.size:
+                self._keys.popitem(last=False)
+        return key
