@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from collector import errors
 from collector.forge import DEFAULT_JWKS_URL
-from collector.keys import DirectoryKeySource, is_loopback
+from collector.keys import DirectoryKeySource, is_loopback, resolve_spec
 from collector.tokens import KeySource, validate_kid
 
 log = logging.getLogger("collector.jwks")
@@ -283,25 +283,11 @@ def jwks_source(spec: str | None = None) -> KeySource:
     JWKS file, or a directory of ``<kid>.pem`` files. ``None`` means ``CONNECT_AUDIT_FORGE_JWKS``,
     else Forge's production JWKS."""
     spec = spec or os.environ.get(JWKS_ENV) or DEFAULT_JWKS_URL
-    parts = urlsplit(spec)
-    if parts.scheme == "https":
-        return JwksUrlSource(spec)
-    if parts.scheme == "http":
-        if not is_loopback(parts.hostname):
-            raise errors.ConfigurationError(
-                f"a Forge JWKS over plain http is accepted from loopback only, not {spec}"
-            )
-        return JwksUrlSource(spec)
-    if parts.scheme == "file":
-        path = Path(unquote(parts.path))
-    elif parts.scheme and len(parts.scheme) > 1:
-        raise errors.ConfigurationError(
-            f"unsupported Forge JWKS source {spec!r} (a URL, a file or a directory)"
-        )
-    else:
-        path = Path(spec)
-    if path.is_dir():
-        return DirectoryKeySource(path)
-    if path.is_file():
-        return JwksFileSource(path)
-    raise errors.ConfigurationError(f"the Forge JWKS file or directory {path} does not exist")
+    where = resolve_spec(spec, "Forge JWKS")
+    if isinstance(where, str):
+        return JwksUrlSource(where)
+    if where.is_dir():
+        return DirectoryKeySource(where)
+    if where.is_file():
+        return JwksFileSource(where)
+    raise errors.ConfigurationError(f"the Forge JWKS file or directory {where} does not exist")

@@ -171,29 +171,39 @@ class HttpKeySource:
         return f"HttpKeySource({self.base_url!r})"
 
 
-def key_source(spec: str | None = None) -> KeySource:
-    """The key source a spec names: a directory, a ``file://`` URL or an ``http(s)://`` base URL.
+def resolve_spec(spec: str, what: str) -> str | Path:
+    """A key-source spec as an ``http(s)://`` URL (returned as given) or a local path.
 
-    ``None`` means ``CONNECT_AUDIT_INSTALL_KEYS``, else Atlassian's CDN. Plain ``http://`` is
-    accepted for loopback hosts only (a test server): a key fetched over an unauthenticated
-    channel from elsewhere would let anyone on the path sign installs.
+    Plain ``http://`` is accepted for loopback hosts only (a test server): a key fetched over
+    an unauthenticated channel from elsewhere would let anyone on the path sign tokens.
+    ``what`` names the setting in the error sentences. Shared by the install keys and the
+    Forge JWKS, which differ only in what they build from the answer.
     """
-    spec = spec or os.environ.get(config.INSTALL_KEYS_ENV) or config.DEFAULT_INSTALL_KEYS_URL
     parts = urlsplit(spec)
     if parts.scheme == "https":
-        return HttpKeySource(spec)
+        return spec
     if parts.scheme == "http":
         if not is_loopback(parts.hostname):
             raise errors.ConfigurationError(
-                f"install keys over plain http are accepted from loopback only, not {spec}"
+                f"{what} over plain http: accepted from loopback only, not from {spec}"
             )
-        return HttpKeySource(spec)
+        return spec
     if parts.scheme == "file":
-        path = Path(unquote(parts.path))
-    elif parts.scheme and len(parts.scheme) > 1:
-        raise errors.ConfigurationError(f"unsupported install-keys source {spec!r}")
-    else:
-        path = Path(spec)  # a plain path (a one-letter "scheme" is a Windows drive)
-    if not path.is_dir():
-        raise errors.ConfigurationError(f"the install-keys directory {path} does not exist")
-    return DirectoryKeySource(path)
+        return Path(unquote(parts.path))
+    if parts.scheme and len(parts.scheme) > 1:
+        raise errors.ConfigurationError(f"unsupported {what} source {spec!r}")
+    return Path(spec)  # a plain path (a one-letter "scheme" is a Windows drive)
+
+
+def key_source(spec: str | None = None) -> KeySource:
+    """The key source a spec names: a directory, a ``file://`` URL or an ``http(s)://`` base URL
+    (plain http on loopback only). ``None`` means ``CONNECT_AUDIT_INSTALL_KEYS``, else
+    Atlassian's CDN.
+    """
+    spec = spec or os.environ.get(config.INSTALL_KEYS_ENV) or config.DEFAULT_INSTALL_KEYS_URL
+    where = resolve_spec(spec, "install keys")
+    if isinstance(where, str):
+        return HttpKeySource(where)
+    if not where.is_dir():
+        raise errors.ConfigurationError(f"the install-keys directory {where} does not exist")
+    return DirectoryKeySource(where)
