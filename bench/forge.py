@@ -38,12 +38,13 @@ import statistics
 import sys
 import threading
 import time
-import timeit
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jwt
+from _timing import measure
 
 from collector import errors
 from collector.forge import FORGE_ISSUER, RESOLVER, ForgeExpectation, ForgeVerifier
@@ -184,15 +185,6 @@ def candidates(now: float, base_url: str, private_pem: str, public_pem: str):
     assert ours_memory().installation_id == INSTALLATION_ARI
     funcs = {BASELINE: baseline, CANDIDATE: ours, MEMORY: ours_memory}
     return funcs, source, len(token)
-
-
-def measure(funcs, number: int, rounds: int) -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {name: [] for name in funcs}
-    for _ in range(rounds):
-        for name, func in funcs.items():
-            seconds = timeit.timeit(func, number=number)
-            samples[name].append(seconds / number * 1e6)
-    return samples
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,13 +21,14 @@ import argparse
 import statistics
 import sys
 import time
-import timeit
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import atlassian_jwt
 import jwt
+from _timing import measure
 
 from collector.signing import request_token
 from collector.tokens import StaticInstalls, TokenVerifier, extract_token
@@ -79,15 +80,6 @@ def candidates(now: float):
     assert atlassian().client_key == CLIENT_KEY
     assert ours().client_key == CLIENT_KEY
     return {"jwt.decode": bare, "atlassian-jwt": atlassian, "TokenVerifier": ours}
-
-
-def measure(funcs, number: int, rounds: int) -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {name: [] for name in funcs}
-    for _ in range(rounds):
-        for name, func in funcs.items():
-            seconds = timeit.timeit(func, number=number)
-            samples[name].append(seconds / number * 1e6)
-    return samples
 
 
 def main(argv: list[str] | None = None) -> int:
