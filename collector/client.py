@@ -226,6 +226,24 @@ class ConnectSession(requests.Session):
                 adapter.close()
             del self.adapters[prefix]
 
+    # ------------------------------------------------------------------ 403s
+
+    def oauth_scopes(self, method: str, path: str) -> OAuthScopes | None:
+        """The OAuth scopes a call needs; a Connect call is judged by its Connect scope instead."""
+        return None
+
+    def forbidden_cause(self, call: _Call, message: str | None) -> str:
+        """``scope`` or ``permission`` for a 403 the product gave ``call``."""
+        declared = normalise_scopes(self.client.declared_scopes)
+        if self.identity.scopes:  # a user token is limited to the scopes it was issued for
+            declared = frozenset(s for s in self.identity.scopes if satisfies(declared, s))
+        cause = classify_forbidden(declared, call.required)
+        if cause == events.PERMISSION and message and SCOPE_MESSAGE in message.lower():
+            # The descriptor declares the scope but the site has not granted it (an update
+            # awaiting the admin's approval): still a scope problem, not a user's right.
+            cause = events.SCOPE
+        return cause
+
     # ------------------------------------------------------------------ signing
 
     def _authorise(self, request: requests.PreparedRequest, call: _Call) -> None:
@@ -329,11 +347,7 @@ class _Call:
         self.path = session.site_path(request.url or "")
         audit = session.client.audit
         self.required: RequiredScope | None = audit.scope_map.lookup(self.method, self.path)
-        # A Forge call needs OAuth scopes (classic or granular), not the Connect scope.
-        forge = isinstance(session, ForgeSession)
-        self.oauth: OAuthScopes | None = None
-        if forge:
-            self.oauth = audit.scope_map.oauth_scopes(self.method, self.path)
+        self.oauth: OAuthScopes | None = session.oauth_scopes(self.method, self.path)
         incoming = current_context()
         self.request_id = incoming.request_id if incoming is not None else uuid.uuid4().hex
         self.ts = events.utcnow()
@@ -412,30 +426,7 @@ class _Call:
                 rec.detail = _missing_scope_detail(self.scope_note, message)
 
     def _forbidden_cause(self, message: str | None) -> str:
-        if isinstance(self.session, ForgeSession):
-            return self._forge_forbidden_cause(message)
-        identity = self.session.identity
-        declared = normalise_scopes(self.session.client.declared_scopes)
-        if identity.scopes:  # a user token is limited to the scopes it was issued for
-            declared = frozenset(s for s in identity.scopes if satisfies(declared, s))
-        cause = classify_forbidden(declared, self.required)
-        if cause == events.PERMISSION and message and SCOPE_MESSAGE in message.lower():
-            # The descriptor declares the scope but the site has not granted it (an update
-            # awaiting the admin's approval): still a scope problem, not a user's right.
-            cause = events.SCOPE
-        return cause
-
-    def _forge_forbidden_cause(self, message: str | None) -> str:
-        needed = self.oauth
-        granted = self.session.client.declared_scopes.split()
-        missing = missing_oauth_scopes(granted, needed) if needed is not None else None
-        if missing is not None:
-            self.scope_note = {"missing_classic": list(missing.classic),
-                               "missing_granular": list(missing.granular)}
-            return events.SCOPE
-        if message and any(m in message.lower() for m in (SCOPE_MESSAGE, "scope does not match")):
-            return events.SCOPE  # the manifest declares it but the installation has not granted it
-        return events.PERMISSION
+        return self.session.forbidden_cause(self, message)
 
     def _emit(self, rec: events.AuditRecord) -> None:
         if self.done:
@@ -507,6 +498,21 @@ class ForgeSession(ConnectSession):
             call.refuse(None, detail, reason=ForgeTokenExpired.code, stage="forge_token")
             raise ForgeTokenExpired(f"{detail}; {ForgeTokenExpired.fix}")
         request.headers["Authorization"] = f"Bearer {token.value}"
+
+    def oauth_scopes(self, method: str, path: str) -> OAuthScopes | None:
+        """A Forge call needs OAuth scopes (classic or granular), not the Connect scope."""
+        return self.client.audit.scope_map.oauth_scopes(method, path)
+
+    def forbidden_cause(self, call: _Call, message: str | None) -> str:
+        granted = self.client.declared_scopes.split()
+        missing = missing_oauth_scopes(granted, call.oauth) if call.oauth is not None else None
+        if missing is not None:
+            call.scope_note = {"missing_classic": list(missing.classic),
+                               "missing_granular": list(missing.granular)}
+            return events.SCOPE
+        if message and any(m in message.lower() for m in (SCOPE_MESSAGE, "scope does not match")):
+            return events.SCOPE  # the manifest declares it but the installation has not granted it
+        return events.PERMISSION
 
     def site_path(self, url: str) -> str:
         """The path under apiBaseUrl (``/wiki/rest/api/...``), as recorded and looked up."""

@@ -305,8 +305,7 @@ def _update_forge(row: ForgeInstallation, inv: VerifiedInvocation, now: datetime
     row.api_base_url = inv.api_base_url
     row.app_version = inv.app_version or row.app_version
     row.last_seen = now
-    if row.status != "installed" and inv is not None:
-        row.status = "installed"  # Forge invoked it: it is installed again
+    row.status = "installed"  # Forge invoked it: it is installed (again)
 
 
 def _known(row: ForgeInstallation) -> KnownInstallation:

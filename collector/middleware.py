@@ -29,7 +29,6 @@ through :class:`~collector.client.TenantClient`, so one page load's events share
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import json
 import logging
@@ -238,16 +237,15 @@ class Gate:
             redelivery = seen and retry > 0
             if redelivery:
                 ex.event_type = "retry"  # the same delivery again: not a second action
+        self._describe_forge_tenant(ex, verified, known)
         ex.forge = forge.ForgeInvocation(
             verified=verified, invocation=expect.invocation, tenant_key=known.tenant_key,
             system_token=forge.product_token("system", headers.get("x-forge-oauth-system")),
             user_token=forge.product_token("user", headers.get("x-forge-oauth-user")),
             trace_id=ex.forge_extra.get("trace_id"), span_id=ex.forge_extra.get("span_id"),
-            retry_count=retry, redelivery=redelivery,
+            retry_count=retry, redelivery=redelivery, site_base_url=ex.tenant_base_url,
         )
         ex.forge_extra.update(_product_token_notes(ex.forge))
-        self._describe_forge_tenant(ex, known)
-        ex.forge = dataclasses.replace(ex.forge, site_base_url=ex.tenant_base_url)
         ex.context = ConnectContext(
             route=self._template(ex), auth=FORGE, request_id=ex.request_id, client_key=known.tenant_key,
             base_url=ex.tenant_base_url, account_id=verified.principal,
@@ -272,8 +270,7 @@ class Gate:
             return False
         return True
 
-    def _describe_forge_tenant(self, ex: Exchange, known: Any) -> None:
-        inv = ex.forge.verified
+    def _describe_forge_tenant(self, ex: Exchange, inv: Any, known: Any) -> None:
         ex.product = product_of(inv.api_base_url)
         ex.tenant_base_url = inv.site_url or inv.api_base_url
         if known.connect_client_key:
@@ -467,12 +464,11 @@ def _unverified_forge_summary(token: str | None, parsed: Any) -> tuple[dict[str,
     if not isinstance(claims, Mapping):
         return None, fingerprint
     app = claims.get("app") if isinstance(claims.get("app"), Mapping) else {}
+    module = app.get("module") if isinstance(app.get("module"), Mapping) else {}
     summary: dict[str, Any] = {"verified": False}
-    for name, value in (("iss", claims.get("iss")), ("aud", claims.get("aud")), ("iat", claims.get("iat")),
-                        ("exp", claims.get("exp")), ("installation_id", app.get("installationId")),
-                        ("module_key", (app.get("module") or {}).get("key") if isinstance(app.get("module"),
-                                                                                         Mapping) else None),
-                        ("principal", claims.get("principal"))):
+    shown = {name: claims.get(name) for name in ("iss", "aud", "iat", "exp", "principal")}
+    shown.update(installation_id=app.get("installationId"), module_key=module.get("key"))
+    for name, value in shown.items():
         if isinstance(value, str):
             summary[name] = value[:_MAX_UNVERIFIED]
         elif isinstance(value, int) and not isinstance(value, bool):

@@ -27,6 +27,7 @@ from collector import config
 from collector import events as ev
 from collector import query as q
 from collector.errors import REJECTIONS, ConnectAuditError, TokenExchangeFailed
+from collector.forge import product_of
 from collector.query import Cursor, EventFilter, FilterError, Page, QueryTimeout
 
 __all__ = [
@@ -213,17 +214,13 @@ def installs() -> list[dict[str, Any]]:
             continue
         rows.append({
             "client_key": f.installation_id, "platform": "forge",
-            "base_url": f.site_url or f.api_base_url or "", "product": _product(f.api_base_url),
+            "base_url": f.site_url or f.api_base_url or "",
+            "product": product_of(f.api_base_url or "") or "confluence",
             "status": f.status, "declared_scopes": "", "description": None,
             "first_seen": f.first_seen, "last_seen": f.last_seen,
             "forge_installation": f.installation_id, "forge_since": f.first_seen, "forge_status": f.status,
         })
     return rows
-
-
-def _product(api_base_url: str | None) -> str:
-    parts = (api_base_url or "").split("/ex/", 1)
-    return parts[1].split("/", 1)[0] if len(parts) == 2 else "confluence"
 
 
 def lifecycle_timeline(client_key: str, *, limit: int = 100) -> list[dict[str, Any]]:
