@@ -329,12 +329,24 @@ def _site_ari_cloud_id(context: Any) -> str | None:
     return None
 
 
+def _same_site(row: ForgeInstallation, install: Install) -> bool:
+    """Whether a Forge installation and a Connect install are one site: the installationId the
+    Connect-on-Forge callback named, the same cloudId, or the same site URL."""
+    if install.forge_installation_id and install.forge_installation_id == row.installation_id:
+        return True
+    if row.cloud_id and install.cloud_id == row.cloud_id:
+        return True
+    site = _site_root(row.site_url)
+    return bool(site) and _site_root(install.base_url) == site
+
+
 def _link_forge_installation(session: Any, row: ForgeInstallation, now: datetime) -> None:
-    """Find the Connect install of the same site: its callback's installationId, cloudId or URL."""
+    """Link a Forge installation to the Connect install of its site, if there is one."""
     if row.connect_client_key:
         return
     installs = list(session.exec(select(Install)))
     site = _site_root(row.site_url)
+    # In that order: the installationId a callback named, then the cloudId, then the site URL.
     match = (next((i for i in installs if i.forge_installation_id == row.installation_id), None)
              or next((i for i in installs if row.cloud_id and i.cloud_id == row.cloud_id), None)
              or next((i for i in installs if site and _site_root(i.base_url) == site), None))
@@ -343,11 +355,12 @@ def _link_forge_installation(session: Any, row: ForgeInstallation, now: datetime
 
 
 def _link_connect_install(session: Any, install: Install, now: datetime) -> list[str]:
-    """Link Forge installations already seen for the site of a Connect install just applied."""
+    """Link the Forge installations already seen for the site of a Connect install just applied
+    (each unlinked one is compared with this install only)."""
     linked = []
     for row in session.exec(select(ForgeInstallation).where(ForgeInstallation.connect_client_key.is_(None))):
-        _link_forge_installation(session, row, now)
-        if row.connect_client_key:
+        if _same_site(row, install):
+            row.connect_client_key, row.linked_at = install.client_key, now
             session.add(row)
             linked.append(row.installation_id)
     return linked
