@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, unquote_plus
 
-from collector import events
+from collector import events, forge
 from collector.context import (  # re-exported: the handler's view of a request
     _CURRENT,
     ENVIRON_KEY,
@@ -52,7 +52,6 @@ from collector.context import (  # re-exported: the handler's view of a request
     note_forbidden,
 )
 from collector.errors import ConnectAuditError, MissingToken, StoreUnavailable, TokenRejected
-from collector.forge import product_of
 from collector.routes import CONTEXT, FORGE, LIFECYCLE, PUBLIC, Route, RoutePolicy, is_state_changing
 
 if TYPE_CHECKING:
@@ -206,8 +205,6 @@ class Gate:
 
     def _verify_forge(self, ex: Exchange, authorization: str | None, body: bytes | None,
                       headers: Mapping[str, str]) -> None:
-        from collector import forge
-
         payload = _json_object(body)
         expect = ex.route.forge
         ex.forge_extra = _forge_extra(headers, payload, expect.invocation)
@@ -271,7 +268,7 @@ class Gate:
         return True
 
     def _describe_forge_tenant(self, ex: Exchange, inv: Any, known: Any) -> None:
-        ex.product = product_of(inv.api_base_url)
+        ex.product = forge.product_of(inv.api_base_url)
         ex.tenant_base_url = inv.site_url or inv.api_base_url
         if known.connect_client_key:
             self._describe_tenant(ex, known.connect_client_key)
@@ -327,8 +324,8 @@ class Gate:
         Forge's remote contract wants a JSON body on every non-2xx answer, so Forge routes get
         one (``401`` stays reserved for a token that was not accepted, as the contract says)."""
         status = ex.failure_status if ex.failure else 401
-        forge = ex.route.auth == FORGE
-        if forge:
+        on_forge = ex.route.auth == FORGE
+        if on_forge:
             message = _REFUSALS[status].decode().strip()
             message = message.replace("Atlassian Connect token", "Forge Invocation Token")
             body = json.dumps({"error": message, "requestId": ex.request_id}).encode()
@@ -339,7 +336,7 @@ class Gate:
         headers = [("Content-Type", kind), ("Content-Length", str(len(body))),
                    (REQUEST_ID_HEADER, ex.request_id), ("Cache-Control", "no-store")]
         if status == 401:
-            challenge = 'Bearer realm="forge"' if forge else 'JWT realm="atlassian-connect"'
+            challenge = 'Bearer realm="forge"' if on_forge else 'JWT realm="atlassian-connect"'
             headers.append(("WWW-Authenticate", challenge))
         elif status == 503:
             headers.append(("Retry-After", "5"))
@@ -432,15 +429,13 @@ _FORGE_EVENT_TYPES = {"resolver": "request", "event": "event", "trigger": "sched
 def _forge_extra(headers: Mapping[str, str], payload: dict[str, Any] | None,
                  invocation: str) -> dict[str, Any]:
     """What a Forge invocation tells besides its token: trace ids and, for events, the retry count."""
-    from collector.forge import retry_count
-
     extra: dict[str, Any] = {"invocation": invocation}
     for header, name in (("x-b3-traceid", "trace_id"), ("x-b3-spanid", "span_id")):
         value = headers.get(header)
         if value and _TRACE_ID.fullmatch(value.strip()):
             extra[name] = value.strip().lower()
     if invocation != "resolver":
-        extra["retry_count"] = retry_count(payload)
+        extra["retry_count"] = forge.retry_count(payload)
     return extra
 
 
