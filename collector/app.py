@@ -77,6 +77,13 @@ class ConnectAudit:
     ``block_timeout``, ``spill_dir``, ...); ``durability`` to the store. ``http_adapter`` is
     the ``requests`` transport adapter for outgoing calls (injectable for tests; by default
     one pooled adapter shared by every session, so calls reuse connections).
+
+    ``allowed_hosts`` (default: ``CONNECT_AUDIT_ALLOWED_HOSTS``, else Atlassian's site hosts) are
+    the host patterns a site may install from; ``allow_host_moves`` (default:
+    ``CONNECT_AUDIT_ALLOW_HOST_MOVES``, else no) lets a reinstall move an install to another host
+    (see :mod:`collector.hosts`). ``trusted_proxies`` (default: ``CONNECT_AUDIT_TRUSTED_PROXIES``,
+    else none) are the addresses whose ``X-Request-Id`` and ``traceparent`` are kept, as
+    ``upstream_request_id`` and ``traceparent`` beside the collector's own request id.
     """
 
     def __init__(
@@ -98,9 +105,14 @@ class ConnectAudit:
         forge_app_ids: Iterable[str] | str | None = None,
         forge_jwks: str | None = None,
         forge_scopes: Iterable[str] | str | None = None,
+        allowed_hosts: Iterable[str] | str | None = None,
+        allow_host_moves: bool | None = None,
+        trusted_proxies: Iterable[str] | str | None = None,
     ) -> None:
+        from collector.hosts import HostPolicy
         from collector.installs import InstallRegistry
-        from collector.keys import key_source
+        from collector.keys import is_local_source, key_source
+        from collector.proxies import TrustedProxies
         from collector.recorder import Recorder
         from collector.replay import StoreReplayGuard
         from collector.scopes import ScopeMap, normalise_scopes
@@ -122,6 +134,9 @@ class ConnectAudit:
         self.authorization_server = (authorization_server or DEFAULT_AUTHORIZATION_SERVER).rstrip("/")
         self.scope_map = ScopeMap.default()
         keys = key_source(install_keys)  # a bad setting fails here, before the store opens
+        # Install keys read from this machine are a simulator's: its sites are loopback http.
+        self.host_policy = HostPolicy.configure(allowed_hosts, allow_host_moves, loopback=is_local_source(keys))
+        self.trusted_proxies = TrustedProxies.configure(trusted_proxies)
         self.forge_app_ids = _names(forge_app_ids)
         self.forge_scopes = _names(forge_scopes)
         forge_keys = _forge_keys(forge_jwks) if self.forge_app_ids or forge_jwks else None
@@ -197,7 +212,7 @@ class ConnectAudit:
             replay=self.replay, tenant=self.tenant, apply_lifecycle=self.apply_lifecycle, record=self.record,
             app_url=self.app_url, lifecycle_event_for=self.lifecycle_event_for,
             is_webhook_path=self.is_webhook_path, clock=self.clock, instance_id=self.instance_id,
-            forge_scopes=self.forge_scopes,
+            forge_scopes=self.forge_scopes, trusted_proxies=self.trusted_proxies,
         )
 
     # ------------------------------------------------------------------ used by middleware and client
@@ -214,10 +229,14 @@ class ConnectAudit:
         return self._lifecycle_paths.get(path)
 
     def apply_lifecycle(self, event_type: str, payload: Mapping[str, Any]) -> Any:
-        """Store a verified lifecycle callback in the install registry (and its history)."""
+        """Store a verified lifecycle callback in the install registry under the host policy.
+
+        Returns what a reinstall changed (an :class:`~collector.installs.InstallChange`) or None;
+        raises a :class:`~collector.errors.LifecycleRefused` when the policy refuses it."""
         try:
             scopes = self.declared_scopes
-            return self.registry.apply_lifecycle(event_type, dict(payload), declared_scopes=scopes)
+            return self.registry.apply_lifecycle_change(
+                event_type, dict(payload), declared_scopes=scopes, hosts=self.host_policy)[1]
         finally:
             with self._tenant_lock:
                 self._tenants.pop(payload.get("clientKey"), None)

@@ -257,6 +257,54 @@ def rejection_for(code: str) -> type[TokenRejected]:
     return _BY_CODE[code]
 
 
+# --------------------------------------------------------------------------- lifecycle
+
+
+class LifecycleRefused(ConnectAuditError):
+    """Raised when a verified lifecycle callback is refused by the app's install policy; ``code`` names why."""
+
+    code: str = "lifecycle_refused"
+    fix: str = ""
+    #: The HTTP status the host is answered with.
+    status: int = 403
+
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail or self.__doc__.strip().removeprefix("Raised when ").rstrip(".")
+        super().__init__(self.detail)
+
+
+class HostNotAllowed(LifecycleRefused):
+    """Raised when an installed callback's baseUrl is not https on a host the allowed-hosts policy names."""
+
+    code = "host_not_allowed"
+    fix = ("Atlassian's sites are https on *.atlassian.net, *.jira.com, *.jira-dev.com and "
+           "*.atlassian-us-gov-mod.net; add other hosts with allowed_hosts or CONNECT_AUDIT_ALLOWED_HOSTS.")
+
+
+class HostMoved(LifecycleRefused):
+    """Raised when a reinstall would move a known install to another host and host moves are not allowed."""
+
+    code = "host_moved"
+    fix = ("A site rename moves its host: allow it with allow_host_moves=True or "
+           "CONNECT_AUDIT_ALLOW_HOST_MOVES=1, then have the site re-send installed (the move is recorded).")
+
+
+class UnknownInstall(LifecycleRefused):
+    """Raised when an uninstalled, enabled or disabled callback names a clientKey that was never installed."""
+
+    code = "unknown_install"
+    fix = ("Nothing is created: the host is answered 204 as it expects. Look for a store that lost its "
+           "installs, or an install that was never received.")
+    status = 204
+
+
+#: Every lifecycle refusal class.
+LIFECYCLE_REFUSALS: tuple[type[LifecycleRefused], ...] = (HostNotAllowed, HostMoved, UnknownInstall)
+
+#: The lifecycle refusal codes, exactly as stored (an event's ``reason``).
+LIFECYCLE_REFUSAL_CODES: tuple[str, ...] = tuple(cls.code for cls in LIFECYCLE_REFUSALS)
+
+
 # --------------------------------------------------------------------------- store & config
 
 

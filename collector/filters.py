@@ -18,10 +18,12 @@ import sqlalchemy as sa
 
 from collector import events as ev
 from collector.database import EVENTS
-from collector.errors import REJECTION_CODES, FilterError, ForgeTokenUnavailable
+from collector.errors import LIFECYCLE_REFUSAL_CODES, REJECTION_CODES, FilterError, ForgeTokenUnavailable
 
-#: Every reason word the log can hold: a rejection code, a 403's cause, a refused exchange.
-REASONS = (*REJECTION_CODES, ev.SCOPE, ev.PERMISSION, ev.TOKEN_EXCHANGE_REFUSED, ForgeTokenUnavailable.code)
+#: Every reason word the log can hold: a rejection code, a 403's cause, a refused exchange, a
+#: refused lifecycle callback.
+REASONS = (*REJECTION_CODES, ev.SCOPE, ev.PERMISSION, ev.TOKEN_EXCHANGE_REFUSED, ForgeTokenUnavailable.code,
+           *LIFECYCLE_REFUSAL_CODES)
 
 
 # --------------------------------------------------------------------------- filter

@@ -7,9 +7,12 @@ signature, ``aud`` and that ``iss`` equals the body's ``clientKey`` before calli
 
 * An ``installed`` callback for a clientKey that already exists is a reinstall: it
   replaces the shared secret (tokens signed with the old one then fail as
-  ``bad_signature``) and keeps ``first_seen``.
+  ``bad_signature``) and keeps ``first_seen``; what it changed (baseUrl, product, whether the
+  secret was rotated) is returned as an :class:`InstallChange` for the log. The app's
+  :class:`~collector.hosts.HostPolicy` may refuse it.
 * ``uninstalled``, ``disabled`` and ``enabled`` only change the status; tokens of an
-  uninstalled or disabled tenant are refused as ``inactive_install``.
+  uninstalled or disabled tenant are refused as ``inactive_install``. For a clientKey that was
+  never installed they create nothing (:class:`~collector.errors.UnknownInstall`).
 * Shared secrets are stored encrypted (:class:`~collector.secretbox.SecretBox`).
 * Forge installations are learnt from verified invocation tokens and from Forge's
   ``installed``/``upgraded`` lifecycle events (:meth:`InstallRegistry.observe_forge`,
@@ -30,14 +33,16 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlmodel import select
 
-from collector.errors import UnknownTenant
+from collector.errors import UnknownInstall
 from collector.forge import KnownInstallation, VerifiedInvocation
+from collector.hosts import HostPolicy, host_of
 from collector.models import ForgeInstallation, Install
 from collector.secretbox import SecretBox
 from collector.store import Store
@@ -51,6 +56,43 @@ FORGE_LIFECYCLE_EVENTS = {"avi:forge:installed:app": "installed", "avi:forge:upg
 #: A verified invocation refreshes its installation's last_seen at most this often (seconds),
 #: so that steady traffic does not turn into one write per request.
 FORGE_TOUCH_INTERVAL = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class InstallChange:
+    """What a reinstall (an ``installed`` callback for a known clientKey) changed. Never a secret:
+    only whether the shared secret was rotated."""
+
+    client_key: str
+    old_base_url: str
+    new_base_url: str
+    secret_rotated: bool
+    old_product: str
+    new_product: str
+
+    @property
+    def changed(self) -> bool:
+        return (self.secret_rotated or self.old_base_url != self.new_base_url
+                or self.old_product != self.new_product)
+
+    @property
+    def host_moved(self) -> bool:
+        return host_of(self.old_base_url) != host_of(self.new_base_url)
+
+    def summary(self) -> str:
+        parts = []
+        if self.old_base_url != self.new_base_url:
+            parts.append(f"baseUrl changed from {self.old_base_url} to {self.new_base_url}"
+                         + (" (another host)" if self.host_moved else ""))
+        if self.old_product != self.new_product:
+            parts.append(f"product changed from {self.old_product} to {self.new_product}")
+        parts.append("shared secret rotated" if self.secret_rotated else "shared secret unchanged")
+        return "Reinstall: " + "; ".join(parts)
+
+    def as_extra(self) -> dict[str, Any]:
+        return {"old_base_url": self.old_base_url, "new_base_url": self.new_base_url,
+                "host_moved": self.host_moved, "secret_rotated": self.secret_rotated,
+                "old_product": self.old_product, "new_product": self.new_product}
 
 
 class InvalidLifecyclePayload(ValueError):
@@ -89,8 +131,30 @@ class InstallRegistry:
         *,
         declared_scopes: str | Iterable[str] = "",
         now: datetime | None = None,
+        hosts: HostPolicy | None = None,
     ) -> Install:
         """Apply one verified lifecycle callback and return the install as it now stands."""
+        return self.apply_lifecycle_change(
+            event_type, payload, declared_scopes=declared_scopes, now=now, hosts=hosts)[0]
+
+    def apply_lifecycle_change(
+        self,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        declared_scopes: str | Iterable[str] = "",
+        now: datetime | None = None,
+        hosts: HostPolicy | None = None,
+    ) -> tuple[Install, InstallChange | None]:
+        """Apply one verified lifecycle callback; also return what a reinstall changed, if anything.
+
+        ``hosts`` (the app's :class:`~collector.hosts.HostPolicy`) refuses an install or a
+        reinstall from a host it does not allow, and a reinstall that moves an install to
+        another host, with :class:`~collector.errors.HostNotAllowed` or
+        :class:`~collector.errors.HostMoved`; nothing is written then. A callback other than
+        ``installed`` for a clientKey never installed raises
+        :class:`~collector.errors.UnknownInstall` and creates nothing.
+        """
         if event_type not in LIFECYCLE_EVENTS:
             raise InvalidLifecyclePayload(
                 f"unknown lifecycle event {event_type!r}; expected one of {', '.join(LIFECYCLE_EVENTS)}"
@@ -98,25 +162,28 @@ class InstallRegistry:
         client_key = _required(payload, "clientKey")
         now = now or datetime.now(UTC)
         scopes = normalise_scopes(declared_scopes)
+        change = None
         with self.store.session(write=True) as session:
             install = session.get(Install, client_key)
-            secret = payload.get("sharedSecret")
             if install is None:
-                if event_type != "installed" and not secret:
-                    raise UnknownTenant(
-                        f"a {event_type} callback arrived for clientKey {client_key!r}, "
-                        "which was never installed"
+                if event_type != "installed":
+                    raise UnknownInstall(
+                        f"a {event_type} callback arrived for clientKey {client_key[:80]!r}, "
+                        "which was never installed; nothing was created"
                     )
+                base_url = _required(payload, "baseUrl")
+                if hosts is not None:
+                    hosts.check_install(base_url)
                 install = Install(
                     client_key=client_key,
                     app_key=_required(payload, "key"),
-                    base_url=_required(payload, "baseUrl"),
+                    base_url=base_url,
                     shared_secret_enc=self.box.encrypt(_required(payload, "sharedSecret")),
                     first_seen=now,
                     last_seen=now,
                 )
             elif event_type == "installed":
-                install.shared_secret_enc = self.box.encrypt(_required(payload, "sharedSecret"))
+                change = self._reinstall(install, payload, hosts)
             _update(install, payload, event_type, scopes, now)
             session.add(install)
             linked = _link_connect_install(session, install, now)
@@ -125,7 +192,24 @@ class InstallRegistry:
         self.invalidate(client_key)
         for installation_id in linked:
             self.invalidate_forge(installation_id)
-        return install
+        return install, change
+
+    def _reinstall(self, install: Install, payload: Mapping[str, Any],
+                   hosts: HostPolicy | None) -> InstallChange | None:
+        """Check a reinstall against the policy, take its new secret, and say what it changed."""
+        secret = _required(payload, "sharedSecret")
+        base_url = payload.get("baseUrl") or install.base_url
+        if hosts is not None:
+            hosts.check_install(base_url)
+            hosts.check_move(install.base_url, base_url)
+        rotated = self.box.decrypt(install.shared_secret_enc) != secret
+        install.shared_secret_enc = self.box.encrypt(secret)
+        change = InstallChange(
+            client_key=install.client_key, old_base_url=install.base_url, new_base_url=base_url,
+            secret_rotated=rotated, old_product=install.product,
+            new_product=payload.get("productType") or install.product,
+        )
+        return change if change.changed else None
 
     # ------------------------------------------------------------------ Forge
 

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from collector import errors
 from collector.forge import DEFAULT_JWKS_URL
-from collector.keys import DirectoryKeySource, is_loopback, resolve_spec
+from collector.keys import DirectoryKeySource, is_local_source, is_loopback, resolve_spec
 from collector.tokens import KeySource, validate_kid
 
 log = logging.getLogger("collector.jwks")
@@ -275,7 +275,7 @@ def is_local(source: KeySource) -> bool:
     a test, whose invocation tokens may then name a loopback ``http`` apiBaseUrl."""
     if isinstance(source, JwksUrlSource):
         return is_loopback(urlsplit(source.url).hostname)
-    return isinstance(source, JwksFileSource | DirectoryKeySource)
+    return isinstance(source, JwksFileSource) or is_local_source(source)
 
 
 def jwks_source(spec: str | None = None) -> KeySource:

@@ -195,6 +195,14 @@ def resolve_spec(spec: str, what: str) -> str | Path:
     return Path(spec)  # a plain path (a one-letter "scheme" is a Windows drive)
 
 
+def is_local_source(source: Any) -> bool:
+    """Whether install keys come from this machine (a directory, a loopback URL): a simulator's
+    or a test's, whose sites are then served on loopback over plain http."""
+    if isinstance(source, HttpKeySource):
+        return is_loopback(urlsplit(source.base_url).hostname)
+    return isinstance(source, DirectoryKeySource)
+
+
 def key_source(spec: str | None = None) -> KeySource:
     """The key source a spec names: a directory, a ``file://`` URL or an ``http(s)://`` base URL
     (plain http on loopback only). ``None`` means ``CONNECT_AUDIT_INSTALL_KEYS``, else

@@ -51,7 +51,8 @@ from collector.context import (  # re-exported: the handler's view of a request
     current_context,
     note_forbidden,
 )
-from collector.errors import ConnectAuditError, MissingToken, StoreUnavailable, TokenRejected
+from collector.errors import ConnectAuditError, LifecycleRefused, MissingToken, StoreUnavailable, TokenRejected
+from collector.proxies import TrustedProxies
 from collector.routes import CONTEXT, FORGE, LIFECYCLE, PUBLIC, Route, RoutePolicy, is_state_changing
 
 if TYPE_CHECKING:
@@ -70,7 +71,6 @@ MAX_LIFECYCLE_BODY = 256 * 1024
 #: Longest claim value copied into a record of a *rejected* token (its claims are unverified).
 _MAX_UNVERIFIED = 200
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{1,64}")
 #: The request headers a Forge route reads besides Authorization (lower case, as in ASGI).
 FORGE_HEADERS = ("x-forge-oauth-system", "x-forge-oauth-user", "x-b3-traceid", "x-b3-spanid")
@@ -79,10 +79,12 @@ DELIVERY_MEMORY = 3600
 _REFUSALS = {
     401: b"Unauthorized: the request's Atlassian Connect token was not accepted.\n",
     400: b"Bad Request: the lifecycle callback could not be applied.\n",
+    403: b"Forbidden: this app's install policy refused the lifecycle callback.\n",
     503: b"Service Unavailable: the app cannot verify requests right now; retry shortly.\n",
 }
 
-_REASONS = {400: "Bad Request", 401: "Unauthorized", 503: "Service Unavailable"}
+_REASONS = {204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            503: "Service Unavailable"}
 
 # ---------------------------------------------------------------------- the shared steps
 
@@ -112,6 +114,9 @@ class Exchange:
     declared_scopes: str | None = None
     forge: ForgeInvocation | None = None
     forge_extra: dict[str, Any] | None = None  # trace id, retry count: known before verification
+    upstream: dict[str, str] | None = None  # a trusted proxy's X-Request-Id / traceparent
+    lifecycle_refusal: LifecycleRefused | None = None  # the install policy said no
+    install_change: Any = None  # what a reinstall changed (collector.installs.InstallChange)
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,7 @@ class Collaborators:
     clock: Callable[[], float]
     instance_id: str
     forge_scopes: tuple[str, ...] = ()
+    trusted_proxies: TrustedProxies = TrustedProxies()
 
 
 class Gate:
@@ -145,13 +151,18 @@ class Gate:
         self.audit = audit if isinstance(audit, Collaborators) else audit.collaborators()
         self.policy = RoutePolicy.coerce(routes)
 
-    def begin(self, method: str, path: str, query: str, request_id: str | None) -> Exchange:
+    def begin(self, method: str, path: str, query: str, peer: str | None = None,
+              forwarded: Mapping[str, str | None] | None = None) -> Exchange:
+        """Start an exchange. ``peer`` is the connection's address; ``forwarded`` holds the
+        request's ``x-request-id`` and ``traceparent``, kept only when ``peer`` is a trusted proxy."""
         method = method.upper()
         route, declared = self.policy.match(method, unquote(path) if "%" in path else path)
-        # A fresh id is 32 random hex digits (uuid4().hex would cost twice as much for the same).
-        rid = request_id if request_id and _REQUEST_ID.fullmatch(request_id) else os.urandom(16).hex()
+        # Always our own id, so that no caller can make its request pose as part of another.
+        # 32 random hex digits (uuid4().hex would cost twice as much for the same).
         ex = Exchange(method=method, path=path or "/", query=query, route=route, declared=declared,
-                      request_id=rid)
+                      request_id=os.urandom(16).hex())
+        if forwarded and peer:
+            ex.upstream = self.audit.trusted_proxies.upstream(peer, forwarded)
         if route.auth == LIFECYCLE:
             ex.event_type = self.audit.lifecycle_event_for(path) or "lifecycle"
         elif route.auth == FORGE:
@@ -297,9 +308,14 @@ class Gate:
             ex.failure = f"lifecycle body eventType {str(claimed)[:40]!r} does not match the route"
             return
         try:
-            self.audit.apply_lifecycle(claimed, payload)
+            ex.install_change = self.audit.apply_lifecycle(claimed, payload)
         except StoreUnavailable:
             raise
+        except LifecycleRefused as exc:
+            # Signed by Atlassian, refused by the app's policy: answered here, never by the app.
+            ex.lifecycle_refusal = exc
+            self._describe_tenant(ex, ex.verified.client_key)
+            return
         except (ConnectAuditError, ValueError, TypeError, KeyError) as exc:
             ex.failure = f"the {claimed} callback could not be applied: {_safe_text(exc)}"
             return
@@ -323,7 +339,10 @@ class Gate:
 
         Forge's remote contract wants a JSON body on every non-2xx answer, so Forge routes get
         one (``401`` stays reserved for a token that was not accepted, as the contract says)."""
-        status = ex.failure_status if ex.failure else 401
+        refused = ex.lifecycle_refusal
+        if refused is not None and refused.status == 204:  # what the host expects; nothing to say
+            return 204, [(REQUEST_ID_HEADER, ex.request_id), ("Cache-Control", "no-store")], b""
+        status = refused.status if refused is not None else ex.failure_status if ex.failure else 401
         on_forge = ex.route.auth == FORGE
         if on_forge:
             message = _REFUSALS[status].decode().strip()
@@ -345,7 +364,12 @@ class Gate:
     def finish(self, ex: Exchange, status: int | None, *, crashed: bool = False) -> None:
         """Record the exchange; never raises into the server (a failure here is logged)."""
         try:
-            self.audit.record(self._record(ex, status, crashed=crashed))
+            rec = self._record(ex, status, crashed=crashed)
+            if ex.upstream:
+                rec.extra = {**(rec.extra or {}), **ex.upstream}
+            self.audit.record(rec)
+            if ex.install_change is not None and rec.outcome == events.ALLOWED:
+                self.audit.record(_install_change_record(rec, ex.install_change))
         except Exception:
             log.exception("connect-audit could not record %s %s", ex.method, ex.path)
 
@@ -388,6 +412,11 @@ class Gate:
         rec.identity_kind = events.USER if v.account_id and not lifecycle else events.ANONYMOUS
         rec.token_fingerprint, rec.claims = v.fingerprint, v.summary()
         rec.declared_scopes = ex.declared_scopes
+        if ex.lifecycle_refusal is not None:
+            refused = ex.lifecycle_refusal
+            rec.outcome, rec.reason, rec.detail, rec.status = events.REJECTED, refused.code, refused.detail, status
+            log.info("refused %s callback: %s (%s)", ex.event_type, refused.code, ex.request_id)
+            return rec
         if ex.failure:
             rec.outcome, rec.detail = events.ERROR, ex.failure
             return rec
@@ -469,6 +498,19 @@ def _unverified_forge_summary(token: str | None, parsed: Any) -> tuple[dict[str,
         elif isinstance(value, int) and not isinstance(value, bool):
             summary[name] = value
     return summary, fingerprint
+
+
+def _install_change_record(callback: events.AuditRecord, change: Any) -> events.AuditRecord:
+    """A reinstall's change as its own lifecycle event beside the callback's (same request id),
+    so that a site moving or a secret rotating is a row one can filter on, not a detail."""
+    return events.AuditRecord(
+        direction=events.LIFECYCLE, outcome=events.ALLOWED, event_type="install_changed", ts=callback.ts,
+        method=callback.method, path=callback.path, path_template=callback.path_template,
+        status=callback.status, request_id=callback.request_id, instance_id=callback.instance_id,
+        auth_method=callback.auth_method, identity_kind=events.ANONYMOUS,
+        tenant_client_key=change.client_key, tenant_base_url=change.new_base_url, product=callback.product,
+        token_fingerprint=callback.token_fingerprint, detail=change.summary(), extra=change.as_extra(),
+    )
 
 
 def _with_status(rec: events.AuditRecord, status: int | None, crashed: bool,
@@ -565,8 +607,9 @@ class WsgiMiddleware:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         path, query = _wsgi_target(environ)
-        ex = self.gate.begin(environ.get("REQUEST_METHOD", "GET"), path, query,
-                             environ.get("HTTP_X_REQUEST_ID"))
+        ex = self.gate.begin(environ.get("REQUEST_METHOD", "GET"), path, query, environ.get("REMOTE_ADDR"),
+                             {"x-request-id": environ.get("HTTP_X_REQUEST_ID"),
+                              "traceparent": environ.get("HTTP_TRACEPARENT")})
         body = _wsgi_body(environ) if _reads_body(ex.route) else None
         forge_headers = None
         if ex.route.auth == FORGE:
@@ -683,7 +726,8 @@ class AsgiMiddleware:
             return
         headers = _asgi_headers(scope)
         path, query = _asgi_target(scope)
-        ex = self.gate.begin(scope.get("method", "GET"), path, query, headers.get("x-request-id"))
+        client = scope.get("client")
+        ex = self.gate.begin(scope.get("method", "GET"), path, query, client[0] if client else None, headers)
         body = None
         if _reads_body(ex.route):
             body, receive = await _asgi_body(receive)

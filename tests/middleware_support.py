@@ -50,7 +50,7 @@ def make_audit(database_url: str, key_dir: Path, base_url: str, **options) -> Co
                         install_keys=str(key_dir), **options)
 
 
-def install_payload(base_url: str = "https://site.example/wiki", event: str = "installed") -> dict:
+def install_payload(base_url: str = "https://site.atlassian.net/wiki", event: str = "installed") -> dict:
     return {"key": APP_KEY, "clientKey": CLIENT_KEY, "sharedSecret": SECRET, "baseUrl": base_url,
             "productType": "confluence", "eventType": event, "oauthClientId": "oauth-client-1"}
 

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from collector.errors import ConfigurationError, UnknownTenant
+from collector.errors import ConfigurationError, HostMoved, HostNotAllowed, UnknownInstall
+from collector.hosts import HostPolicy
 from collector.installs import InstallRegistry, InvalidLifecyclePayload, normalise_scopes
 from collector.secretbox import SecretBox
 from collector.tokens import InstallSecret
@@ -79,11 +80,51 @@ def test_uninstall_disable_enable(store):
         assert registry.install_secret("ck-1").active is active  # invalidated at once
 
 
-def test_a_lifecycle_event_for_an_unknown_tenant_without_a_secret(store):
-    body = payload()
-    del body["sharedSecret"]
-    with pytest.raises(UnknownTenant, match="never installed"):
-        InstallRegistry(store).apply_lifecycle("enabled", body)
+@pytest.mark.parametrize("event", ["uninstalled", "enabled", "disabled"])
+def test_a_lifecycle_event_for_a_tenant_never_installed_creates_nothing(store, event):
+    # The review's finding: a signed uninstalled for an unknown clientKey created a tenant
+    # (status uninstalled, secret from the body). The body here carries a secret on purpose.
+    registry = InstallRegistry(store)
+    with pytest.raises(UnknownInstall, match="never installed; nothing was created") as caught:
+        registry.apply_lifecycle(event, payload("ck-never"))
+    assert caught.value.code == "unknown_install" and caught.value.status == 204
+    assert registry.get("ck-never") is None and registry.list_installs() == []
+
+
+def test_a_reinstall_reports_what_it_changed_and_never_the_secret(store):
+    registry = InstallRegistry(store)
+    registry.apply_lifecycle("installed", payload())
+    same, change = registry.apply_lifecycle_change("installed", payload())
+    assert change is None  # Atlassian re-sending the same installed body changes nothing
+    moved, change = registry.apply_lifecycle_change(
+        "installed", payload(secret="rotated-secret", baseUrl="https://acme-corp.atlassian.net/wiki"))
+    assert moved.base_url == "https://acme-corp.atlassian.net/wiki"
+    assert change.as_extra() == {
+        "old_base_url": "https://acme.atlassian.net/wiki", "new_base_url": "https://acme-corp.atlassian.net/wiki",
+        "host_moved": True, "secret_rotated": True, "old_product": "confluence", "new_product": "confluence"}
+    assert "shared secret rotated" in change.summary() and "rotated-secret" not in repr(change)
+
+
+def test_the_host_policy_refuses_a_foreign_host_and_a_move_and_writes_nothing(store):
+    registry = InstallRegistry(store)
+    policy = HostPolicy()
+    with pytest.raises(HostNotAllowed, match="'evil.example' is not in the allowed hosts"):
+        registry.apply_lifecycle("installed", payload("ck-evil", baseUrl="https://evil.example/wiki"), hosts=policy)
+    assert registry.get("ck-evil") is None
+    registry.apply_lifecycle("installed", payload(), hosts=policy)
+    # The review's attack: a signed reinstall re-pointing a known install at another host.
+    with pytest.raises(HostNotAllowed):
+        registry.apply_lifecycle("installed", payload(secret="s2", baseUrl="https://evil.example/wiki"),
+                                 hosts=policy)
+    with pytest.raises(HostMoved, match="from 'acme.atlassian.net' to 'other.atlassian.net'"):
+        registry.apply_lifecycle("installed", payload(secret="s2", baseUrl="https://other.atlassian.net/wiki"),
+                                 hosts=policy)
+    kept = registry.install_secret("ck-1")
+    assert (kept.base_url, kept.shared_secret) == ("https://acme.atlassian.net/wiki", SECRET)
+    # Allowed moves (a site rename) go through, and the change says so.
+    _, change = registry.apply_lifecycle_change(
+        "installed", payload(baseUrl="https://other.atlassian.net/wiki"), hosts=HostPolicy(allow_moves=True))
+    assert change.host_moved and not change.secret_rotated
 
 
 @pytest.mark.parametrize("missing", ["clientKey", "key", "baseUrl", "sharedSecret"])

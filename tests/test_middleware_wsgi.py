@@ -17,16 +17,19 @@ pytest.register_assert_rewrite("e2e_scenario", "e2e_support", "middleware_suppor
 from middleware_support import (  # noqa: E402
     ACCOUNT,
     CLIENT_KEY,
+    KID,
     ROUTES,
     echo_wsgi,
     events,
     install,
     install_payload,
+    key_pair,
     lifecycle_token,
     make_audit,
     request_token,
 )
 
+from collector import signing  # noqa: E402
 from collector.middleware import ENVIRON_KEY, WsgiMiddleware  # noqa: E402
 from collector.simulator import ServerThread  # noqa: E402
 
@@ -60,7 +63,7 @@ def test_request_route_hands_the_verified_context_to_the_handler(served):
     assert response.status_code == 200
     body = response.json()
     assert body["client_key"] == CLIENT_KEY and body["account_id"] == ACCOUNT
-    assert body["base_url"] == "https://site.example/wiki"
+    assert body["base_url"] == "https://site.atlassian.net/wiki"
     assert (body["auth"], body["route"], body["qsh_kind"]) == ("request", "/items/{item_id}", "computed")
     assert body["current_is_same"] is True
     assert body["request_id"] == response.headers["X-Request-Id"]
@@ -157,14 +160,101 @@ def test_context_tokens_work_on_context_routes_only_and_may_be_reused(served):
     assert get(url, "/ctx", token=signed).json()["qsh_kind"] == "computed"
 
 
-def test_request_id_is_taken_from_the_header_only_when_it_is_a_plain_token(served):
-    url, _ = served
-    token = request_token(url, "GET", f"{url}/items/1")
-    kept = get(url, "/items/1", token=token, headers={"X-Request-Id": "trace-abc.123:x"})
-    assert kept.headers["X-Request-Id"] == "trace-abc.123:x"
-    replaced = get(url, "/items/1", token=token, headers={"X-Request-Id": "<script>alert(1)</script>"})
-    assert replaced.headers["X-Request-Id"] != "<script>alert(1)</script>"
-    assert replaced.json()["request_id"] == replaced.headers["X-Request-Id"]
+def test_a_caller_cannot_choose_the_request_id_of_its_event(served):
+    # The review's finding: X-Request-Id was taken from the caller, so a forged request could
+    # share a real request's id. Now the collector mints every id; an untrusted caller's is dropped.
+    url, audit = served
+    real = get(url, "/items/1", token=request_token(url, "GET", f"{url}/items/1"))
+    forged = get(url, "/items/1", headers={"X-Request-Id": real.headers["X-Request-Id"],
+                                           "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"})
+    assert forged.status_code == 401
+    assert forged.headers["X-Request-Id"] != real.headers["X-Request-Id"]
+    [mine] = events(audit, real.headers["X-Request-Id"])
+    [theirs] = events(audit, forged.headers["X-Request-Id"])
+    assert mine["outcome"] == "allowed" and theirs["reason"] == "missing_token"
+    assert theirs["extra"] is None  # nothing of the caller's ids is kept from an untrusted address
+
+
+def test_a_trusted_proxy_s_ids_are_kept_beside_ours_under_their_own_names(sqlite_url, tmp_path):
+    server = ServerThread()
+    audit = make_audit(sqlite_url, tmp_path / "keys", server.url, trusted_proxies="127.0.0.0/8")
+    install(audit)
+    server.mount(WsgiMiddleware(echo_wsgi, audit, ROUTES)).start()
+    try:
+        url = server.url
+        parent = "00-" + "0af7651916cd43dd8448eb211c80319c" + "-b7ad6b7169203331-01"
+        response = get(url, "/items/1", token=request_token(url, "GET", f"{url}/items/1"),
+                       headers={"X-Request-Id": "lb-7f3a.1", "traceparent": parent})
+        hostile = get(url, "/items/1", headers={"X-Request-Id": "<script>", "traceparent": "nonsense"})
+        [event] = events(audit, response.headers["X-Request-Id"])
+        [refused] = events(audit, hostile.headers["X-Request-Id"])
+    finally:
+        server.stop()
+        audit.close()
+    assert response.headers["X-Request-Id"] not in ("lb-7f3a.1", parent)
+    assert json.loads(event["extra"]) == {"upstream_request_id": "lb-7f3a.1", "traceparent": parent}
+    assert refused["extra"] is None  # malformed ids are not kept even from a trusted proxy
+
+
+_LAST_IAT = [0]
+
+
+def _callback(url: str, event: str, payload: dict) -> requests.Response:
+    body = json.dumps(payload).encode()
+    # A distinct iat per callback: lifecycle tokens are single-use, and two sent in one second
+    # would otherwise be the same token (refused as replayed). A second or two ahead is in leeway.
+    _LAST_IAT[0] = max(int(time.time()), _LAST_IAT[0] + 1)
+    token = signing.lifecycle_token(private_key_pem=key_pair()[0], kid=KID, client_key=payload["clientKey"],
+                                    app_base_url=url, method="POST", url=f"{url}/{event}", now=_LAST_IAT[0])
+    return requests.post(f"{url}/{event}", data=body, timeout=10, headers={
+        "Authorization": f"JWT {token}", "Content-Type": "application/json"})
+
+
+def test_a_signed_reinstall_that_moves_the_install_to_a_foreign_host_is_refused(served):
+    # The review's finding: a signed installed for a known clientKey silently replaced its
+    # shared secret and baseUrl (to https://evil.example/wiki).
+    url, audit = served
+    hijack = {**install_payload("https://evil.example/wiki"), "sharedSecret": "attacker-chosen-secret-0123"}
+    response = _callback(url, "installed", hijack)
+    assert response.status_code == 403 and b"install policy" in response.content
+    kept = audit.registry.install_secret(CLIENT_KEY)
+    assert (kept.base_url, kept.shared_secret) == ("https://site.atlassian.net/wiki", install_payload()["sharedSecret"])
+    [event] = events(audit, response.headers["X-Request-Id"])
+    assert (event["outcome"], event["reason"], event["event_type"]) == ("rejected", "host_not_allowed", "installed")
+    assert event["tenant_client_key"] == CLIENT_KEY and "evil.example" in event["detail"]
+    moved = _callback(url, "installed", install_payload("https://other.atlassian.net/wiki"))
+    assert moved.status_code == 403, [(e["reason"], e["detail"]) for e in events(audit, moved.headers["X-Request-Id"])]
+    assert events(audit, moved.headers["X-Request-Id"])[0]["reason"] == "host_moved"
+
+
+def test_a_reinstall_that_changes_the_install_is_recorded_as_its_own_lifecycle_change(served):
+    url, audit = served
+    payload = {**install_payload("https://site.atlassian.net/"), "sharedSecret": "a-rotated-secret-0123456789"}
+    response = _callback(url, "installed", payload)
+    assert response.status_code == 200
+    callback, change = sorted(events(audit, response.headers["X-Request-Id"]), key=lambda e: e["seq"])
+    assert (callback["event_type"], change["event_type"]) == ("installed", "install_changed")
+    assert change["direction"] == "lifecycle" and change["tenant_client_key"] == CLIENT_KEY
+    assert json.loads(change["extra"]) == {"old_base_url": "https://site.atlassian.net/wiki",
+                               "new_base_url": "https://site.atlassian.net/", "host_moved": False,
+                               "secret_rotated": True, "old_product": "confluence", "new_product": "confluence"}
+    assert "a-rotated-secret" not in json.dumps([callback, change], default=str)
+    same = _callback(url, "installed", payload)  # the same body again changes nothing
+    assert [e["event_type"] for e in events(audit, same.headers["X-Request-Id"])] == ["installed"]
+
+
+@pytest.mark.parametrize("event", ["uninstalled", "installed"])
+def test_an_uninstall_for_a_key_never_installed_creates_nothing(served, event):
+    url, audit = served
+    stranger = {**install_payload(event="uninstalled"), "clientKey": "never-installed-key"}
+    if event == "installed":  # an install from a foreign host creates nothing either
+        stranger = {**install_payload("https://evil.example/wiki"), "clientKey": "never-installed-key"}
+    response = _callback(url, event, stranger)
+    assert response.status_code == (204 if event == "uninstalled" else 403)
+    assert audit.registry.get("never-installed-key") is None
+    [record] = events(audit, response.headers["X-Request-Id"])
+    assert record["outcome"] == "rejected" and record["tenant_client_key"] == "never-installed-key"
+    assert record["reason"] == ("unknown_install" if event == "uninstalled" else "host_not_allowed")
 
 
 def test_signed_lifecycle_callback_updates_the_registry_and_the_app_still_reads_the_body(served):
