@@ -135,7 +135,8 @@ class ConnectAudit:
         self.scope_map = ScopeMap.default()
         keys = key_source(install_keys)  # a bad setting fails here, before the store opens
         # Install keys read from this machine are a simulator's: its sites are loopback http.
-        self.host_policy = HostPolicy.configure(allowed_hosts, allow_host_moves, loopback=is_local_source(keys))
+        self.host_policy = HostPolicy.configure(allowed_hosts, allow_host_moves,
+                                                loopback=is_local_source(keys))
         self.trusted_proxies = TrustedProxies.configure(trusted_proxies)
         self.forge_app_ids = _names(forge_app_ids)
         self.forge_scopes = _names(forge_scopes)

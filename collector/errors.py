@@ -261,7 +261,7 @@ def rejection_for(code: str) -> type[TokenRejected]:
 
 
 class LifecycleRefused(ConnectAuditError):
-    """Raised when a verified lifecycle callback is refused by the app's install policy; ``code`` names why."""
+    """Raised when the app's install policy refuses a verified lifecycle callback; ``code`` names why."""
 
     code: str = "lifecycle_refused"
     fix: str = ""

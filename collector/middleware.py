@@ -51,8 +51,14 @@ from collector.context import (  # re-exported: the handler's view of a request
     current_context,
     note_forbidden,
 )
-from collector.errors import ConnectAuditError, LifecycleRefused, MissingToken, StoreUnavailable, TokenRejected
-from collector.proxies import TrustedProxies
+from collector.errors import (
+    ConnectAuditError,
+    LifecycleRefused,
+    MissingToken,
+    StoreUnavailable,
+    TokenRejected,
+)
+from collector.proxies import NO_TRUSTED_PROXIES, TrustedProxies
 from collector.routes import CONTEXT, FORGE, LIFECYCLE, PUBLIC, Route, RoutePolicy, is_state_changing
 
 if TYPE_CHECKING:
@@ -137,7 +143,7 @@ class Collaborators:
     clock: Callable[[], float]
     instance_id: str
     forge_scopes: tuple[str, ...] = ()
-    trusted_proxies: TrustedProxies = TrustedProxies()
+    trusted_proxies: TrustedProxies = NO_TRUSTED_PROXIES
 
 
 class Gate:
@@ -414,7 +420,8 @@ class Gate:
         rec.declared_scopes = ex.declared_scopes
         if ex.lifecycle_refusal is not None:
             refused = ex.lifecycle_refusal
-            rec.outcome, rec.reason, rec.detail, rec.status = events.REJECTED, refused.code, refused.detail, status
+            rec.outcome, rec.reason, rec.detail = events.REJECTED, refused.code, refused.detail
+            rec.status = status
             log.info("refused %s callback: %s (%s)", ex.event_type, refused.code, ex.request_id)
             return rec
         if ex.failure:

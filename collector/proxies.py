@@ -71,3 +71,7 @@ class TrustedProxies:
         if parent and _TRACEPARENT.fullmatch(parent.strip()):
             kept["traceparent"] = parent.strip()
         return kept or None
+
+
+#: Trust no proxy: every caller's ids are dropped (the default).
+NO_TRUSTED_PROXIES = TrustedProxies()

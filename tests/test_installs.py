@@ -94,7 +94,7 @@ def test_a_lifecycle_event_for_a_tenant_never_installed_creates_nothing(store, e
 def test_a_reinstall_reports_what_it_changed_and_never_the_secret(store):
     registry = InstallRegistry(store)
     registry.apply_lifecycle("installed", payload())
-    same, change = registry.apply_lifecycle_change("installed", payload())
+    _, change = registry.apply_lifecycle_change("installed", payload())
     assert change is None  # Atlassian re-sending the same installed body changes nothing
     moved, change = registry.apply_lifecycle_change(
         "installed", payload(secret="rotated-secret", baseUrl="https://acme-corp.atlassian.net/wiki"))
@@ -108,15 +108,16 @@ def test_a_reinstall_reports_what_it_changed_and_never_the_secret(store):
 def test_the_host_policy_refuses_a_foreign_host_and_a_move_and_writes_nothing(store):
     registry = InstallRegistry(store)
     policy = HostPolicy()
-    with pytest.raises(HostNotAllowed, match="'evil.example' is not in the allowed hosts"):
-        registry.apply_lifecycle("installed", payload("ck-evil", baseUrl="https://evil.example/wiki"), hosts=policy)
+    with pytest.raises(HostNotAllowed, match=r"'evil\.example' is not in the allowed hosts"):
+        registry.apply_lifecycle("installed", payload("ck-evil", baseUrl="https://evil.example/wiki"),
+                                 hosts=policy)
     assert registry.get("ck-evil") is None
     registry.apply_lifecycle("installed", payload(), hosts=policy)
     # The review's attack: a signed reinstall re-pointing a known install at another host.
     with pytest.raises(HostNotAllowed):
         registry.apply_lifecycle("installed", payload(secret="s2", baseUrl="https://evil.example/wiki"),
                                  hosts=policy)
-    with pytest.raises(HostMoved, match="from 'acme.atlassian.net' to 'other.atlassian.net'"):
+    with pytest.raises(HostMoved, match=r"from 'acme\.atlassian\.net' to 'other\.atlassian\.net'"):
         registry.apply_lifecycle("installed", payload(secret="s2", baseUrl="https://other.atlassian.net/wiki"),
                                  hosts=policy)
     kept = registry.install_secret("ck-1")

@@ -218,18 +218,20 @@ def test_a_signed_reinstall_that_moves_the_install_to_a_foreign_host_is_refused(
     response = _callback(url, "installed", hijack)
     assert response.status_code == 403 and b"install policy" in response.content
     kept = audit.registry.install_secret(CLIENT_KEY)
-    assert (kept.base_url, kept.shared_secret) == ("https://site.atlassian.net/wiki", install_payload()["sharedSecret"])
+    original = install_payload()
+    assert (kept.base_url, kept.shared_secret) == (original["baseUrl"], original["sharedSecret"])
     [event] = events(audit, response.headers["X-Request-Id"])
-    assert (event["outcome"], event["reason"], event["event_type"]) == ("rejected", "host_not_allowed", "installed")
+    assert (event["outcome"], event["reason"]) == ("rejected", "host_not_allowed")
+    assert event["event_type"] == "installed"
     assert event["tenant_client_key"] == CLIENT_KEY and "evil.example" in event["detail"]
     moved = _callback(url, "installed", install_payload("https://other.atlassian.net/wiki"))
-    assert moved.status_code == 403, [(e["reason"], e["detail"]) for e in events(audit, moved.headers["X-Request-Id"])]
+    assert moved.status_code == 403
     assert events(audit, moved.headers["X-Request-Id"])[0]["reason"] == "host_moved"
 
 
 def test_a_reinstall_that_changes_the_install_is_recorded_as_its_own_lifecycle_change(served):
     url, audit = served
-    payload = {**install_payload("https://site.atlassian.net/"), "sharedSecret": "a-rotated-secret-0123456789"}
+    payload = {**install_payload("https://site.atlassian.net/"), "sharedSecret": "a-rotated-secret-01234"}
     response = _callback(url, "installed", payload)
     assert response.status_code == 200
     callback, change = sorted(events(audit, response.headers["X-Request-Id"]), key=lambda e: e["seq"])
@@ -237,7 +239,8 @@ def test_a_reinstall_that_changes_the_install_is_recorded_as_its_own_lifecycle_c
     assert change["direction"] == "lifecycle" and change["tenant_client_key"] == CLIENT_KEY
     assert json.loads(change["extra"]) == {"old_base_url": "https://site.atlassian.net/wiki",
                                "new_base_url": "https://site.atlassian.net/", "host_moved": False,
-                               "secret_rotated": True, "old_product": "confluence", "new_product": "confluence"}
+                               "secret_rotated": True, "old_product": "confluence",
+                               "new_product": "confluence"}
     assert "a-rotated-secret" not in json.dumps([callback, change], default=str)
     same = _callback(url, "installed", payload)  # the same body again changes nothing
     assert [e["event_type"] for e in events(audit, same.headers["X-Request-Id"])] == ["installed"]
