@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Protocol modules: no I/O, no database; the clock and the key sources are injected.
 PURE = ("collector.qsh", "collector.tokens", "collector.forge", "collector.signing", "collector.scopes",
-        "collector.errors", "collector.events")
+        "collector.errors", "collector.events", "collector.hosts", "collector.proxies")
 #: What a pure module may not import: the network, the database, processes, and the I/O edges.
 IMPURE = ("requests", "urllib3", "sqlalchemy", "sqlmodel", "psycopg", "socket", "subprocess", "http",
           "urllib.request", "collector.store", "collector.recorder", "collector.installs", "collector.keys",
