@@ -16,6 +16,7 @@ DATA_DIR_ENV = "CONNECT_AUDIT_DATA_DIR"
 SECRET_KEY_ENV = "CONNECT_AUDIT_SECRET_KEY"  # noqa: S105
 CHECKPOINT_KEY_ENV = "CONNECT_AUDIT_CHECKPOINT_KEY"  # HMAC key for checkpoints
 INSTALL_KEYS_ENV = "CONNECT_AUDIT_INSTALL_KEYS"  # base URL or directory of lifecycle public keys
+KEY_DIR_ENV = "CONNECT_AUDIT_KEY_DIR"  # where audit.key and checkpoint.key live (default: beside the store)
 
 #: Atlassian's CDN of the public keys that sign install/uninstall callbacks.
 DEFAULT_INSTALL_KEYS_URL = "https://connect-install-keys.atlassian.com"
@@ -23,6 +24,13 @@ DEFAULT_INSTALL_KEYS_URL = "https://connect-install-keys.atlassian.com"
 
 def data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV) or "data")
+
+
+def key_dir(beside_store: Path) -> Path:
+    """Where the key files live: ``CONNECT_AUDIT_KEY_DIR`` (recommended: off the data volume, so
+    that a copy of the data is not a copy of the keys), else the store's own directory."""
+    override = os.environ.get(KEY_DIR_ENV)
+    return Path(override).expanduser().absolute() if override else beside_store
 
 
 def default_database_url() -> str:

@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from collector import files
 from collector.errors import ConfigurationError
 
 
@@ -25,7 +26,7 @@ def load_or_create(path: Path, make_key: Callable[[], bytes]) -> bytes:
     except FileNotFoundError:
         pass
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        files.private_dir(path.parent)
     except OSError as exc:
         raise ConfigurationError(
             f"cannot create the key directory {path.parent}: {exc.strerror or exc}"

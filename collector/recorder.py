@@ -44,7 +44,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from collector import chain
+from collector import chain, files
 from collector.errors import QueueFull, RecorderClosed, StoreUnavailable
 from collector.events import AuditRecord
 from collector.models import AuditEvent
@@ -94,7 +94,7 @@ class Recorder:
         self.flush_interval = flush_interval
         self.when_full = when_full
         self.block_timeout = block_timeout
-        self.spill_dir = Path(spill_dir) if spill_dir is not None else store.key_dir
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else store.home
         self.checkpoint_every = checkpoint_every
         # The dashboard's rollups are folded here, on the writer thread, after the events
         # are acknowledged: at most once per interval, when less than a batch is queued or
@@ -411,7 +411,7 @@ class Recorder:
         if not rows:
             return
         if self._spill_path is None:
-            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            files.private_dir(self.spill_dir)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
             self._spill_path = self.spill_dir / f"spill-{self._spill_tag}-{os.getpid()}-{stamp}.ndjson"
         lines = "".join(_spill_line(row) for row in rows)

@@ -45,7 +45,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlmodel import Session
 
-from collector import config
+from collector import config, files
 from collector.errors import ConfigurationError, StoreUnavailable
 
 DURABILITIES = ("full", "normal")
@@ -79,11 +79,14 @@ class Store:
     """An opened audit store (SQLite file or PostgreSQL database)."""
 
     def __init__(self, engine: sa.Engine, *, url: str, dialect: str, key_dir: Path, durability: str,
-                 read_only: bool = False):
+                 read_only: bool = False, home: Path | None = None):
         self.engine = engine
         self.url = url  # password-masked, safe for messages
         self.dialect = dialect
         self.key_dir = key_dir
+        #: The directory beside the store for its other files (spill files): the SQLite file's
+        #: directory, else the data directory.
+        self.home = home or key_dir
         self.durability = durability
         self.read_only = read_only
         # The same pool, but every transaction begins as a writer (SQLite BEGIN IMMEDIATE),
@@ -340,8 +343,8 @@ def _open_sqlite(parsed: sa.URL, *, create: bool, durability: str, busy_timeout:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     store = Store(
-        engine, url=str(path), dialect="sqlite", key_dir=path.parent.absolute(), durability=durability,
-        read_only=read_only,
+        engine, url=str(path), dialect="sqlite", key_dir=config.key_dir(path.parent.absolute()),
+        durability=durability, read_only=read_only, home=path.parent.absolute(),
     )
     try:
         with engine.connect():
@@ -363,11 +366,13 @@ def _check_sqlite_file(path: Path, *, create: bool) -> None:
         _check_sqlite_header(path)
         if not os.access(path, os.W_OK):
             raise StoreUnavailable(f"the audit store {path} is not writable")
+        files.warn_if_exposed(path)
         return
     if not create:
         raise StoreUnavailable(f"no audit store at {path}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 before SQLite opens it: its -wal and -shm files then get the same mode.
+        files.create_private(path)
     except OSError as exc:
         raise StoreUnavailable(
             f"cannot create the directory {path.parent} for the audit store: {exc.strerror or exc}"
@@ -429,6 +434,6 @@ def _open_postgresql(parsed: sa.URL, *, durability: str, lock_timeout: float | N
         where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
         raise StoreUnavailable(f"cannot reach PostgreSQL at {where}: {_first_line(exc)}") from exc
     return Store(
-        engine, url=masked, dialect="postgresql", key_dir=config.data_dir().absolute(), durability=durability,
-        read_only=read_only,
+        engine, url=masked, dialect="postgresql", key_dir=config.key_dir(config.data_dir().absolute()),
+        durability=durability, read_only=read_only, home=config.data_dir().absolute(),
     )

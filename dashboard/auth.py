@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from collector import config
+from collector import config, files
 
 ADMIN = "admin"
 AUDITOR = "auditor"
@@ -123,7 +123,7 @@ class Accounts:
         return dict(data.get("accounts", {}))
 
     def _save(self, accounts: dict[str, dict[str, str]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        files.private_dir(self.path.parent)
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:

@@ -16,7 +16,8 @@ from collector import events as ev
 from collector.events import AuditRecord
 from collector.store import Store
 
-KEY_ENVS = ("CONNECT_AUDIT_SECRET_KEY", "CONNECT_AUDIT_CHECKPOINT_KEY", "CONNECT_AUDIT_DATABASE_URL")
+KEY_ENVS = ("CONNECT_AUDIT_SECRET_KEY", "CONNECT_AUDIT_CHECKPOINT_KEY", "CONNECT_AUDIT_DATABASE_URL",
+            "CONNECT_AUDIT_KEY_DIR")
 
 
 def isolate_keys(monkeypatch, tmp_path: Path) -> Path:

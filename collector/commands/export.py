@@ -80,6 +80,7 @@ def _export_to_file(store, flt, output: str, fmt: str, actor: str):
     import os
     from pathlib import Path
 
+    from collector import files
     from collector.errors import ConfigurationError
     from collector.export import export
 
@@ -92,7 +93,7 @@ def _export_to_file(store, flt, output: str, fmt: str, actor: str):
             print(f"\rexporting... {rows:,} events", end="", file=sys.stderr, flush=True)
 
     try:
-        with partial.open("wb") as fh:
+        with files.open_private(partial) as fh:
             result = export(store, flt, fh, fmt, actor=actor, via="cli", progress=progress)
             os.fsync(fh.fileno())
         partial.replace(target)
