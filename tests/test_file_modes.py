@@ -21,7 +21,8 @@ from collector.store import Store
 pytestmark = pytest.mark.usefixtures("isolated_keys")
 
 
-INSTALL = {"key": "app", "clientKey": "ck", "baseUrl": "https://a.atlassian.net/wiki", "sharedSecret": "s" * 32}
+INSTALL = {"key": "app", "clientKey": "ck", "baseUrl": "https://a.atlassian.net/wiki",
+           "sharedSecret": "s" * 32}
 
 
 def mode(path: Path) -> int:
