@@ -261,7 +261,7 @@ def record_export(
     recorder: Any = None,
 ) -> str:
     """Append the export's own audit event (synchronously) and return its event id."""
-    from collector.recorder import Recorder
+    from collector.recorder import write_internal
 
     record = ev.AuditRecord(
         direction=ev.INTERNAL,
@@ -281,12 +281,4 @@ def record_export(
             "via": via,
         },
     )
-    if recorder is not None:
-        recorder.write_now(record)
-        return record.event_id
-    own = Recorder(store)
-    try:
-        own.write_now(record)
-    finally:
-        own.close()
-    return record.event_id
+    return write_internal(store, record, recorder=recorder)

@@ -15,7 +15,10 @@ Two ways in:
 Roles: ``admin`` sees and does everything; ``auditor`` reads and exports but cannot verify
 tokens against stored shared secrets or manage accounts.
 
-Failed sign-ins are rate-limited per account name and per client address, in process.
+Failed sign-ins slow down per account at an address and per address (:class:`SignInThrottle`),
+persisted beside the accounts so that a restart does not reset them; a guesser elsewhere never
+locks the real admin out. ``python -m dashboard.auth reset ACCOUNT`` resets an account's password
+and throttle from the terminal.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import secrets
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,28 +109,48 @@ def accounts_path() -> Path:
 
 
 class Accounts:
-    """The local accounts file: ``{"accounts": {name: {"role", "password"}}}``."""
+    """The local accounts file: ``{"accounts": {name: {"role", "password"}}, "throttle": {...}}``
+    (the throttle's failure counts live here too, so that a restart does not reset them)."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or accounts_path()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
-    def _load(self) -> dict[str, dict[str, str]]:
+    def _document(self) -> dict[str, Any]:
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
             raise AuthError(f"The accounts file {self.path} cannot be read: {exc}") from None
-        return dict(data.get("accounts", {}))
+        return data if isinstance(data, dict) else {}
 
-    def _save(self, accounts: dict[str, dict[str, str]]) -> None:
+    def _load(self) -> dict[str, dict[str, str]]:
+        return dict(self._document().get("accounts", {}))
+
+    def _write(self, document: dict[str, Any]) -> None:
         files.private_dir(self.path.parent)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump({"accounts": accounts}, fh, indent=2, sort_keys=True)
+            json.dump(document, fh, indent=2, sort_keys=True)
         os.replace(tmp, self.path)
+
+    def _save(self, accounts: dict[str, dict[str, str]]) -> None:
+        with self._lock:
+            self._write({**self._document(), "accounts": accounts})
+
+    def throttle_state(self) -> dict[str, dict[str, float]]:
+        return dict(self._document().get("throttle", {}))
+
+    def update_throttle(self, change: Any) -> Any:
+        """Apply ``change(state)`` to the persisted throttle state under the lock; returns its result."""
+        with self._lock:
+            document = self._document()
+            state = dict(document.get("throttle", {}))
+            result = change(state)
+            self._write({**document, "throttle": state})
+            return result
 
     def list(self) -> list[tuple[str, str]]:
         return sorted((name, acc["role"]) for name, acc in self._load().items())
@@ -205,38 +227,95 @@ _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 # --------------------------------------------------------------------------- throttling
 
 
-class Throttle:
-    """At most ``limit`` failures per ``window`` seconds per key (account name, address)."""
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the throttle says about one sign-in attempt."""
 
-    def __init__(self, limit: int = 5, window: float = 300.0) -> None:
-        self.limit = limit
-        self.window = window
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
+    retry_after: float  # seconds to wait before this account may try again from this address
+    locked: bool = False  # this failure started a wait
 
-    def retry_after(self, *keys: str) -> float:
-        now = time.monotonic()
-        wait = 0.0
-        with self._lock:
-            for key in keys:
-                q = self._failures.get(key)
-                if not q:
-                    continue
-                while q and now - q[0] > self.window:
-                    q.popleft()
-                if len(q) >= self.limit:
-                    wait = max(wait, self.window - (now - q[0]))
-        return wait
 
-    def failed(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                self._failures.setdefault(key, deque()).append(now)
+class SignInThrottle:
+    """Failed sign-ins make the next try wait, longer each time, persisted in the accounts file.
 
-    def succeeded(self, key: str) -> None:
-        with self._lock:
-            self._failures.pop(key, None)
+    The wait grows per *account at an address* (after ``free`` failures: 5 s, 10 s, 20 s, ... up to
+    ``cap``, 15 minutes) and per *address* over all accounts (after ``address_free``: someone trying many
+    names). It never grows per account alone: a guesser elsewhere cannot lock the real admin
+    out, so a correct password from an address that has not been failing still signs in. Failures
+    against one account from many addresses are counted too; once they pass
+    ``account_alarm``, every address that has failed for that account waits the full ``cap``.
+    Counts older than ``forget`` seconds are dropped. ``clock`` is epoch seconds (injectable).
+    """
+
+    def __init__(self, accounts: Accounts, *, free: int = 3, address_free: int = 20, account_alarm: int = 50,
+                 base: float = 5.0, cap: float = 900.0, forget: float = 86400.0,
+                 clock: Any = time.time) -> None:
+        self.accounts = accounts
+        self.free, self.address_free, self.account_alarm = free, address_free, account_alarm
+        self.base, self.cap, self.forget = base, cap, forget
+        self.clock = clock
+
+    @staticmethod
+    def _keys(name: str, address: str) -> tuple[str, str, str]:
+        name = name.strip().lower()
+        return f"pair:{name}|{address}", f"addr:{address}", f"acct:{name}"
+
+    def _wait(self, entry: dict[str, float] | None, free: int, now: float) -> float:
+        if not entry or entry["n"] <= free:
+            return 0.0
+        delay = min(self.cap, self.base * 2 ** (entry["n"] - free - 1))
+        return max(0.0, entry["last"] + delay - now)
+
+    def _verdict(self, state: dict[str, Any], name: str, address: str, now: float) -> float:
+        pair, addr, acct = (state.get(k) for k in self._keys(name, address))
+        wait = max(self._wait(pair, self.free, now), self._wait(addr, self.address_free, now))
+        if pair and acct and acct["n"] >= self.account_alarm:
+            wait = max(wait, pair["last"] + self.cap - now)
+        return max(0.0, wait)
+
+    def retry_after(self, name: str, address: str) -> float:
+        """Seconds before ``name`` may try again from ``address`` (0: now)."""
+        now = self.clock()
+        return self._verdict(self._fresh(self.accounts.throttle_state(), now), name, address, now)
+
+    def failed(self, name: str, address: str) -> Verdict:
+        now = self.clock()
+
+        def change(state: dict[str, Any]) -> Verdict:
+            fresh = self._fresh(state, now)  # old counts go, so the file stays small
+            state.clear()
+            state.update(fresh)
+            before = self._verdict(state, name, address, now)
+            for key in self._keys(name, address):
+                entry = state.get(key) or {"n": 0}
+                state[key] = {"n": entry["n"] + 1, "last": now}
+            after = self._verdict(state, name, address, now)
+            return Verdict(after, locked=after > 0 and before == 0)
+
+        return self.accounts.update_throttle(change)
+
+    def succeeded(self, name: str, address: str) -> None:
+        """Clear this account's count at this address (not the address's: one good account must
+        not wipe the record of a guesser trying others)."""
+        pair = self._keys(name, address)[0]
+        if pair in self.accounts.throttle_state():
+            self.accounts.update_throttle(lambda state: state.pop(pair, None))
+
+    def reset(self, name: str) -> int:
+        """Forget every count for ``name`` (the recovery command); returns how many were dropped."""
+        name = name.strip().lower()
+
+        def change(state: dict[str, Any]) -> int:
+            gone = [k for k in state if k == f"acct:{name}" or k.startswith(f"pair:{name}|")]
+            for key in gone:
+                state.pop(key)
+            return len(gone)
+
+        return self.accounts.update_throttle(change)
+
+    def _fresh(self, state: dict[str, Any], now: float) -> dict[str, Any]:
+        return {k: v for k, v in state.items()
+                if isinstance(v, dict) and now - float(v.get("last", 0)) < self.forget}
 
 
 # --------------------------------------------------------------------------- OIDC
@@ -269,14 +348,62 @@ def oidc_role(identity: dict[str, Any], secrets_obj: Any) -> str | None:
     return None
 
 
-def main() -> int:
+def reset(name: str, *, out=None, password: str | None = None) -> str:
+    """Give ``name`` a new password (generated unless given) and clear its throttle; returns it.
+
+    The recovery path when the admin is locked out or has lost the password: it needs only a
+    shell on the machine that holds the accounts file."""
+    out = out or sys.stdout
+    store = Accounts()
+    known = dict(store.list())
+    if name not in known and name != ADMIN:
+        names = ", ".join(known) or "none"
+        raise AuthError(f"There is no account {name!r} in {store.path}; accounts: {names}")
+    chosen = password or secrets.token_urlsafe(18)
+    if name == ADMIN:
+        store._set_admin(chosen)
+    else:
+        store.set_password(name, chosen)
+    cleared = SignInThrottle(store).reset(name)
+    shown = "" if password else f":\n\n      {chosen}\n"
+    print(f"Connect Audit dashboard: {name!r} has a new password{shown}\n"
+          f"  Its failed sign-ins were cleared ({cleared} record(s)). Only its hash is kept in {store.path}.",
+          file=out, flush=True)
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
     """``python -m dashboard.auth``: make sure the local admin account exists before the
     server starts (``make run`` calls it), so that a generated password is printed where
-    the person starting the dashboard is looking, not on the first page view."""
+    the person starting the dashboard is looking, not on the first page view.
+
+    ``python -m dashboard.auth reset ACCOUNT``: the recovery command (a new password, printed
+    once, and the account's sign-in throttle cleared), recorded in the audit log."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m dashboard.auth", description=(
+        "Set up the dashboard's admin account, or reset an account's password and sign-in throttle."))
+    commands = parser.add_subparsers(dest="command")
+    again = commands.add_parser("reset", help=(
+        "give ACCOUNT a new generated password and clear its failed sign-ins "
+        "(the way back in when the admin is locked out)"))
+    again.add_argument("account", nargs="?", default=ADMIN, help="the account (default: admin)")
+    args = parser.parse_args(argv)
+    if args.command == "reset":
+        try:
+            reset(args.account)
+        except AuthError as exc:
+            print(f"python -m dashboard.auth reset: {exc}", file=sys.stderr)
+            return 2
+        from dashboard import queries
+
+        queries.record_admin_event("password_reset", actor=args.account, allowed=True, standalone=True,
+                                   detail="Password and sign-in throttle reset from the terminal")
+        return 0
     store = Accounts()
     if store.ensure_admin() is None and not os.environ.get(ADMIN_PASSWORD_ENV):
         print(f"Connect Audit dashboard: sign in as 'admin' (password set earlier; set "
-              f"{ADMIN_PASSWORD_ENV} to replace it)", flush=True)
+              f"{ADMIN_PASSWORD_ENV} to replace it, or: python -m dashboard.auth reset admin)", flush=True)
     return 0
 
 

@@ -429,6 +429,54 @@ def export_bytes(flt: EventFilter, fmt: str, *, actor: str) -> tuple[bytes, Any]
         return tmp.read(), dataclasses.replace(result, audit_event_id=event_id)
 
 
+# --------------------------------------------------------------------------- the dashboard's own acts
+
+#: The dashboard's own audit events (direction internal): sign-ins and account changes.
+ADMIN_EVENTS = ("sign_in", "sign_in_failed", "sign_in_throttled", "sign_in_lockout", "sign_out",
+                "password_reset", "account_saved", "account_removed")
+
+
+def record_admin_event(event_type: str, *, actor: str, allowed: bool, detail: str,
+                       standalone: bool = False, **extra: Any) -> str | None:
+    """Record a sign-in or account change in the log (chained like every event); returns its id.
+
+    ``standalone`` opens the store for this one write (the terminal's recovery command, with no
+    Streamlit server). A store that cannot be written is logged and never blocks a sign-in."""
+    import logging
+
+    from collector import events as ev
+    from collector.recorder import write_internal
+    from collector.store import Store
+
+    if event_type not in ADMIN_EVENTS:
+        raise ValueError(f"unknown dashboard event {event_type!r}")
+    record = ev.AuditRecord(
+        direction=ev.INTERNAL, outcome=ev.ALLOWED if allowed else ev.REJECTED, event_type=event_type,
+        auth_method=ev.NO_AUTH, identity_kind=ev.ANONYMOUS, detail=detail[:300],
+        extra={"actor": actor[:64], "via": "terminal" if standalone else "dashboard",
+               **{k: v for k, v in extra.items() if v is not None}},
+    )
+    try:
+        if standalone:
+            with Store.open(config.database_url(), create=False) as writer:
+                return write_internal(writer, record)
+        return write_internal(_current().writer(), record)
+    except Exception as exc:  # noqa: BLE001 - the sign-in goes on; the failure is logged
+        logging.getLogger("dashboard.audit").warning("could not record %s for %s: %s", event_type, actor, exc)
+        return None
+
+
+def admin_events(limit: int = 50) -> list[dict[str, Any]]:
+    """The dashboard's own recent acts (sign-ins, failures, lockouts, resets), newest first."""
+    rows = [r for r in q.internal_events(store(), None, limit=limit * 2) if r["event_type"] in ADMIN_EVENTS]
+    out = []
+    for row in rows[:limit]:
+        extra = json.loads(row["extra"]) if isinstance(row.get("extra"), str) else (row.get("extra") or {})
+        out.append({"ts": row["ts"], "event": row["event_type"], "outcome": row["outcome"],
+                    "account": extra.get("actor"), "address": extra.get("address"), "detail": row["detail"]})
+    return out
+
+
 def export_file_name(flt: EventFilter, fmt: str) -> str:
     from collector.export import filename_for
 

@@ -38,11 +38,16 @@ def _accounts(path: str) -> auth.Accounts:
     return accounts
 
 
-@st.cache_resource(show_spinner=False)
-def _throttles() -> tuple[auth.Throttle, auth.Throttle]:
-    """Per account name (5 failures in 5 min) and per client address (20: people behind one
-    proxy share an address, and one of them must not lock out the others for long)."""
-    return auth.Throttle(limit=5), auth.Throttle(limit=20)
+def client_address() -> str:
+    """The browser's address as Streamlit saw it; "local" for a browser on this machine (Streamlit
+    gives none then) or where no real connection exists (Streamlit's AppTest)."""
+    address = getattr(st.context, "ip_address", None)
+    return address if isinstance(address, str) and address else "local"
+
+
+def throttle() -> auth.SignInThrottle:
+    """Failed sign-ins per account at an address and per address, kept in the accounts file."""
+    return auth.SignInThrottle(accounts())
 
 
 def accounts() -> auth.Accounts:
@@ -101,26 +106,40 @@ def _local_sign_in() -> None:
         submitted = st.form_submit_button("Sign in", type="primary")
     if not submitted:
         return
-    address = f"ip:{getattr(st.context, 'ip_address', None) or 'local'}"
-    account_key = f"name:{name.strip().lower()}"
-    by_account, by_address = _throttles()
-    wait = max(by_account.retry_after(account_key), by_address.retry_after(address))
+    name = name.strip()
+    address = client_address()
+    gate = throttle()
+    wait = gate.retry_after(name, address)
     if wait > 0:
-        st.error(f"Too many failed sign-ins; try again in {int(wait) + 1} seconds.")
+        queries.record_admin_event("sign_in_throttled", actor=name, allowed=False, address=address,
+                                   detail=f"Sign-in refused: {int(wait) + 1} s left to wait after failures",
+                                   retry_after=round(wait, 1))
+        st.error(f"Too many failed sign-ins from here; try again in {int(wait) + 1} seconds.")
         return
-    user = store.authenticate(name.strip(), password)
+    user = store.authenticate(name, password)
     if user is None:
-        by_account.failed(account_key)
-        by_address.failed(address)
+        verdict = gate.failed(name, address)
+        queries.record_admin_event("sign_in_failed", actor=name, allowed=False, address=address,
+                                   detail="Wrong account or password")
+        if verdict.locked:
+            queries.record_admin_event(
+                "sign_in_lockout", actor=name, allowed=False, address=address,
+                retry_after=verdict.retry_after,
+                detail=f"Repeated failures: sign-ins from here wait {int(verdict.retry_after) + 1} s")
         st.error("Wrong account or password.")
         return
-    by_account.succeeded(account_key)
+    gate.succeeded(name, address)
+    queries.record_admin_event("sign_in", actor=user.name, allowed=True, address=address,
+                               detail=f"Signed in ({user.role}, local account)")
     st.session_state[auth.SESSION_KEY] = user
     st.rerun()
 
 
 def sign_out() -> None:
     user = current_user()
+    if user is not None:
+        queries.record_admin_event("sign_out", actor=user.name, allowed=True,
+                                   detail=f"Signed out ({user.role}, {user.via})")
     st.session_state.pop(auth.SESSION_KEY, None)
     st.session_state.pop(FILTER_STATE, None)
     if user is not None and user.via == "oidc":

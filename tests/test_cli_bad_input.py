@@ -294,6 +294,8 @@ def paths(tmp_path_factory) -> Paths:
     with sqlite3.connect(d / "newer.db") as conn:
         conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
         conn.execute("INSERT INTO alembic_version VALUES ('9999_from_the_future')")
+    for crafted in ("foreign.db", "newer.db"):
+        (d / crafted).chmod(0o600)  # a world-readable store adds its own warning (test_file_modes)
     (d / "installs.json").write_text(json.dumps(["not", "an", "object"]))
     (d / "zeroed.db").write_bytes(b"")
     return Paths(healthy=healthy, text_file=d / "notes.txt", directory=d / "a-directory",

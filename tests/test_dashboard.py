@@ -112,7 +112,7 @@ def test_signed_out_shows_nothing_of_the_log(hostile_url, monkeypatch):
         assert at.text_input(key="sign_in_password")
 
 
-def test_wrong_password_is_refused_and_failures_are_rate_limited(hostile_url, monkeypatch):
+def test_wrong_password_is_refused_and_failures_are_rate_limited_and_recorded(hostile_url, monkeypatch):
     at = _app(hostile_url, monkeypatch)
     _sign_in(at, "ratelimited", "wrong password")
     assert [e.value for e in at.error] == ["Wrong account or password."]
@@ -120,6 +120,14 @@ def test_wrong_password_is_refused_and_failures_are_rate_limited(hostile_url, mo
         _sign_in(at, "ratelimited", "wrong password")
     assert "Too many failed sign-ins" in at.error[0].value
     assert not at.dataframe
+    from dashboard import queries
+
+    with Store.open(hostile_url) as store:
+        queries.use_store(store)
+        mine = [e for e in queries.admin_events(200) if e["account"] == "ratelimited"]
+    kinds = [e["event"] for e in reversed(mine)]
+    assert kinds[:5] == ["sign_in_failed"] * 4 + ["sign_in_lockout"] and "sign_in_throttled" in kinds
+    assert all(e["outcome"] == "rejected" and e["address"] == "local" for e in mine)
 
 
 def test_admin_password_is_stored_only_as_a_hash(hostile_url, monkeypatch):
@@ -184,10 +192,10 @@ def test_every_page_renders_on_an_empty_store(empty_url, monkeypatch):
     for page in PAGES:
         _open(at, page, range="all")
     _open(at, "overview", range="all")
-    assert at.metric[0].value == "0"
+    assert at.metric[0].value == "1"  # the one event of the log: the admin's own sign-in
     _open(at, "installs")
     assert "No tenant has installed the app yet." in [i.value for i in at.info]
-    _open(at, "export", range="all")
+    _open(at, "export", range="all", direction="incoming")
     assert "0 events match." in [t.value for t in at.text]
     assert at.get("download_button")[0].proto.disabled
 
@@ -474,16 +482,76 @@ def test_admin_adds_an_auditor_who_can_then_sign_in(hostile_url, monkeypatch):
     assert other.session_state[auth.SESSION_KEY].role == auth.AUDITOR
 
 
-def test_throttle_counts_failures_per_key_within_the_window():
-    throttle = auth.Throttle(limit=2, window=60)
-    assert throttle.retry_after("name:a") == 0
-    throttle.failed("name:a")
-    assert throttle.retry_after("name:a") == 0
-    throttle.failed("name:a")
-    assert 0 < throttle.retry_after("name:a") <= 60
-    assert throttle.retry_after("name:b") == 0  # other keys are not affected
-    throttle.succeeded("name:a")
-    assert throttle.retry_after("name:a") == 0
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_guesser_elsewhere_cannot_lock_the_admin_out_even_across_a_restart(tmp_path):
+    # The review's finding: five wrong passwords locked the real admin out for 300 s even with the
+    # right password, and a restart cleared the throttle.
+    path = tmp_path / auth.ACCOUNTS_FILE
+    accounts = auth.Accounts(path)
+    accounts.set_password("admin", "the right password", auth.ADMIN)
+    clock = Clock()
+    gate = auth.SignInThrottle(accounts, clock=clock)
+    waits, locks = [], []
+    for _ in range(8):
+        verdict = gate.failed("admin", "203.0.113.9")
+        waits.append(verdict.retry_after)
+        locks.append(verdict.locked)
+    assert waits[:3] == [0, 0, 0] and waits[3:] == [5, 10, 20, 40, 80]  # grows with each failure
+    assert locks.count(True) == 1 and locks[3]  # the lockout is reported once, when it starts
+    assert gate.retry_after("admin", "198.51.100.7") == 0  # the real admin, from another address
+    assert accounts.authenticate("admin", "the right password") is not None
+    restarted = auth.SignInThrottle(auth.Accounts(path), clock=clock)  # a new process
+    assert restarted.retry_after("admin", "203.0.113.9") == 80
+    clock.now += 81
+    assert restarted.retry_after("admin", "203.0.113.9") == 0
+    assert restarted.failed("admin", "203.0.113.9").retry_after == 160  # and it keeps growing
+
+
+def test_one_address_trying_many_names_waits_and_many_addresses_trying_one_name_wait_too(tmp_path):
+    clock = Clock()
+    gate = auth.SignInThrottle(auth.Accounts(tmp_path / auth.ACCOUNTS_FILE), clock=clock,
+                               address_free=5, account_alarm=10)
+    for i in range(6):
+        gate.failed(f"user{i}", "203.0.113.9")
+    assert gate.retry_after("someone-new", "203.0.113.9") == 5  # the address as a whole
+    assert gate.retry_after("someone-new", "192.0.2.1") == 0
+    for i in range(10):  # a spread-out guess: one failure from each of ten addresses
+        gate.failed("admin", f"10.0.0.{i}")
+    assert gate.retry_after("admin", "10.0.0.3") == 900  # every address that failed waits the cap
+    assert gate.retry_after("admin", "192.0.2.1") == 0  # a clean address still signs in
+
+
+def test_the_recovery_command_resets_the_password_and_the_throttle(tmp_path, monkeypatch, capsys):
+    path = tmp_path / auth.ACCOUNTS_FILE
+    monkeypatch.setenv(auth.ACCOUNTS_FILE_ENV, str(path))
+    monkeypatch.setenv("CONNECT_AUDIT_DATABASE_URL", f"sqlite:///{tmp_path / 'audit.db'}")
+    monkeypatch.delenv(auth.ADMIN_PASSWORD_ENV, raising=False)
+    Store.open(f"sqlite:///{tmp_path / 'audit.db'}").close()
+    auth.Accounts(path).set_password("admin", "a forgotten password", auth.ADMIN)
+    gate = auth.SignInThrottle(auth.Accounts(path))
+    for _ in range(6):
+        gate.failed("admin", "local")
+    assert gate.retry_after("admin", "local") > 0
+    assert auth.main(["reset", "admin"]) == 0
+    printed = capsys.readouterr().out
+    password = printed.split("new password:")[1].split()[0]
+    assert auth.Accounts(path).authenticate("admin", password) is not None
+    assert gate.retry_after("admin", "local") == 0 and password not in path.read_text()
+    from dashboard import queries
+
+    with Store.open(f"sqlite:///{tmp_path / 'audit.db'}") as store:
+        queries.use_store(store)
+        [event] = queries.admin_events()
+    assert (event["event"], event["account"]) == ("password_reset", "admin") and password not in str(event)
+    assert auth.main(["reset", "nobody"]) == 2
+    assert "There is no account 'nobody'" in capsys.readouterr().err
 
 
 def test_auth_main_prints_a_generated_password_once_and_stores_only_its_hash(tmp_path, monkeypatch, capsys):
@@ -492,11 +560,11 @@ def test_auth_main_prints_a_generated_password_once_and_stores_only_its_hash(tmp
     path = tmp_path / "accounts.json"
     monkeypatch.setenv(auth.ACCOUNTS_FILE_ENV, str(path))
     monkeypatch.delenv(auth.ADMIN_PASSWORD_ENV, raising=False)
-    assert auth.main() == 0
+    assert auth.main([]) == 0
     first = capsys.readouterr().out
     password = first.split("password")[1].split()[0]
     assert len(password) >= 20 and password not in path.read_text()
     assert auth.Accounts(path).authenticate("admin", password) is not None
-    assert auth.main() == 0
+    assert auth.main([]) == 0
     again = capsys.readouterr().out
     assert password not in again and "set earlier" in again

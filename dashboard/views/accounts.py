@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import auth, ui
+from dashboard import auth, queries, ui
 
 user = ui.current_user()
 if user is None or not user.is_admin:
@@ -23,6 +23,8 @@ with st.form("account_form", clear_on_submit=True):
 if submitted:
     try:
         store.set_password(name.strip(), password, role)
+        queries.record_admin_event("account_saved", actor=user.name, allowed=True, account=name.strip(),
+                                   detail=f"Account {name.strip()[:64]} saved with role {role}")
         st.success("Saved.")
     except auth.AuthError as exc:
         st.error(str(exc))
@@ -34,6 +36,8 @@ if others:
     if st.button("Remove", key="remove_button"):
         try:
             store.remove(victim)
+            queries.record_admin_event("account_removed", actor=user.name, allowed=True, account=victim,
+                                       detail=f"Account {victim} removed")
             st.rerun()
         except auth.AuthError as exc:
             st.error(str(exc))

@@ -14,7 +14,7 @@ user = ui.current_user()
 flt = ui.filter_bar()
 with ui.guard():
     matching = queries.count(flt)
-st.text(f"{matching:,} events match.")
+st.text(f"{matching:,} event matches." if matching == 1 else f"{matching:,} events match.")
 
 fmt = st.segmented_control("Format", ["csv", "ndjson"], default="csv", key="export_format",
                            format_func=lambda f: {"csv": "CSV (spreadsheets)",
