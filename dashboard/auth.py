@@ -140,17 +140,30 @@ class Accounts:
         with self._lock:
             self._write({**self._document(), "accounts": accounts})
 
+    def document(self) -> dict[str, Any]:
+        return self._document()
+
+    def update_document(self, change: Any) -> Any:
+        """Apply ``change(document)`` to the whole file under the lock; returns its result."""
+        with self._lock:
+            document = self._document()
+            result = change(document)
+            self._write(document)
+            return result
+
     def throttle_state(self) -> dict[str, dict[str, float]]:
         return dict(self._document().get("throttle", {}))
 
     def update_throttle(self, change: Any) -> Any:
         """Apply ``change(state)`` to the persisted throttle state under the lock; returns its result."""
-        with self._lock:
-            document = self._document()
+
+        def on_document(document: dict[str, Any]) -> Any:
             state = dict(document.get("throttle", {}))
             result = change(state)
-            self._write({**document, "throttle": state})
+            document["throttle"] = state
             return result
+
+        return self.update_document(on_document)
 
     def list(self) -> list[tuple[str, str]]:
         return sorted((name, acc["role"]) for name, acc in self._load().items())
@@ -335,17 +348,58 @@ def oidc_configured(secrets_obj: Any) -> bool:
 
 
 def oidc_role(identity: dict[str, Any], secrets_obj: Any) -> str | None:
-    """The role of an OIDC identity from ``[connect_audit]`` admins / auditors lists."""
+    """The role of an OIDC identity, from ``[connect_audit]`` in secrets.toml: the groups named
+    by ``admin_groups`` / ``auditor_groups`` in the claim ``roles_claim`` (default ``groups``),
+    or the e-mails / subjects listed in ``admins`` / ``auditors``. Admin wins over auditor."""
     try:
         section = secrets_obj.get("connect_audit") or {}
     except Exception:  # noqa: BLE001
         section = {}
+
+    def listed(key: str) -> set[str]:
+        value = section.get(key) or []
+        return {str(x).lower() for x in ([value] if isinstance(value, str) else value)}
+
     who = {str(identity.get("email") or "").lower(), str(identity.get("sub") or "").lower()} - {""}
-    if who & {str(x).lower() for x in section.get("admins", [])}:
+    claim = identity.get(str(section.get("roles_claim") or "groups"))
+    values = [claim] if isinstance(claim, str) else claim if isinstance(claim, list | tuple) else []
+    groups = {str(g).lower() for g in values}
+    if who & listed("admins") or groups & listed("admin_groups"):
         return ADMIN
-    if who & {str(x).lower() for x in section.get("auditors", [])}:
+    if who & listed("auditors") or groups & listed("auditor_groups"):
         return AUDITOR
     return None
+
+
+#: Streamlit's signed identity cookie (set by ``st.login``); its hash is revoked at sign-out.
+OIDC_COOKIE = "_streamlit_user"
+#: How long a revoked identity cookie is remembered: Streamlit's own cookie lifetime (30 days).
+REVOKED_FOR = 30 * 86400
+
+
+def cookie_fingerprint(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def revoke_cookie(accounts: Accounts, value: str, *, now: float | None = None) -> None:
+    """Remember a signed-out identity cookie, so that a copy of it (a second tab, a replay) no
+    longer signs anyone in: Streamlit's cookie is stateless and would otherwise stay valid."""
+    now = time.time() if now is None else now
+
+    def change(document: dict[str, Any]) -> None:
+        revoked = {k: v for k, v in document.get("revoked", {}).items() if v > now}
+        revoked[cookie_fingerprint(value)] = now + REVOKED_FOR
+        document["revoked"] = revoked
+
+    accounts.update_document(change)
+
+
+def is_revoked(accounts: Accounts, value: str | None, *, now: float | None = None) -> bool:
+    if not value:
+        return False
+    now = time.time() if now is None else now
+    until = accounts.document().get("revoked", {}).get(cookie_fingerprint(value))
+    return bool(until and until > now)
 
 
 def reset(name: str, *, out=None, password: str | None = None) -> str:

@@ -54,6 +54,12 @@ def accounts() -> auth.Accounts:
     return _accounts(str(auth.accounts_path()))
 
 
+def accounts_file() -> auth.Accounts:
+    """The accounts file without creating the local admin (single sign-on keeps only its
+    revoked cookies there)."""
+    return auth.Accounts(auth.accounts_path())
+
+
 def current_user() -> auth.User | None:
     return st.session_state.get(auth.SESSION_KEY)
 
@@ -77,23 +83,47 @@ def require_user() -> auth.User:
     raise AssertionError("unreachable")  # st.stop() raises
 
 
+def _oidc_cookie() -> str | None:
+    cookies = getattr(st.context, "cookies", None)
+    value = cookies.get(auth.OIDC_COOKIE) if cookies is not None else None
+    return value if isinstance(value, str) else None
+
+
 def _require_oidc_user() -> auth.User:
-    if not st.user.is_logged_in:
+    cookie = _oidc_cookie()
+    if not st.user.is_logged_in or auth.is_revoked(accounts_file(), cookie):
+        st.session_state.pop(auth.SESSION_KEY, None)
         st.title("Connect Audit")
         st.write("Sign in to see the audit log.")
         st.button("Sign in with single sign-on", on_click=st.login, type="primary")
         st.stop()
     identity = st.user.to_dict()
+    name = str(identity.get("email") or identity.get("sub") or "unknown")[:64]
     role = auth.oidc_role(identity, st.secrets)
     if role is None:
+        if st.session_state.get("connect_audit_refused") != cookie:
+            st.session_state["connect_audit_refused"] = cookie
+            queries.record_admin_event("sign_in_failed", actor=name, allowed=False, address=client_address(),
+                                       detail="Single sign-on identity has no role here")
         st.title("Connect Audit")
-        st.error("Your account has no role here; ask an administrator to add you.")
-        st.button("Sign out", on_click=st.logout)
+        st.error(f"You are signed in as {name}, but that account has no role in Connect Audit. "
+                 "Ask an administrator to add you to an admin or auditor group.")
+        st.button("Sign out", on_click=sign_out_oidc)
         st.stop()
-    name = str(identity.get("email") or identity.get("sub") or "unknown")
     user = auth.User(name, role, "oidc")
+    if st.session_state.get(auth.SESSION_KEY) != user:
+        queries.record_admin_event("sign_in", actor=name, allowed=True, address=client_address(),
+                                   detail=f"Signed in ({role}, single sign-on)")
     st.session_state[auth.SESSION_KEY] = user
     return user
+
+
+def sign_out_oidc() -> None:
+    """End a single sign-on session: revoke its identity cookie, then let Streamlit clear it."""
+    cookie = _oidc_cookie()
+    if cookie:
+        auth.revoke_cookie(accounts_file(), cookie)
+    st.logout()
 
 
 def _local_sign_in() -> None:
@@ -143,7 +173,7 @@ def sign_out() -> None:
     st.session_state.pop(auth.SESSION_KEY, None)
     st.session_state.pop(FILTER_STATE, None)
     if user is not None and user.via == "oidc":
-        st.logout()
+        sign_out_oidc()
 
 
 def sidebar(user: auth.User) -> None:

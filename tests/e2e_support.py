@@ -27,6 +27,59 @@ PG_URL_ENV = "CONNECT_AUDIT_TEST_PG_URL"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+# ---------------------------------------------------------------------- the dashboard
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_dashboard(log_path: Path, env: dict[str, str], *, port: int | None = None,
+                        cwd: Path | None = None) -> Iterator[str]:
+    """``streamlit run dashboard/app.py`` on a loopback port until the block ends; yields its URL.
+
+    ``cwd`` is where Streamlit looks for ``.streamlit/`` (config and secrets): the project's
+    own by default."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    root = Path(__file__).resolve().parent.parent
+    port = port or free_port()
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(root / "dashboard" / "app.py"),
+         "--server.address", "127.0.0.1", "--server.port", str(port),
+         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=cwd or root, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as resp:
+                    if resp.read() == b"ok":
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    pytest.fail("streamlit did not start:\n" + log_path.read_text()[-3000:])
+                time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
 # ---------------------------------------------------------------------- databases
 
 

@@ -10,16 +10,12 @@ import csv
 import hashlib
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from audit_data import HOSTILE_PATH, HOSTILE_TENANT, build_store
+from e2e_support import streamlit_dashboard
 
 from collector.signing import request_token
 
@@ -38,52 +34,13 @@ LAUNCH_ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def dashboard(tmp_path):
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     build_store(url)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CONNECT_AUDIT_DATABASE_URL": url,
-        "CONNECT_AUDIT_ADMIN_PASSWORD": PASSWORD,
-    }
-    log = (tmp_path / "streamlit.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py",
-         "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as resp:
-                    if resp.read() == b"ok":
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    pytest.fail("streamlit did not start:\n"
-                                + (tmp_path / "streamlit.log").read_text()[-3000:])
-                time.sleep(0.3)
+    env = {"CONNECT_AUDIT_DATABASE_URL": url, "CONNECT_AUDIT_ADMIN_PASSWORD": PASSWORD}
+    with streamlit_dashboard(tmp_path / "streamlit.log", env) as base:
         yield {"base": base, "url": url}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def _shot(page, name: str) -> None:
