@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -224,9 +224,22 @@ def installs() -> list[dict[str, Any]]:
 
 
 def lifecycle_timeline(client_key: str, *, limit: int = 100) -> list[dict[str, Any]]:
-    """The tenant's lifecycle callbacks (installed, enabled, ...), newest first, from the log."""
+    """The tenant's lifecycle callbacks (installed, enabled, ...) and what reinstalls changed,
+    newest first, from the log."""
     flt = EventFilter(tenant=client_key, direction=ev.LIFECYCLE)
-    return q.page(store(), flt, limit=limit, time_limit_s=PAGE_TIME_LIMIT).rows
+    return q.page(store(), flt, limit=limit, columns=(*q.LIST_COLUMNS, "detail"),
+                  time_limit_s=PAGE_TIME_LIMIT).rows
+
+
+def install_changes(flt: EventFilter, *, limit: int = 10) -> list[dict[str, Any]]:
+    """In the filter's range: reinstalls that changed an install (baseUrl, product, a rotated
+    secret) and lifecycle callbacks the install policy refused, newest first. Lifecycle events
+    are few, so the newest few hundred of them are enough to find these."""
+    lifecycle = replace(flt, direction=ev.LIFECYCLE)
+    rows = q.page(store(), lifecycle, limit=300, columns=(*q.LIST_COLUMNS, "detail"),
+                  time_limit_s=PAGE_TIME_LIMIT).rows
+    wanted = [r for r in rows if r["event_type"] == "install_changed" or r["outcome"] == ev.REJECTED]
+    return wanted[:limit]
 
 
 # --------------------------------------------------------------------------- activity

@@ -568,3 +568,36 @@ def test_auth_main_prints_a_generated_password_once_and_stores_only_its_hash(tmp
     assert auth.main([]) == 0
     again = capsys.readouterr().out
     assert password not in again and "set earlier" in again
+
+
+def test_a_reinstall_s_change_and_a_refused_install_show_on_the_overview_and_timeline(empty_url, monkeypatch):
+    from collector.installs import InstallRegistry
+    from collector.recorder import Recorder
+
+    with Store.open(empty_url) as store, Recorder(store) as rec:
+        InstallRegistry(store).apply_lifecycle("installed", {
+            "key": "app", "clientKey": "ck-moved", "baseUrl": "https://acme-corp.atlassian.net/wiki",
+            "sharedSecret": "s" * 32, "productType": "confluence"})
+        common = {"direction": ev.LIFECYCLE, "method": "POST", "path": "/installed", "status": 200,
+                  "tenant_client_key": "ck-moved", "auth_method": "lifecycle_jwt"}
+        moved = ("Reinstall: baseUrl changed from https://acme.atlassian.net/wiki to "
+                 "https://acme-corp.atlassian.net/wiki (another host); shared secret rotated")
+        rec.write_now(ev.AuditRecord(**common, outcome=ev.ALLOWED, event_type="install_changed",
+                                     detail=moved))
+        rec.write_now(ev.AuditRecord(**{**common, "status": 403}, outcome=ev.REJECTED,
+                                     event_type="installed",
+                                     reason="host_not_allowed",
+                                     detail="the baseUrl host 'evil.example' is not in the allowed hosts"))
+    at = _signed_in(empty_url, monkeypatch)
+    _open(at, "overview", range="24h")
+    assert "Install changes" in [s.value for s in at.subheader]
+    table = at.dataframe[0].value
+    assert list(table["event"]) == ["installed", "install_changed"]
+    assert next(iter(table["reason"])) == "host_not_allowed" and "another host" in list(table["detail"])[1]
+    from dashboard import queries
+
+    with Store.open(empty_url) as store:
+        queries.use_store(store)
+        timeline = queries.lifecycle_timeline("ck-moved")  # the Installs page's timeline
+    assert [r["event_type"] for r in timeline] == ["installed", "install_changed"]
+    assert "shared secret rotated" in timeline[1]["detail"]

@@ -56,7 +56,7 @@ with ui.guard():
 ui.table(
     [
         {"time": r["ts"], "event": r["event_type"], "outcome": r["outcome"],
-         "reason": r["reason"], "status": r["status"]}
+         "reason": r["reason"], "status": r["status"], "detail": r["detail"]}
         for r in timeline
     ],
     key="timeline",

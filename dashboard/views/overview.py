@@ -9,6 +9,7 @@ flt = ui.filter_bar(("range", "tenant", "platform"))
 with ui.guard():
     data = queries.overview(flt)
     sites = queries.tenant_sites()
+    changes = queries.install_changes(flt)
 
 summary = data["summary"]
 cols = st.columns(5)
@@ -17,6 +18,14 @@ cols[1].metric("Tenants", f"{summary['tenants']:,}")
 cols[2].metric("Rejected tokens", f"{summary['rejection_rate']:.2%}")
 cols[3].metric("403 denials", f"{summary['denial_rate']:.2%}")
 cols[4].metric("Errors", f"{summary['error_rate']:.2%}")
+
+if changes:
+    # A site that moved, a rotated secret or a refused install is rare and matters: shown first.
+    st.subheader("Install changes")
+    st.caption("Reinstalls that changed an install, and lifecycle callbacks the install policy refused.")
+    ui.table([{"time": r["ts"], "site": sites.get(r["tenant_client_key"]), "tenant": r["tenant_client_key"],
+               "event": r["event_type"], "outcome": r["outcome"], "reason": r["reason"],
+               "detail": r["detail"]} for r in changes], key="install_changes")
 
 fresh = data["freshness"]
 st.caption("Freshness")
