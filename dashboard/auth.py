@@ -2,10 +2,11 @@
 
 Two ways in:
 
-* **OIDC** through ``st.login`` when ``[auth]`` is configured in ``.streamlit/secrets.toml``.
-  Roles come from ``[connect_audit]`` in the same file: ``admins = ["alice@example.com"]``
-  and ``auditors = [...]`` (matched on the identity's e-mail, else its ``sub``). An identity
-  in neither list is signed in but gets no access.
+* **OIDC** through ``st.login`` (Authlib) when ``[auth]`` is configured in
+  ``.streamlit/secrets.toml``. Roles come from ``[connect_audit]`` in the same file: the groups
+  of the claim ``roles_claim`` (default ``groups``) listed in ``admin_groups`` / ``auditor_groups``,
+  or the e-mail (else ``sub``) listed in ``admins`` / ``auditors``. An identity with neither is
+  signed in but gets no access. Sign-out revokes the identity cookie (:func:`revoke_cookie`).
 * **Local accounts** otherwise. The ``admin`` account's password is
   ``CONNECT_AUDIT_ADMIN_PASSWORD`` or, when that is unset at first start, a generated one
   printed once in the terminal (as Jupyter does with its token). Passwords are kept only as
