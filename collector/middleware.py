@@ -167,7 +167,7 @@ class Gate:
         # 32 random hex digits (uuid4().hex would cost twice as much for the same).
         ex = Exchange(method=method, path=path or "/", query=query, route=route, declared=declared,
                       request_id=os.urandom(16).hex())
-        if forwarded and peer:
+        if forwarded and peer and self.audit.trusted_proxies.networks:
             ex.upstream = self.audit.trusted_proxies.upstream(peer, forwarded)
         if route.auth == LIFECYCLE:
             ex.event_type = self.audit.lifecycle_event_for(path) or "lifecycle"
