@@ -261,7 +261,7 @@ def record_export(
     recorder: Any = None,
 ) -> str:
     """Append the export's own audit event (synchronously) and return its event id."""
-    from collector.recorder import write_internal
+    from collector.actions import write_internal
 
     record = ev.AuditRecord(
         direction=ev.INTERNAL,

@@ -577,16 +577,3 @@ def _fsync_dir(path: Path) -> None:
     finally:
         os.close(fd)
 
-
-def write_internal(store: Store, record: AuditRecord, *, recorder: Recorder | None = None) -> str:
-    """Append one of the tool's own events (an export, a sign-in) synchronously, through
-    ``recorder`` or a short-lived one, and return its event id."""
-    if recorder is not None:
-        recorder.write_now(record)
-        return record.event_id
-    own = Recorder(store)
-    try:
-        own.write_now(record)
-    finally:
-        own.close()
-    return record.event_id

@@ -458,7 +458,7 @@ def record_admin_event(event_type: str, *, actor: str, allowed: bool, detail: st
     import logging
 
     from collector import events as ev
-    from collector.recorder import write_internal
+    from collector.actions import write_internal
     from collector.store import Store
 
     if event_type not in ADMIN_EVENTS:
