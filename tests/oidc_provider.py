@@ -175,7 +175,8 @@ def create_provider(issuer: str, redirect_uri: str) -> Flask:
         user = request.form.get("username", "")
         if user not in PEOPLE:
             return "unknown user", 403
-        return server.create_authorization_response(grant_user=user)
+        grant = server.get_consent_grant(end_user=user)  # validates the request first
+        return server.create_authorization_response(grant=grant, grant_user=user)
 
     @app.post("/token")
     def token():
