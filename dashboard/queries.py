@@ -238,7 +238,12 @@ def install_changes(flt: EventFilter, *, limit: int = 10) -> list[dict[str, Any]
     lifecycle = replace(flt, direction=ev.LIFECYCLE)
     rows = q.page(store(), lifecycle, limit=300, columns=(*q.LIST_COLUMNS, "detail"),
                   time_limit_s=PAGE_TIME_LIMIT).rows
-    wanted = [r for r in rows if r["event_type"] == "install_changed" or r["outcome"] == ev.REJECTED]
+    from collector.errors import LIFECYCLE_REFUSAL_CODES
+
+    # A refused *token* on a lifecycle route is a rejection like any other (Top reasons); only
+    # the install policy's refusals are install changes.
+    wanted = [r for r in rows
+              if r["event_type"] == "install_changed" or r["reason"] in LIFECYCLE_REFUSAL_CODES]
     return wanted[:limit]
 
 

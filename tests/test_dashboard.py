@@ -584,6 +584,8 @@ def test_a_reinstall_s_change_and_a_refused_install_show_on_the_overview_and_tim
                  "https://acme-corp.atlassian.net/wiki (another host); shared secret rotated")
         rec.write_now(ev.AuditRecord(**common, outcome=ev.ALLOWED, event_type="install_changed",
                                      detail=moved))
+        rec.write_now(ev.AuditRecord(**{**common, "status": 401}, outcome=ev.REJECTED, event_type="installed",
+                                     reason="bad_signature", detail="a token refusal: not an install change"))
         rec.write_now(ev.AuditRecord(**{**common, "status": 403}, outcome=ev.REJECTED,
                                      event_type="installed",
                                      reason="host_not_allowed",
@@ -599,5 +601,5 @@ def test_a_reinstall_s_change_and_a_refused_install_show_on_the_overview_and_tim
     with Store.open(empty_url) as store:
         queries.use_store(store)
         timeline = queries.lifecycle_timeline("ck-moved")  # the Installs page's timeline
-    assert [r["event_type"] for r in timeline] == ["installed", "install_changed"]
-    assert "shared secret rotated" in timeline[1]["detail"]
+    assert [r["event_type"] for r in timeline] == ["installed", "installed", "install_changed"]
+    assert "shared secret rotated" in timeline[-1]["detail"]
