@@ -68,24 +68,19 @@ def open_private(path: Path, mode: str = "wb"):
         raise
 
 
-def exposed(path: Path) -> bool:
-    """Whether a group or other users may read or write ``path``."""
-    try:
-        return bool(path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO))
-    except OSError:
-        return False
-
-
 def warn_if_exposed(path: Path, what: str = "audit store") -> bool:
     """Log once per path when others may read it, with the fix; True when it warned."""
-    if not exposed(path):
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return False
+    if not mode & (stat.S_IRWXG | stat.S_IRWXO):
         return False
     key = str(path.absolute())
     with _warned_lock:
         if key in _warned:
             return False
         _warned.add(key)
-    mode = stat.S_IMODE(path.stat().st_mode)
     log.warning("the %s %s is open to other users (mode %04o); restrict it with: chmod 600 %s*; chmod 700 %s",
                 what, path, mode, path, path.parent)
     return True

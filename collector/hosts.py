@@ -71,7 +71,7 @@ class HostPolicy:
     def check_install(self, base_url: str) -> None:
         """Raise :class:`HostNotAllowed` unless ``base_url`` is https (or loopback) on an allowed host."""
         host = host_of(base_url)
-        scheme = urlsplit(base_url).scheme.lower() if host else ""
+        scheme = base_url.partition(":")[0].lower() if host else ""
         if not self.allows(host):
             raise HostNotAllowed(f"the baseUrl host {host or '(none)'!r} is not in the allowed hosts "
                                  f"({', '.join(self.patterns)})")

@@ -124,18 +124,10 @@ class InstallRegistry:
 
     # ------------------------------------------------------------------ writes
 
-    def apply_lifecycle(
-        self,
-        event_type: str,
-        payload: Mapping[str, Any],
-        *,
-        declared_scopes: str | Iterable[str] = "",
-        now: datetime | None = None,
-        hosts: HostPolicy | None = None,
-    ) -> Install:
-        """Apply one verified lifecycle callback and return the install as it now stands."""
-        return self.apply_lifecycle_change(
-            event_type, payload, declared_scopes=declared_scopes, now=now, hosts=hosts)[0]
+    def apply_lifecycle(self, event_type: str, payload: Mapping[str, Any], **options: Any) -> Install:
+        """Apply one verified lifecycle callback and return the install as it now stands
+        (``options`` as for :meth:`apply_lifecycle_change`)."""
+        return self.apply_lifecycle_change(event_type, payload, **options)[0]
 
     def apply_lifecycle_change(
         self,

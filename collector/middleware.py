@@ -156,6 +156,7 @@ class Gate:
     def __init__(self, audit: Any, routes: RoutePolicy | Mapping[str, str] | Iterable | None):
         self.audit = audit if isinstance(audit, Collaborators) else audit.collaborators()
         self.policy = RoutePolicy.coerce(routes)
+        self.trusts_proxies = bool(self.audit.trusted_proxies.networks)
 
     def begin(self, method: str, path: str, query: str, peer: str | None = None,
               forwarded: Mapping[str, str | None] | None = None) -> Exchange:
@@ -167,7 +168,7 @@ class Gate:
         # 32 random hex digits (uuid4().hex would cost twice as much for the same).
         ex = Exchange(method=method, path=path or "/", query=query, route=route, declared=declared,
                       request_id=os.urandom(16).hex())
-        if forwarded and peer and self.audit.trusted_proxies.networks:
+        if forwarded and peer and self.trusts_proxies:
             ex.upstream = self.audit.trusted_proxies.upstream(peer, forwarded)
         if route.auth == LIFECYCLE:
             ex.event_type = self.audit.lifecycle_event_for(path) or "lifecycle"
@@ -614,9 +615,11 @@ class WsgiMiddleware:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         path, query = _wsgi_target(environ)
+        # The forwarded ids are looked at only when some proxy is trusted (off the usual hot path).
+        forwarded = {"x-request-id": environ.get("HTTP_X_REQUEST_ID"),
+                     "traceparent": environ.get("HTTP_TRACEPARENT")} if self.gate.trusts_proxies else None
         ex = self.gate.begin(environ.get("REQUEST_METHOD", "GET"), path, query, environ.get("REMOTE_ADDR"),
-                             {"x-request-id": environ.get("HTTP_X_REQUEST_ID"),
-                              "traceparent": environ.get("HTTP_TRACEPARENT")})
+                             forwarded)
         body = _wsgi_body(environ) if _reads_body(ex.route) else None
         forge_headers = None
         if ex.route.auth == FORGE:
