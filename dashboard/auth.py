@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from collector import config, files
+from dashboard import sessions
 
 ADMIN = "admin"
 AUDITOR = "auditor"
@@ -109,13 +110,35 @@ def accounts_path() -> Path:
     return config.data_dir() / ACCOUNTS_FILE
 
 
+_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_LOCK = threading.Lock()
+_SHARED: dict[str, Accounts] = {}
+
+
+def shared_accounts(path: Path | None = None) -> Accounts:
+    """This process's accounts file (the store's own unless ``path``), its admin account made sure of
+    on first use: what the pages and the sign-in edge both use."""
+    path = path or accounts_path()
+    with _LOCKS_LOCK:
+        found = _SHARED.get(str(path))
+    if found is None:
+        found = Accounts(path)
+        found.ensure_admin()
+        with _LOCKS_LOCK:
+            found = _SHARED.setdefault(str(path), found)
+    return found
+
+
 class Accounts:
     """The local accounts file: ``{"accounts": {name: {"role", "password"}}, "throttle": {...}}``
     (the throttle's failure counts live here too, so that a restart does not reset them)."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or accounts_path()
-        self._lock = threading.RLock()
+        # One lock per file in this process: the sign-in edge and the pages each hold an
+        # instance, and every change is a read-modify-write of the whole file.
+        with _LOCKS_LOCK:
+            self._lock = _LOCKS.setdefault(str(self.path.expanduser().absolute()), threading.RLock())
 
     def _document(self) -> dict[str, Any]:
         try:
@@ -139,7 +162,13 @@ class Accounts:
 
     def _save(self, accounts: dict[str, dict[str, str]]) -> None:
         with self._lock:
-            self._write({**self._document(), "accounts": accounts})
+            document = self._document()
+            before = document.get("accounts", {})
+            # A new password, a new role or a removal ends the account's sessions at once, here,
+            # so that every way of changing an account (page, terminal, environment) does it.
+            changed = {n for n in set(before) | set(accounts) if before.get(n) != accounts.get(n)}
+            sessions.drop_accounts(document, changed)
+            self._write({**document, "accounts": accounts})
 
     def document(self) -> dict[str, Any]:
         return self._document()
@@ -165,6 +194,15 @@ class Accounts:
             return result
 
         return self.update_document(on_document)
+
+    def role_of(self, name: str) -> str | None:
+        """The account's role now (None: no such account)."""
+        account = self._load().get(name)
+        return account.get("role") if account else None
+
+    def session_store(self, **options: Any) -> sessions.Sessions:
+        """This file's dashboard sessions, checked against the accounts' current roles."""
+        return sessions.Sessions(self, role_of=self.role_of, **options)
 
     def list(self) -> list[tuple[str, str]]:
         return sorted((name, acc["role"]) for name, acc in self._load().items())

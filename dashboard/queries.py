@@ -451,7 +451,7 @@ def export_bytes(flt: EventFilter, fmt: str, *, actor: str) -> tuple[bytes, Any]
 
 #: The dashboard's own audit events (direction internal): sign-ins and account changes.
 ADMIN_EVENTS = ("sign_in", "sign_in_failed", "sign_in_throttled", "sign_in_lockout", "sign_out",
-                "password_reset", "account_saved", "account_removed")
+                "session_expired", "password_reset", "account_saved", "account_removed")
 
 
 def record_admin_event(event_type: str, *, actor: str, allowed: bool, detail: str,

@@ -10,11 +10,11 @@ are only ever shown through elements that render text as text: ``st.dataframe``,
 from __future__ import annotations
 
 import contextlib
+import html
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 # Imported here, fully, before any chart is built: altair looks numpy and pandas up in
 # sys.modules without taking the import lock, so while one script thread was still
@@ -24,18 +24,11 @@ import numpy  # noqa: F401
 import pandas  # noqa: F401
 import streamlit as st
 
-from dashboard import auth, queries
+from dashboard import auth, edge, queries, signin
 
 FILTER_STATE = "connect_audit_filter"
 
 # --------------------------------------------------------------------------- sign-in
-
-
-@st.cache_resource(show_spinner=False)
-def _accounts(path: str) -> auth.Accounts:
-    accounts = auth.Accounts(Path(path))
-    accounts.ensure_admin()
-    return accounts
 
 
 def client_address() -> str:
@@ -51,12 +44,12 @@ def throttle() -> auth.SignInThrottle:
 
 
 def accounts() -> auth.Accounts:
-    return _accounts(str(auth.accounts_path()))
+    return auth.shared_accounts()
 
 
 def accounts_file() -> auth.Accounts:
     """The accounts file without creating the local admin (single sign-on keeps only its
-    revoked cookies there)."""
+    revoked cookies and session records there)."""
     return auth.Accounts(auth.accounts_path())
 
 
@@ -64,23 +57,76 @@ def current_user() -> auth.User | None:
     return st.session_state.get(auth.SESSION_KEY)
 
 
+#: Where a tab keeps its session id when the pages run without the sign-in edge (AppTest).
+TAB_SESSION = "connect_audit_session_id"
+_ENDED = "connect_audit_ended"  # why the last session ended, for the sign-in screen
+
+
+def _presented_session() -> str | None:
+    """The session id this tab presents: the edge's cookie (sent with the websocket), else the
+    one the in-page form left in the tab."""
+    if edge.serving():
+        return edge.presented_session(getattr(st.context, "cookies", None) or {})
+    return st.session_state.get(TAB_SESSION)
+
+
 def signed_in_user() -> auth.User | None:
-    """The signed-in user, or None; renders nothing (unless an OIDC account has no role)."""
+    """The signed-in user, or None; renders nothing (unless an OIDC account has no role).
+
+    Checked on every action, not once per tab: a session that ran out, was signed out elsewhere or
+    whose account changed ends here at the next click."""
     if auth.oidc_configured(st.secrets):
         return _require_oidc_user() if st.user.is_logged_in else None
-    return current_user()
+    store = accounts().session_store()
+    check = store.check(_presented_session())
+    if check.session is None:
+        st.session_state.pop(auth.SESSION_KEY, None)
+        if check.was is not None:
+            signin.record_end(check, client_address(), store)
+            st.session_state[_ENDED] = check.ended
+        return None
+    user = signin.user_of(check.session)
+    st.session_state[auth.SESSION_KEY] = user
+    return user
 
 
 def require_user() -> auth.User:
     """Return the signed-in user, or render the sign-in screen and stop the script."""
     if auth.oidc_configured(st.secrets):
         return _require_oidc_user()
-    user = current_user()
+    user = signed_in_user()
     if user is not None:
         return user
-    _local_sign_in()
+    if edge.serving():
+        _sign_in_link()
+    else:
+        _local_sign_in()
     st.stop()
     raise AssertionError("unreachable")  # st.stop() raises
+
+
+def _here() -> str:
+    """This page's address with its filters: where to come back to after signing in."""
+    page = st.session_state.get("connect_audit_page") or ""
+    query = "&".join(f"{quote(k)}={quote(v)}" for k, v in st.query_params.to_dict().items())
+    return f"/{page}" + (f"?{query}" if query else "")
+
+
+def _ended_notice() -> str | None:
+    ended = st.session_state.pop(_ENDED, None)
+    if ended == "signed_out":
+        return "You signed out."
+    return signin.ended_sentence(ended, accounts().session_store())
+
+
+def _sign_in_link() -> None:
+    """A tab whose session ended: the way back is the sign-in form, then this very page."""
+    st.title("Connect Audit")
+    st.info(_ended_notice() or "Sign in to see the audit log.")
+    # A same-tab link (Markdown links open a new tab); our own text and an escaped address only.
+    href = html.escape(edge.sign_in_url(_here()), quote=True)
+    st.html(f'<a href="{href}" target="_self" style="display:inline-block;padding:.45rem 1rem;'
+            'border-radius:.5rem;background:#ff4b4b;color:#fff;text-decoration:none">Sign in</a>')
 
 
 def _oidc_cookie() -> str | None:
@@ -89,14 +135,18 @@ def _oidc_cookie() -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _oidc_sign_in(notice: str | None = None) -> None:
+    st.session_state.pop(auth.SESSION_KEY, None)
+    st.title("Connect Audit")
+    st.write(notice or "Sign in to see the audit log.")
+    st.button("Sign in with single sign-on", on_click=st.login, type="primary")
+    st.stop()
+
+
 def _require_oidc_user() -> auth.User:
     cookie = _oidc_cookie()
     if not st.user.is_logged_in or auth.is_revoked(accounts_file(), cookie):
-        st.session_state.pop(auth.SESSION_KEY, None)
-        st.title("Connect Audit")
-        st.write("Sign in to see the audit log.")
-        st.button("Sign in with single sign-on", on_click=st.login, type="primary")
-        st.stop()
+        _oidc_sign_in(_ended_notice())
     identity = st.user.to_dict()
     name = str(identity.get("email") or identity.get("sub") or "unknown")[:64]
     role = auth.oidc_role(identity, st.secrets)
@@ -111,9 +161,17 @@ def _require_oidc_user() -> auth.User:
         st.button("Sign out", on_click=sign_out_oidc)
         st.stop()
     user = auth.User(name, role, "oidc")
-    if st.session_state.get(auth.SESSION_KEY) != user:
-        queries.record_admin_event("sign_in", actor=name, allowed=True, address=client_address(),
-                                   detail=f"Signed in ({role}, single sign-on)")
+    if cookie:
+        # The same idle timeout, lifetime and end-on-role-change as a local session.
+        store = accounts_file().session_store()
+        check = store.track(cookie, name, role)
+        if check.session is None:
+            auth.revoke_cookie(accounts_file(), cookie)
+            signin.record_end(check, client_address(), store)
+            _oidc_sign_in(signin.ended_sentence(check.ended, store))
+        if check.started:
+            queries.record_admin_event("sign_in", actor=name, allowed=True, address=client_address(),
+                                       detail=f"Signed in ({role}, single sign-on)")
     st.session_state[auth.SESSION_KEY] = user
     return user
 
@@ -123,45 +181,27 @@ def sign_out_oidc() -> None:
     cookie = _oidc_cookie()
     if cookie:
         auth.revoke_cookie(accounts_file(), cookie)
+        accounts_file().session_store().end_cookie(cookie)
     st.logout()
 
 
 def _local_sign_in() -> None:
+    """The in-page form, where the pages run without the sign-in edge (the session then lives in
+    this tab only)."""
     st.title("Connect Audit")
-    st.caption("Sign in to see the audit log.")
-    store = accounts()
+    st.caption(_ended_notice() or "Sign in to see the audit log.")
     with st.form("sign_in"):
         name = st.text_input("Account", value="", key="sign_in_name")
         password = st.text_input("Password", type="password", key="sign_in_password")
         submitted = st.form_submit_button("Sign in", type="primary")
     if not submitted:
         return
-    name = name.strip()
-    address = client_address()
-    gate = throttle()
-    wait = gate.retry_after(name, address)
-    if wait > 0:
-        queries.record_admin_event("sign_in_throttled", actor=name, allowed=False, address=address,
-                                   detail=f"Sign-in refused: {int(wait) + 1} s left to wait after failures",
-                                   retry_after=round(wait, 1))
-        st.error(f"Too many failed sign-ins from here; try again in {int(wait) + 1} seconds.")
+    result = signin.attempt(accounts(), name, password, client_address())
+    if result.session_id is None:
+        st.error(result.error)
         return
-    user = store.authenticate(name, password)
-    if user is None:
-        verdict = gate.failed(name, address)
-        queries.record_admin_event("sign_in_failed", actor=name, allowed=False, address=address,
-                                   detail="Wrong account or password")
-        if verdict.locked:
-            queries.record_admin_event(
-                "sign_in_lockout", actor=name, allowed=False, address=address,
-                retry_after=verdict.retry_after,
-                detail=f"Repeated failures: sign-ins from here wait {int(verdict.retry_after) + 1} s")
-        st.error("Wrong account or password.")
-        return
-    gate.succeeded(name, address)
-    queries.record_admin_event("sign_in", actor=user.name, allowed=True, address=address,
-                               detail=f"Signed in ({user.role}, local account)")
-    st.session_state[auth.SESSION_KEY] = user
+    st.session_state[TAB_SESSION] = result.session_id
+    st.session_state[auth.SESSION_KEY] = result.user
     st.rerun()
 
 
@@ -170,8 +210,12 @@ def sign_out() -> None:
     if user is not None:
         queries.record_admin_event("sign_out", actor=user.name, allowed=True,
                                    detail=f"Signed out ({user.role}, {user.via})")
+    if user is not None and user.via == "local":
+        accounts().session_store().end(_presented_session())
+    st.session_state.pop(TAB_SESSION, None)
     st.session_state.pop(auth.SESSION_KEY, None)
     st.session_state.pop(FILTER_STATE, None)
+    st.session_state[_ENDED] = "signed_out"
     if user is not None and user.via == "oidc":
         sign_out_oidc()
 

@@ -23,7 +23,7 @@ from collector.signing import request_token
 from collector.store import Store
 from dashboard import auth
 
-APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "main.py")
 PAGES = ("overview", "installs", "activity", "who_acted", "denials", "token_debugger", "export",
          "integrity")
 ADMIN_PASSWORD = "correct horse battery staple"

@@ -36,7 +36,7 @@ from attackkit import EndToEnd
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-DASHBOARD = str(ROOT / "dashboard" / "app.py")
+DASHBOARD = str(ROOT / "dashboard" / "main.py")
 ADMIN_PASSWORD = "hostile admin password 7"
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
 #: Acting users the host vouches for in a signed token: recorded as the account id.

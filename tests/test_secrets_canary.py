@@ -34,7 +34,7 @@ import pytest
 from attackkit import EndToEnd, Finding, SecretScanner, jwt_shapes, snapshot, sqlite_files
 
 ROOT = Path(__file__).resolve().parents[1]
-DASHBOARD = str(ROOT / "dashboard" / "app.py")
+DASHBOARD = str(ROOT / "dashboard" / "main.py")
 ADMIN_PASSWORD = "canary admin password 42"
 PAGES = ("overview", "installs", "activity", "who_acted", "denials", "token_debugger", "export",
          "integrity", "accounts")
