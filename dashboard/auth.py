@@ -218,6 +218,8 @@ class Accounts:
             role = role or current.get("role")
             if role not in ROLES:
                 raise AuthError(f"The role must be one of {', '.join(ROLES)}")
+            if name == ADMIN and role != ADMIN:
+                raise AuthError("The admin account keeps the admin role")
             accounts[name] = {"role": role, "password": hash_password(password)}
             self._save(accounts)
 

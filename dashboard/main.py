@@ -45,8 +45,8 @@ ACCOUNTS = st.Page("views/accounts.py", title="Accounts", icon=":material/manage
 user = ui.signed_in_user()
 pages = [*PAGES, ACCOUNTS] if user is not None and user.is_admin and user.via == "local" else PAGES
 page = st.navigation(pages, position="sidebar" if user is not None else "hidden")
+st.session_state["connect_audit_page"] = page.url_path  # also where a new sign-in comes back to
 if user is None:
     user = ui.require_user()  # renders the sign-in form and stops until it succeeds
-st.session_state["connect_audit_page"] = page.url_path
 ui.sidebar(user)
 page.run()

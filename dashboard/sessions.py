@@ -94,11 +94,15 @@ def _session(record: dict[str, Any]) -> Session:
 
 
 def drop_accounts(document: dict[str, Any], names: set[str]) -> int:
-    """End every session of ``names`` inside an accounts ``document``; returns how many ended."""
-    kept = {k: v for k, v in document.get(_KEY, {}).items() if v.get("account") not in names}
-    ended = len(document.get(_KEY, {})) - len(kept)
-    if ended:
-        document[_KEY] = kept
+    """End every session of ``names`` inside an accounts ``document``; returns how many ended.
+
+    The records stay, marked, until they are next presented, so that the tab holding one can say
+    why it was signed out; the next sign-in sweeps them."""
+    ended = 0
+    for record in document.get(_KEY, {}).values():
+        if record.get("account") in names and "ended" not in record:
+            record["ended"] = ACCOUNT_CHANGED
+            ended += 1
     return ended
 
 
@@ -210,6 +214,8 @@ class Sessions:
         return dict(self.accounts.document().get(_KEY, {}))
 
     def _ended(self, record: dict[str, Any], now: float) -> str | None:
+        if record.get("ended"):
+            return str(record["ended"])
         if now - float(record["created"]) >= self.lifetime:
             return LIFETIME
         if now - float(record["seen"]) >= self.idle:

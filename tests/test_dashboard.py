@@ -480,6 +480,16 @@ def test_admin_adds_an_auditor_who_can_then_sign_in(hostile_url, monkeypatch):
     other = _app(hostile_url, monkeypatch)
     _sign_in(other, "carol", "carol's long password")
     assert other.session_state[auth.SESSION_KEY].role == auth.AUDITOR
+    _open(other, "denials")
+    assert [t.value for t in other.title] == ["Denials"]
+    # A new password for carol ends her open session at her next action.
+    at.text_input[0].input("carol")
+    at.text_input[1].input("carol's new long password")
+    at.button(key="FormSubmitter:account_form-Save").click().run()
+    assert [s.value for s in at.success] == ["Saved. The account's open sessions have ended."]
+    other.run()
+    assert other.text_input(key="sign_in_password") and auth.SESSION_KEY not in other.session_state
+    assert other.caption[0].value == "Your account was changed, so its sessions ended. Sign in again."
 
 
 class Clock:

@@ -22,10 +22,16 @@ with st.form("account_form", clear_on_submit=True):
     submitted = st.form_submit_button("Save")
 if submitted:
     try:
+        existed = name.strip() in dict(store.list())
         store.set_password(name.strip(), password, role)
         queries.record_admin_event("account_saved", actor=user.name, allowed=True, account=name.strip(),
                                    detail=f"Account {name.strip()[:64]} saved with role {role}")
-        st.success("Saved.")
+        if name.strip() == user.name:
+            st.success("Saved. Your sessions have ended: sign in again with the new password.")
+        elif existed:
+            st.success("Saved. The account's open sessions have ended.")
+        else:
+            st.success("Saved.")
     except auth.AuthError as exc:
         st.error(str(exc))
 
