@@ -418,13 +418,34 @@ def _to_filter(values: dict[str, str]) -> queries.EventFilter:
 # --------------------------------------------------------------------------- display
 
 
+#: How an empty value reads on every page (never "None", "nan" or an empty cell that looks broken).
+BLANK = "\u2014"
+
+
+def blank(value: Any) -> Any:
+    """``value``, or :data:`BLANK` when it is empty (None, "", NaN)."""
+    if value is None or value == "" or (isinstance(value, float) and value != value):
+        return BLANK
+    return value
+
+
+def blanks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for a table with every empty cell shown as :data:`BLANK`. A column that has one is
+    shown as text throughout, so that it keeps one type (numbers then align as text)."""
+    columns = {k for row in rows for k, v in row.items() if blank(v) is BLANK}
+    if not columns:
+        return rows
+    return [{k: (blank(v) if k not in columns or blank(v) is BLANK else str(v)) for k, v in row.items()}
+            for row in rows]
+
+
 def fmt_time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else BLANK
 
 
 def fmt_age(seconds: float | None) -> str:
     if seconds is None:
-        return "-"
+        return BLANK
     seconds = max(0.0, seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
@@ -445,6 +466,7 @@ def table(rows: list[dict[str, Any]], *, key: str | None = None, select: bool = 
     if not rows:
         st.caption("Nothing to show.")
         return None
+    rows = blanks(rows)
     kwargs: dict[str, Any] = {"hide_index": True, "width": "stretch", "height": height}
     if column_config:
         kwargs["column_config"] = column_config

@@ -613,3 +613,34 @@ def test_a_reinstall_s_change_and_a_refused_install_show_on_the_overview_and_tim
         timeline = queries.lifecycle_timeline("ck-moved")  # the Installs page's timeline
     assert [r["event_type"] for r in timeline] == ["installed", "installed", "install_changed"]
     assert "shared secret rotated" in timeline[-1]["detail"]
+
+
+def _blank_cells(at: AppTest) -> list[str]:
+    """Every shown value that reads as a missing value (None, nan, an empty cell)."""
+    import re
+
+    found = []
+    for frame in at.dataframe:
+        for column, values in frame.value.items():
+            found += [f"{column}={v!r}" for v in values
+                      if v is None or (isinstance(v, float) and v != v) or str(v) in ("", "None", "nan")]
+    for element in (*at.text, *at.caption, *at.markdown, *at.json):
+        if re.search(r"\bNone\b|\bnull\b", str(element.value)):
+            found.append(str(element.value)[:120])
+    return found
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_page_shows_a_blank_as_none(hostile_url, monkeypatch, page):
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, page, range="30d")
+    assert _blank_cells(at) == []
+    if page == "activity":
+        # The row detail of an event with many empty fields (a sign-in has no path, no tenant).
+        from collector import query as q
+
+        with Store.open(hostile_url) as store:
+            rows = q.page(store, q.EventFilter(direction="internal")).rows
+        _open(at, page, range="30d", event=rows[0]["event_id"])
+        assert at.subheader and "Event detail" in [s.value for s in at.subheader]
+        assert _blank_cells(at) == []

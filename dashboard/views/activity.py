@@ -46,7 +46,7 @@ if facets is not None:
     for i, (dim, label) in enumerate(names.items()):
         with cols[i % 4]:
             st.caption(label)
-            ui.table([{"value": "(none)" if v is None else str(v), "events": n}
+            ui.table([{"value": ui.BLANK if v is None else str(v), "events": n}
                       for v, n in facets.get(dim, [])], key=f"facet_{dim}")
 
 rows = page.rows
@@ -69,7 +69,7 @@ event = ui.table(
             "direction": r["direction"],
             "latency ms": r["latency_ms"],
             "account": r["account_id"],
-            "tenant": r["tenant_client_key"] or "(none)",
+            "tenant": r["tenant_client_key"],
         }
         for r in rows
     ],
@@ -105,5 +105,5 @@ if event_id:
         st.caption("Claims summary (the token itself is never stored)")
         ui.table(queries.claims_summary(detail.get("claims")), key="claims")
         st.caption("Every stored field")
-        st.json({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in detail.items()},
+        st.json({k: ui.blank(v.isoformat() if hasattr(v, "isoformat") else v) for k, v in detail.items()},
                 expanded=True)

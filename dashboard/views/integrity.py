@@ -13,8 +13,8 @@ cols[0].metric("Events kept", f"{(info['last_seq'] or 0) - (info['first_seq'] or
                if info["last_seq"] else "0")
 cols[1].metric("Checkpoints", f"{info['checkpoints']:,}")
 cols[2].metric("Not yet in rollups", f"{info['unfolded']:,}")
-st.text(f"Oldest event kept: {ui.fmt_time(info['oldest'])}  (seq {info['first_seq'] or '-'})")
-st.text(f"Newest event:      {ui.fmt_time(info['newest'])}  (seq {info['last_seq'] or '-'})")
+st.text(f"Oldest event kept: {ui.fmt_time(info['oldest'])}  (seq {info['first_seq'] or ui.BLANK})")
+st.text(f"Newest event:      {ui.fmt_time(info['newest'])}  (seq {info['last_seq'] or ui.BLANK})")
 
 st.subheader("Last checkpoint")
 cp = info["last_checkpoint"]
