@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -152,6 +153,16 @@ def _install_view(installs: InstallLookup | None, claims: dict[str, Any] | None)
     return {"client_key": install.client_key, "active": install.active, "base_url": install.base_url}
 
 
+#: How the hints name the inputs that were not given: the CLI's flags by default. Another
+#: surface passes its own names (the dashboard names its form fields).
+CLI_INPUTS: Mapping[str, str] = {
+    "method": "--method",
+    "url": "--url",
+    "body_client_key": "--body-client-key",
+    "app_id": "--app-id ari:cloud:ecosystem::app/<id>",
+}
+
+
 def inspect_token(
     token: str | None,
     *,
@@ -165,6 +176,7 @@ def inspect_token(
     now: float,
     leeway: int = 30,
     form_body: str | None = None,
+    inputs: Mapping[str, str] = CLI_INPUTS,
 ) -> dict[str, Any]:
     """Verify ``token`` as the middleware would and report everything a person needs.
 
@@ -228,14 +240,16 @@ def inspect_token(
     }
     if endpoint is Endpoint.LIFECYCLE and body_client_key is None:
         report["hints"].append(
-            "The token's iss was not compared with the callback body's clientKey (give --body-client-key)."
+            "The token's iss was not compared with the callback body's clientKey "
+            f"(give {inputs['body_client_key']})."
         )
     token_qsh = (claims or {}).get("qsh")
     if with_request and isinstance(token_qsh, str):
         report.update(_qsh_report(token_qsh, method, url, app_base_url, form_body))
     elif not with_request:
         report["hints"].append(
-            "The qsh was not compared with a request: give --method and --url to check it."
+            f"The qsh was not compared with a request: give {inputs['method']} and {inputs['url']} "
+            "to check it."
         )
     return report
 
@@ -304,6 +318,7 @@ def inspect_forge_token(
     now: float,
     leeway: int = 30,
     installations: Any = None,
+    inputs: Mapping[str, str] = CLI_INPUTS,
 ) -> dict[str, Any]:
     """Explain a Forge token: an invocation token (verified as the middleware verifies it) or
     a pasted ``x-forge-oauth-system`` / ``-user`` product token (its expiry and use).
@@ -367,7 +382,7 @@ def inspect_forge_token(
             }
         )
         if exc.code == "wrong_audience" and not app_ids:
-            report["hints"].append("Give the app's ARI (--app-id ari:cloud:ecosystem::app/<id>).")
+            report["hints"].append(f"Give the app's ARI ({inputs['app_id']}).")
         return report
     summary = inv.summary()
     report.update(

@@ -362,8 +362,10 @@ def inspect_token(
     verify_with_store: bool,
     app_base_url: str | None = None,
     body_client_key: str | None = None,
+    inputs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Decode and explain a pasted token; verify with the stored secret only when allowed.
+    ``inputs`` names the form's fields for the hints (the CLI's flags otherwise).
 
     Nothing pasted is stored or logged: the token lives in this call only. The report never
     holds a shared secret or the token's signature. Without ``verify_with_store`` (the
@@ -375,7 +377,7 @@ def inspect_token(
     from collector.inspect import inspect_token as _inspect
 
     if endpoint == "forge":
-        return _inspect_forge(token, verify_with_store=verify_with_store, now=time.time())
+        return _inspect_forge(token, verify_with_store=verify_with_store, now=time.time(), inputs=inputs)
     installs = None
     keys = None
     if verify_with_store:
@@ -397,6 +399,7 @@ def inspect_token(
         app_base_url=app_base_url or None,
         body_client_key=body_client_key or None,
         now=time.time(),
+        **({"inputs": inputs} if inputs else {}),
     )
 
 
@@ -411,7 +414,8 @@ def forge_app_ids() -> list[str]:
     return list(dict.fromkeys([*configured, *seen]))
 
 
-def _inspect_forge(token: str, *, verify_with_store: bool, now: float) -> dict[str, Any]:
+def _inspect_forge(token: str, *, verify_with_store: bool, now: float,
+                   inputs: dict[str, str] | None) -> dict[str, Any]:
     from collector.inspect import inspect_forge_token
     from collector.installs import InstallRegistry
     from collector.jwks import jwks_source
@@ -419,6 +423,7 @@ def _inspect_forge(token: str, *, verify_with_store: bool, now: float) -> dict[s
     return inspect_forge_token(
         token, app_ids=forge_app_ids(), keys=jwks_source(), now=now,
         installations=InstallRegistry(store()) if verify_with_store else None,
+        **({"inputs": inputs} if inputs else {}),
     )
 
 

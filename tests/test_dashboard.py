@@ -350,6 +350,13 @@ def test_token_debugger_admin_verifies_against_the_stored_secret(hostile_url, mo
     _paste(at, stale, "GET", "/rest/api/content/1?expand=body")
     assert "Reason: expired" in [t.value for t in at.text]
 
+    # Without a request, the hint names this form's fields, not the CLI's flags.
+    _paste(at, token)
+    hints = [t.value for t in at.text if t.value.startswith("Hint:")]
+    assert ('Hint: The qsh was not compared with a request: give "Method" and "URL the token came with" '
+            "to check it.") in hints
+    assert not any("--" in h for h in hints)
+
 
 def test_token_debugger_auditor_does_not_verify_and_hostile_claims_are_text(hostile_url,
                                                                              monkeypatch):

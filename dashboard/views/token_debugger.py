@@ -9,6 +9,17 @@ import streamlit as st
 
 from dashboard import queries, ui
 
+METHOD = "Method"
+URL = "URL the token came with (path and query, or full URL)"
+BODY_KEY = "Lifecycle body clientKey (optional)"
+#: The hints name this form's fields (the CLI's hints name its flags).
+INPUTS = {
+    "method": f'"{METHOD}"',
+    "url": '"URL the token came with"',
+    "body_client_key": '"Lifecycle body clientKey"',
+    "app_id": f"{queries.FORGE_APP_IDS_ENV}=ari:cloud:ecosystem::app/<id> in the dashboard's environment",
+}
+
 st.title("Token debugger")
 user = ui.current_user()
 may_verify = user is not None and user.is_admin
@@ -25,10 +36,9 @@ with st.form("token_form"):
     token = st.text_area("Token", height=120, key="token_input",
                          placeholder="eyJhbGciOiJIUzI1NiIs...  ('JWT ', 'Bearer ' and quotes are fine)")
     cols = st.columns([1, 3, 2])
-    method = cols[0].selectbox("Method", ["", "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"],
+    method = cols[0].selectbox(METHOD, ["", "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"],
                                key="token_method", format_func=lambda m: m or "(none)")
-    url = cols[1].text_input("URL the token came with (path and query, or full URL)",
-                             key="token_url")
+    url = cols[1].text_input(URL, key="token_url")
     endpoint = cols[2].selectbox("Endpoint kind", ["request", "context", "lifecycle", "forge"],
                                  key="token_endpoint",
                                  help="forge: a Forge invocation token, or an x-forge-oauth-system/-user "
@@ -36,7 +46,7 @@ with st.form("token_form"):
     more = st.columns(2)
     app_base_url = more[0].text_input("App base URL (its path is the context path)",
                                       key="token_app_base")
-    body_key = more[1].text_input("Lifecycle body clientKey (optional)", key="token_body_key")
+    body_key = more[1].text_input(BODY_KEY, key="token_body_key")
     submitted = st.form_submit_button("Inspect", type="primary")
 
 if not submitted or not token.strip():
@@ -46,7 +56,7 @@ with ui.guard():
     report = queries.inspect_token(
         token, method=method or None, url=url.strip() or None, endpoint=endpoint,
         verify_with_store=may_verify, app_base_url=app_base_url.strip() or None,
-        body_client_key=body_key.strip() or None,
+        body_client_key=body_key.strip() or None, inputs=INPUTS,
     )
 
 if not may_verify and endpoint != "forge":  # Forge tokens verify with public keys: any role
