@@ -396,6 +396,13 @@ def _field_widget(name: str, state: dict[str, str], options: dict[str, list[Any]
     return st.text_input(_LABELS[name], key=key).strip()
 
 
+def filter_params(fields: Sequence[str]) -> dict[str, str]:
+    """The current filter's values for ``fields``, as a link's query parameters (so that a link
+    from one page opens the next with the same range, tenant or platform)."""
+    state = _state()
+    return {k: state[k] for k in fields if state.get(k)}
+
+
 def _write_url(values: dict[str, str]) -> None:
     keep = {k: v for k, v in st.query_params.to_dict().items() if k not in _URL_KEYS}
     wanted = {**keep, **values}

@@ -651,3 +651,24 @@ def test_no_page_shows_a_blank_as_none(hostile_url, monkeypatch, page):
         _open(at, page, range="30d", event=rows[0]["event_id"])
         assert at.subheader and "Event detail" in [s.value for s in at.subheader]
         assert _blank_cells(at) == []
+
+
+def test_overview_counts_open_the_page_and_filters_that_produced_them(hostile_url, monkeypatch):
+    from urllib.parse import parse_qsl
+
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, "overview", range="30d")
+    links = {link.proto.label.split(" ", 1)[-1]: link.proto for link in at.get("page_link")}
+    assert {"events", "rejections", "denials", "errors", "Installs"} <= set(links)
+    for word, outcome in (("events", None), ("rejections", "rejected"), ("errors", "error")):
+        link = links[word]
+        params = dict(parse_qsl(link.query_string))
+        wanted = {"range": "30d", **({"outcome": outcome} if outcome else {})}
+        assert link.page == "activity" and params == wanted
+        _open(at, "activity", **params)
+        count = int(link.label.split(" ")[0].replace(",", ""))
+        assert at.caption[0].value.startswith(f"{count} matching events"), (word, at.caption[0].value)
+        _open(at, "overview", range="30d")
+    denials = links["denials"]
+    assert denials.page == "denials" and dict(parse_qsl(denials.query_string)) == {"range": "30d"}
+    assert links["Installs"].page == "installs"

@@ -12,12 +12,30 @@ with ui.guard():
     changes = queries.install_changes(flt)
 
 summary = data["summary"]
+counts = summary["outcomes"]
+# Each figure opens the page and filters that produced it (the range, tenant and platform above).
+scope = ui.filter_params(("range", "since", "until", "tenant", "platform"))
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
 cols = st.columns(5)
 cols[0].metric("Events", f"{summary['events']:,}")
+cols[0].page_link("views/activity.py", label=_count(summary["events"], "event", "events"),
+                  icon=":material/list:", query_params=scope)
 cols[1].metric("Tenants", f"{summary['tenants']:,}")
+cols[1].page_link("views/installs.py", label="Installs", icon=":material/apps:")
 cols[2].metric("Rejected tokens", f"{summary['rejection_rate']:.2%}")
+cols[2].page_link("views/activity.py", label=_count(counts.get("rejected", 0), "rejection", "rejections"),
+                  icon=":material/key_off:", query_params={**scope, "outcome": "rejected"})
 cols[3].metric("403 denials", f"{summary['denial_rate']:.2%}")
+cols[3].page_link("views/denials.py", label=_count(counts.get("denied", 0), "denial", "denials"),
+                  icon=":material/block:", query_params=scope)
 cols[4].metric("Errors", f"{summary['error_rate']:.2%}")
+cols[4].page_link("views/activity.py", label=_count(counts.get("error", 0), "error", "errors"),
+                  icon=":material/error:", query_params={**scope, "outcome": "error"})
 
 if changes:
     # A site that moved, a rotated secret or a refused install is rare and matters: shown first.
