@@ -18,8 +18,7 @@ $(STAMP): $(VENV)/bin/python pyproject.toml constraints.txt
 ## run: set up, seed the embedded store with a demo when it is empty, start the dashboard
 run: $(STAMP)
 	$(PY) -m collector.cli demo --if-empty
-	$(PY) -m dashboard.auth
-	$(PY) -m streamlit run dashboard/app.py
+	$(PY) -m dashboard.serve
 
 ## test: set up and run the whole suite (what CI runs)
 test: $(STAMP)

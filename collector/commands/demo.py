@@ -172,4 +172,4 @@ def _print_summary(summary: dict, requests: int, seconds: float, store_url: str,
     out.write("Tenants:\n")
     for base_url, count in summary["tenants"]:
         out.write(f"  {base_url:<48} {count:>7,}\n")
-    out.write("\nBrowse them with: make run   (or: .venv/bin/streamlit run dashboard/app.py)\n")
+    out.write("\nBrowse them with: make run   (or: .venv/bin/python -m dashboard.serve)\n")
