@@ -442,8 +442,15 @@ def blanks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     columns = {k for row in rows for k, v in row.items() if blank(v) is BLANK}
     if not columns:
         return rows
-    return [{k: (blank(v) if k not in columns or blank(v) is BLANK else str(v)) for k, v in row.items()}
-            for row in rows]
+    return [{k: (v if k not in columns else _as_text(v)) for k, v in row.items()} for row in rows]
+
+
+def _as_text(value: Any) -> str:
+    if blank(value) is BLANK:
+        return BLANK
+    if isinstance(value, datetime):  # as the table shows a time column: to the second
+        return value.isoformat(sep=" ", timespec="seconds")
+    return str(value)
 
 
 def fmt_time(value: datetime | None) -> str:
