@@ -21,7 +21,7 @@ from __future__ import annotations
 import html
 import os
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from dashboard import auth, sessions, signin
 
@@ -234,6 +234,9 @@ class SessionGate:
         response = await self._answer(scope)
         if response is None:
             await self.app(scope, receive, send)
+        elif isinstance(response, _PassThrough):
+            name, value = response.cookie
+            await self.app(scope, receive, _with_cookie(send, name, value, scope.get("scheme") == "https"))
         else:
             await response(scope, receive, send)
 
@@ -251,7 +254,8 @@ class SessionGate:
         if path.startswith(_OPEN_PREFIXES) or "text/html" not in request.headers.get("accept", ""):
             return None
         if auth.oidc_configured(_secrets()):
-            return None  # single sign-on: the pages show its button; Streamlit's cookie is the session
+            # The pages show its button; Streamlit's cookie is the session.
+            return _single_sign_on(request, here)
         presented = presented_session(request.cookies)
         check = await run_in_threadpool(_check, presented, address_of(request))
         if check.session is not None:
@@ -261,6 +265,59 @@ class SessionGate:
         if presented:
             _clear_session_cookies(response)
         return response
+
+
+#: Where a single sign-on visitor was going: the provider's redirect back always lands on ``/``.
+NEXT_COOKIE = "connect_audit_next"
+NEXT_FOR = 600
+
+
+def _single_sign_on(request: Any, here: str) -> Any:
+    """Keep a shared link's destination across the provider's round trip (``st.login`` comes back
+    to ``/``): remember it, signed out, in a short-lived cookie, and go there when the provider
+    sends the person back signed in."""
+    from starlette.responses import RedirectResponse
+
+    signed_in = any(name.startswith(auth.OIDC_COOKIE) for name in request.cookies)
+    wanted = request.cookies.get(NEXT_COOKIE)
+    if not signed_in:
+        if here == "/":
+            return None
+        response = _PassThrough()
+        # Lax, not Strict: it must come back with the redirect that starts at the provider.
+        response.cookie = (NEXT_COOKIE, safe_next(here))
+        return response
+    # Only at the end of the provider's redirect (from another origin), not when / is typed later.
+    came_back = request.headers.get("sec-fetch-site") in {"cross-site", "same-site"}
+    if wanted and request.url.path == "/" and came_back:
+        response = RedirectResponse(safe_next(unquote(wanted)), status_code=303)
+        response.delete_cookie(NEXT_COOKIE, path="/", httponly=True, samesite="lax")
+        return response
+    return None
+
+
+class _PassThrough:
+    """Serve the page as usual, with one cookie added to Streamlit's answer."""
+
+    cookie: tuple[str, str]
+
+
+def _with_cookie(send: Any, name: str, value: str, secure: bool) -> Any:
+    from http.cookies import SimpleCookie
+
+    jar = SimpleCookie()
+    jar[name] = quote(value, safe="")  # %XX only: a cookie value cannot hold / ? = as they are
+    jar[name].update({"path": "/", "max-age": str(NEXT_FOR), "httponly": True, "samesite": "Lax"})
+    if secure:
+        jar[name]["secure"] = True
+    header = jar.output(header="").strip().encode("latin-1")
+
+    async def sending(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", header)]}
+        await send(message)
+
+    return sending
 
 
 def _secrets() -> Any:

@@ -43,32 +43,39 @@ def streamlit_dashboard(log_path: Path, env: dict[str, str], *, port: int | None
 
     ``cwd`` is where Streamlit looks for ``.streamlit/`` (config and secrets): the project's
     own by default."""
+    import re
     import subprocess
     import sys
     import urllib.request
 
     root = Path(__file__).resolve().parent.parent
-    port = port or free_port()
     log = log_path.open("w")
+    # Port 0 unless one is needed in advance (a redirect URI): the server binds a free port itself
+    # and prints it, so two servers started at once by two test workers never pick the same one.
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(root / "dashboard" / "app.py"),
-         "--server.address", "127.0.0.1", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.port", str(port or 0),
          "--server.headless", "true", "--browser.gatherUsageStats", "false"],
         cwd=cwd or root, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{port}" if port else None
     try:
         deadline = time.monotonic() + 60
         while True:
+            if base is None:
+                found = re.search(r"URL: (http://127\.0\.0\.1:\d+)", log_path.read_text())
+                base = found.group(1) if found else None
             try:
-                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as resp:
-                    if resp.read() == b"ok":
-                        break
+                if base is not None:
+                    with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as resp:
+                        if resp.read() == b"ok" and proc.poll() is None:
+                            break
             except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    pytest.fail("streamlit did not start:\n" + log_path.read_text()[-3000:])
-                time.sleep(0.3)
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail("streamlit did not start:\n" + log_path.read_text()[-3000:])
+            time.sleep(0.3)
         yield base
     finally:
         proc.terminate()

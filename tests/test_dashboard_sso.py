@@ -132,6 +132,26 @@ def test_each_role_signs_in_through_the_provider_and_sign_out_ends_the_session(s
     assert ("sign_in", f"{who}@example.com") in mine and ("sign_out", f"{who}@example.com") in mine
 
 
+def test_a_shared_link_keeps_its_destination_through_the_provider(sso, browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(sso["base"] + "/activity?range=7d&outcome=rejected")
+        page.get_by_role("button", name="Sign in with single sign-on").click()
+        page.locator("#username").fill("alice")
+        page.locator("#continue").click()
+        page.get_by_role("heading", name="Activity", exact=True).wait_for(timeout=30_000)
+        assert page.url == sso["base"] + "/activity?range=7d&outcome=rejected"
+        assert not [c for c in context.cookies() if c["name"] == "connect_audit_next"]  # used once
+        page.goto(sso["base"] + "/")  # later visits to / stay on the Overview
+        page.get_by_role("heading", name="Overview", exact=True).wait_for(timeout=30_000)
+    except BaseException:
+        _shot(page, "destination-failure")
+        raise
+    finally:
+        context.close()
+
+
 def test_an_identity_with_no_role_is_refused_with_a_clear_page(sso, browser):
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
