@@ -256,7 +256,7 @@ def running_stack(kind: str, database_url: str, *, tenants=DEFAULT_TENANTS, inst
     (by default) install the app on every simulated site. ``clock`` is the app's clock,
     ``host_clock`` the simulator's (by default the same)."""
     module = load_example(kind)
-    serve = serve_flask if kind == "flask" else serve_asgi
+    serve = serve_asgi if kind == "fastapi" else serve_flask  # werkzeug serves Django's WSGI app too
     with ConfluenceSimulator(tenants=tenants, clock=host_clock or clock) as sim:
 
         def factory(url: str):
@@ -265,7 +265,8 @@ def running_stack(kind: str, database_url: str, *, tenants=DEFAULT_TENANTS, inst
                                      forge_jwks=sim.forge.jwks_url, **options)
 
         with serve(factory) as (url, app), _collector_logs() as records:
-            audit = app.extensions["connect_audit"] if kind == "flask" else app.state.connect_audit
+            audit = {"flask": lambda: app.extensions["connect_audit"], "django": lambda: app.connect_audit,
+                     "fastapi": lambda: app.state.connect_audit}[kind]()
             stack = Stack(kind, sim, url, audit, database_url, records)
             try:
                 sim.connect(url)
@@ -275,7 +276,7 @@ def running_stack(kind: str, database_url: str, *, tenants=DEFAULT_TENANTS, inst
                         assert sim.install(name).status_code == 204, name
                 yield stack
             finally:
-                if kind == "flask":
+                if kind != "fastapi":
                     audit.close()  # FastAPI's lifespan closes it when uvicorn stops
                 stack.dispose()
 

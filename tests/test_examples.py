@@ -13,7 +13,7 @@ from collector.routes import LIFECYCLE, PUBLIC, REQUEST, RoutePolicy
 from collector.simulator.examples import examples_dir, load_example
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("flask", "fastapi")
+KINDS = ("flask", "fastapi", "django")
 
 
 def integrating_section() -> str:
@@ -22,7 +22,7 @@ def integrating_section() -> str:
 
 def test_every_python_line_the_readme_quotes_is_in_an_example():
     example_lines = set()
-    for folder in ("flask_app", "fastapi_app"):
+    for folder in ("flask_app", "fastapi_app", "django_app"):
         source = (examples_dir() / folder / "app.py").read_text()
         example_lines |= {line.strip() for line in source.splitlines()}
     blocks = re.findall(r"```python\n(.*?)```", integrating_section(), flags=re.S)
@@ -36,7 +36,8 @@ def test_both_examples_ship_the_same_descriptor_and_routes():
     flask_dir, fastapi_dir = examples_dir() / "flask_app", examples_dir() / "fastapi_app"
     assert json.loads((flask_dir / "atlassian-connect.json").read_text()) == json.loads(
         (fastapi_dir / "atlassian-connect.json").read_text())
-    assert load_example("flask").ROUTES == load_example("fastapi").ROUTES
+    assert load_example("flask").ROUTES == load_example("fastapi").ROUTES == load_example("django").ROUTES
+    assert flask_dir / "atlassian-connect.json" == load_example("django").DESCRIPTOR
 
 
 @pytest.mark.parametrize("kind", KINDS)

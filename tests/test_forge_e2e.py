@@ -23,8 +23,9 @@ CONNECT_SITES = ("acme", "globex")  # installed with Connect first; umbrella is 
 
 
 @pytest.fixture(scope="module", params=[
-    ("flask", "sqlite"), ("fastapi", "sqlite"),
+    ("flask", "sqlite"), ("fastapi", "sqlite"), ("django", "sqlite"),
     pytest.param(("flask", "postgresql"), marks=pytest.mark.postgres),
+    pytest.param(("django", "postgresql"), marks=pytest.mark.postgres),
     pytest.param(("fastapi", "postgresql"), marks=pytest.mark.postgres),
 ], ids=lambda p: "-".join(p))
 def stack(request, tmp_path_factory):

@@ -15,7 +15,7 @@ from types import ModuleType
 
 from collector.errors import ConfigurationError
 
-EXAMPLES = {"flask": "flask_app", "fastapi": "fastapi_app"}
+EXAMPLES = {"flask": "flask_app", "fastapi": "fastapi_app", "django": "django_app"}
 
 
 def examples_dir() -> Path:
