@@ -672,3 +672,20 @@ def test_overview_counts_open_the_page_and_filters_that_produced_them(hostile_ur
     denials = links["denials"]
     assert denials.page == "denials" and dict(parse_qsl(denials.query_string)) == {"range": "30d"}
     assert links["Installs"].page == "installs"
+
+
+@pytest.fixture(scope="module")
+def demo_url(tmp_path_factory) -> str:
+    from collector.cli import main
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('demo') / 'audit.db'}"
+    assert main(["demo", "--database", url, "--events", "200", "--seed", "7"]) == 0
+    return url
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", [*PAGES, "accounts"])
+def test_no_page_of_the_demo_shows_a_blank_as_none(demo_url, monkeypatch, page):
+    at = _signed_in(demo_url, monkeypatch)
+    _open(at, page, range="30d")
+    assert _blank_cells(at) == []
