@@ -689,3 +689,13 @@ def test_no_page_of_the_demo_shows_a_blank_as_none(demo_url, monkeypatch, page):
     at = _signed_in(demo_url, monkeypatch)
     _open(at, page, range="30d")
     assert _blank_cells(at) == []
+
+
+@pytest.mark.parametrize("page", ["who_acted", "denials", "overview"])
+def test_tenants_are_shown_by_their_site_with_the_key_beside_it(hostile_url, monkeypatch, page):
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, page, range="30d")
+    framed = [f.value for f in at.dataframe if "site" in f.value.columns and "tenant" in f.value.columns]
+    assert framed, "no table shows a site"
+    sites = {s for frame in framed for s in frame["site"]}
+    assert "alpha.atlassian.net" in sites and not any(str(s).startswith("http") for s in sites)

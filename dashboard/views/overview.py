@@ -23,27 +23,55 @@ def _count(n: int, one: str, many: str) -> str:
 
 cols = st.columns(5)
 cols[0].metric("Events", f"{summary['events']:,}")
-cols[0].page_link("views/activity.py", label=_count(summary["events"], "event", "events"),
-                  icon=":material/list:", query_params=scope)
+cols[0].page_link(
+    "views/activity.py",
+    label=_count(summary["events"], "event", "events"),
+    icon=":material/list:",
+    query_params=scope,
+)
 cols[1].metric("Tenants", f"{summary['tenants']:,}")
 cols[1].page_link("views/installs.py", label="Installs", icon=":material/apps:")
 cols[2].metric("Rejected tokens", f"{summary['rejection_rate']:.2%}")
-cols[2].page_link("views/activity.py", label=_count(counts.get("rejected", 0), "rejection", "rejections"),
-                  icon=":material/key_off:", query_params={**scope, "outcome": "rejected"})
+cols[2].page_link(
+    "views/activity.py",
+    label=_count(counts.get("rejected", 0), "rejection", "rejections"),
+    icon=":material/key_off:",
+    query_params={**scope, "outcome": "rejected"},
+)
 cols[3].metric("403 denials", f"{summary['denial_rate']:.2%}")
-cols[3].page_link("views/denials.py", label=_count(counts.get("denied", 0), "denial", "denials"),
-                  icon=":material/block:", query_params=scope)
+cols[3].page_link(
+    "views/denials.py",
+    label=_count(counts.get("denied", 0), "denial", "denials"),
+    icon=":material/block:",
+    query_params=scope,
+)
 cols[4].metric("Errors", f"{summary['error_rate']:.2%}")
-cols[4].page_link("views/activity.py", label=_count(counts.get("error", 0), "error", "errors"),
-                  icon=":material/error:", query_params={**scope, "outcome": "error"})
+cols[4].page_link(
+    "views/activity.py",
+    label=_count(counts.get("error", 0), "error", "errors"),
+    icon=":material/error:",
+    query_params={**scope, "outcome": "error"},
+)
 
 if changes:
     # A site that moved, a rotated secret or a refused install is rare and matters: shown first.
     st.subheader("Install changes")
     st.caption("Reinstalls that changed an install, and lifecycle callbacks the install policy refused.")
-    ui.table([{"time": r["ts"], "site": sites.get(r["tenant_client_key"]), "tenant": r["tenant_client_key"],
-               "event": r["event_type"], "outcome": r["outcome"], "reason": r["reason"],
-               "detail": r["detail"]} for r in changes], key="install_changes")
+    ui.table(
+        [
+            {
+                "time": r["ts"],
+                "site": ui.site(sites.get(r["tenant_client_key"])),
+                "tenant": r["tenant_client_key"],
+                "event": r["event_type"],
+                "outcome": r["outcome"],
+                "reason": r["reason"],
+                "detail": r["detail"],
+            }
+            for r in changes
+        ],
+        key="install_changes",
+    )
 
 fresh = data["freshness"]
 st.caption("Freshness")
@@ -54,20 +82,39 @@ st.text(
 )
 
 step = {3600: "hour", 21600: "6 hours", 86400: "day"}.get(data["bucket_s"], "bucket")
-ui.bar_chart(data["series"], x="time", y="events", color="outcome",
-             title=f"Events per {step}, by outcome", time_unit="time",
-             palette=ui.OUTCOME_COLORS)
+ui.bar_chart(
+    data["series"],
+    x="time",
+    y="events",
+    color="outcome",
+    title=f"Events per {step}, by outcome",
+    time_unit="time",
+    palette=ui.OUTCOME_COLORS,
+)
 
 left, middle, right = st.columns(3)
 with left:
     st.subheader("Top tenants")
-    ui.table([{"site": sites.get(r["tenant_client_key"]), "tenant": r["tenant_client_key"],
-               "events": r["events"]} for r in data["top_tenants"]], key="top_tenants")
+    ui.table(
+        [
+            {
+                "site": ui.site(sites.get(r["tenant_client_key"])),
+                "tenant": r["tenant_client_key"],
+                "events": r["events"],
+            }
+            for r in data["top_tenants"]
+        ],
+        key="top_tenants",
+    )
 with middle:
     st.subheader("Top endpoints")
-    ui.table([{"method": r["method"], "endpoint": r["path_template"], "events": r["events"]}
-              for r in data["top_endpoints"]], key="top_endpoints")
+    ui.table(
+        [
+            {"method": r["method"], "endpoint": r["path_template"], "events": r["events"]}
+            for r in data["top_endpoints"]
+        ],
+        key="top_endpoints",
+    )
 with right:
     st.subheader("Top reasons")
-    ui.table([{"reason": r["reason"], "events": r["events"]} for r in data["top_reasons"]],
-             key="top_reasons")
+    ui.table([{"reason": r["reason"], "events": r["events"]} for r in data["top_reasons"]], key="top_reasons")

@@ -7,6 +7,7 @@ from dashboard import queries, ui
 st.title("Who acted")
 flt = ui.filter_bar(("range", "tenant", "platform", "direction", "method"))
 with ui.guard():
+    sites = queries.tenant_sites()  # a site by its host name, the key beside it
     data = queries.who_acted(flt)
 
 split = data["split"]
@@ -18,9 +19,16 @@ cols[2].metric("Anonymous", f"{split.get('anonymous', 0):,}")
 st.subheader("Per tenant and endpoint")
 ui.table(
     [
-        {"tenant": r["tenant"], "method": r["method"], "endpoint": r["path_template"],
-         "as app user": r["app_user"], "as user": r["user"], "anonymous": r["anonymous"],
-         "total": r["total"]}
+        {
+            "site": ui.site(sites.get(r["tenant"])),
+            "tenant": r["tenant"],
+            "method": r["method"],
+            "endpoint": r["path_template"],
+            "as app user": r["app_user"],
+            "as user": r["user"],
+            "anonymous": r["anonymous"],
+            "total": r["total"],
+        }
         for r in data["by_endpoint"]
     ],
     key="who_by_endpoint",
@@ -28,8 +36,14 @@ ui.table(
 st.subheader("Users the app acted as (or that called it)")
 ui.table(
     [
-        {"tenant": r["tenant"], "account id": r["account_id"], "events": r["count"],
-         "first seen": r["first_seen"], "last seen": r["last_seen"]}
+        {
+            "site": ui.site(sites.get(r["tenant"])),
+            "tenant": r["tenant"],
+            "account id": r["account_id"],
+            "events": r["count"],
+            "first seen": r["first_seen"],
+            "last seen": r["last_seen"],
+        }
         for r in data["users"]
     ],
     key="who_users",
