@@ -468,10 +468,15 @@ def fmt_age(seconds: float | None) -> str:
 
 
 def site(base_url: str | None) -> str:
-    """A site's host name (``acme.atlassian.net``) from its base URL: short enough for a column."""
+    """A site as a person names it, from its base URL: ``acme.atlassian.net`` (the product's
+    ``/wiki`` dropped). A port or a deeper path stays, so that sites served from one host (a
+    simulator, a proxy) are still told apart: ``127.0.0.1:8080/t/acme``."""
     if not base_url:
         return ""
-    return urlsplit(base_url).hostname or base_url
+    parts = urlsplit(base_url)
+    if not parts.hostname:
+        return base_url
+    return parts.netloc.rpartition("@")[2] + parts.path.rstrip("/").removesuffix("/wiki")
 
 
 def table(rows: list[dict[str, Any]], *, key: str | None = None, select: bool = False,

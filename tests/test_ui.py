@@ -14,3 +14,14 @@ def test_blank_cells_read_as_a_dash_and_their_column_keeps_one_type():
                     {"since": ui.BLANK, "n": ui.BLANK, "name": "b"}]
     untouched = [{"n": 1}]
     assert ui.blanks(untouched) is untouched
+
+
+def test_a_site_is_named_by_its_host_and_told_apart_from_others_on_the_same_host():
+    from dashboard import ui
+
+    assert ui.site("https://acme.atlassian.net/wiki") == "acme.atlassian.net"
+    assert ui.site("https://acme.atlassian.net/wiki/") == "acme.atlassian.net"
+    assert ui.site("https://acme.atlassian.net") == "acme.atlassian.net"
+    assert ui.site("http://127.0.0.1:41089/t/acme/wiki") == "127.0.0.1:41089/t/acme"
+    assert ui.site("https://user:pw@example.com/wiki") == "example.com"
+    assert ui.site(None) == "" and ui.site("not a url") == "not a url"
