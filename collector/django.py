@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from collector.errors import ConfigurationError
-from collector.middleware import _CURRENT, ENVIRON_KEY, FORGE, FORGE_HEADERS, Gate, _reads_body, _wsgi_target
+from collector.middleware import _CURRENT, ENVIRON_KEY, Gate, _reads_body, wsgi_begin, wsgi_forge_headers
 
 __all__ = ["ConnectAuditMiddleware", "audit_from_settings"]
 
@@ -60,18 +60,11 @@ class ConnectAuditMiddleware:
         self.gate = Gate(self.audit, getattr(settings, "CONNECT_AUDIT_ROUTES", None))
 
     def __call__(self, request: Any) -> Any:
-        meta = request.META
-        path, query = _wsgi_target(meta)
-        forwarded = {"x-request-id": meta.get("HTTP_X_REQUEST_ID"),
-                     "traceparent": meta.get("HTTP_TRACEPARENT")} if self.gate.trusts_proxies else None
-        ex = self.gate.begin(request.method, path, query, meta.get("REMOTE_ADDR"), forwarded)
+        meta = request.META  # the WSGI environ's keys, whatever server runs Django
+        ex = wsgi_begin(self.gate, meta, request.method)
         # Django reads the body once and keeps it (request.body), so the view can read it too.
         body = request.body if _reads_body(ex.route) else None
-        forge_headers = None
-        if ex.route.auth == FORGE:
-            forge_headers = {name: meta[key] for name in FORGE_HEADERS
-                             if (key := "HTTP_" + name.upper().replace("-", "_")) in meta}
-        self.gate.admit(ex, meta.get("HTTP_AUTHORIZATION"), body, forge_headers)
+        self.gate.admit(ex, meta.get("HTTP_AUTHORIZATION"), body, wsgi_forge_headers(ex, meta))
         if ex.context is None:
             return self._refuse(ex)
         meta[ENVIRON_KEY] = ex.context

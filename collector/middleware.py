@@ -614,18 +614,9 @@ class WsgiMiddleware:
         self.gate = Gate(audit, routes)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        path, query = _wsgi_target(environ)
-        # The forwarded ids are looked at only when some proxy is trusted (off the usual hot path).
-        forwarded = {"x-request-id": environ.get("HTTP_X_REQUEST_ID"),
-                     "traceparent": environ.get("HTTP_TRACEPARENT")} if self.gate.trusts_proxies else None
-        ex = self.gate.begin(environ.get("REQUEST_METHOD", "GET"), path, query, environ.get("REMOTE_ADDR"),
-                             forwarded)
+        ex = wsgi_begin(self.gate, environ, environ.get("REQUEST_METHOD", "GET"))
         body = _wsgi_body(environ) if _reads_body(ex.route) else None
-        forge_headers = None
-        if ex.route.auth == FORGE:
-            forge_headers = {name: environ[key] for name in FORGE_HEADERS
-                             if (key := "HTTP_" + name.upper().replace("-", "_")) in environ}
-        self.gate.admit(ex, environ.get("HTTP_AUTHORIZATION"), body, forge_headers)
+        self.gate.admit(ex, environ.get("HTTP_AUTHORIZATION"), body, wsgi_forge_headers(ex, environ))
         if ex.context is None:
             status, headers, payload = self.gate.refusal(ex)
             start_response(f"{status} {_REASONS[status]}", headers)
@@ -679,6 +670,23 @@ class _RecordingIterable:
             if not self._done:
                 self._done = True
                 self._on_close(self._crashed)
+
+
+def wsgi_begin(gate: Gate, environ: Mapping, method: str) -> Exchange:
+    """Start an exchange from a WSGI environ (or Django's ``request.META``, the same keys)."""
+    path, query = _wsgi_target(environ)
+    # The forwarded ids are looked at only when some proxy is trusted (off the usual hot path).
+    forwarded = {"x-request-id": environ.get("HTTP_X_REQUEST_ID"),
+                 "traceparent": environ.get("HTTP_TRACEPARENT")} if gate.trusts_proxies else None
+    return gate.begin(method, path, query, environ.get("REMOTE_ADDR"), forwarded)
+
+
+def wsgi_forge_headers(ex: Exchange, environ: Mapping) -> dict[str, str] | None:
+    """The :data:`FORGE_HEADERS` a WSGI environ carries, on Forge routes only."""
+    if ex.route.auth != FORGE:
+        return None
+    return {name: environ[key] for name in FORGE_HEADERS
+            if (key := "HTTP_" + name.upper().replace("-", "_")) in environ}
 
 
 def _reads_body(route: Route) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import os
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
@@ -131,7 +132,7 @@ async def sign_in_page(request: Any) -> Any:
             # A link from another site (chat, mail) does not carry a SameSite=Strict cookie; one
             # hop from this site does, so a person who is signed in is not asked again.
             return HTMLResponse(_bounce(str(request.url)), headers=_HEADERS)
-        check = await run_in_threadpool(_check, presented, address_of(request))
+        check = await run_in_threadpool(signin.check, accounts(), presented, address_of(request))
         if check.session is not None:
             return RedirectResponse(next_path, status_code=303)
         ended = request.query_params.get("ended") or check.ended
@@ -157,13 +158,6 @@ async def sign_in_page(request: Any) -> Any:
     response = RedirectResponse(next_path, status_code=303)
     _set_session_cookie(response, request, result.session_id, store.session_store().lifetime)
     return response
-
-
-def _check(presented: str | None, address: str) -> sessions.Check:
-    store = accounts().session_store()
-    check = store.check(presented)
-    signin.record_end(check, address, store)
-    return check
 
 
 _STYLE = """
@@ -235,8 +229,8 @@ class SessionGate:
         if response is None:
             await self.app(scope, receive, send)
         elif isinstance(response, _PassThrough):
-            name, value = response.cookie
-            await self.app(scope, receive, _with_cookie(send, name, value, scope.get("scheme") == "https"))
+            secure = scope.get("scheme") == "https"
+            await self.app(scope, receive, _with_cookie(send, response.name, response.value, secure))
         else:
             await response(scope, receive, send)
 
@@ -257,7 +251,7 @@ class SessionGate:
             # The pages show its button; Streamlit's cookie is the session.
             return _single_sign_on(request, here)
         presented = presented_session(request.cookies)
-        check = await run_in_threadpool(_check, presented, address_of(request))
+        check = await run_in_threadpool(signin.check, accounts(), presented, address_of(request))
         if check.session is not None:
             return None
         ended = None if check.ended == sessions.UNKNOWN else check.ended
@@ -283,10 +277,8 @@ def _single_sign_on(request: Any, here: str) -> Any:
     if not signed_in:
         if here == "/":
             return None
-        response = _PassThrough()
         # Lax, not Strict: it must come back with the redirect that starts at the provider.
-        response.cookie = (NEXT_COOKIE, safe_next(here))
-        return response
+        return _PassThrough(NEXT_COOKIE, safe_next(here))
     # Only at the end of the provider's redirect (from another origin), not when / is typed later.
     came_back = request.headers.get("sec-fetch-site") in {"cross-site", "same-site"}
     if wanted and request.url.path == "/" and came_back:
@@ -296,10 +288,12 @@ def _single_sign_on(request: Any, here: str) -> Any:
     return None
 
 
+@dataclass(frozen=True, slots=True)
 class _PassThrough:
     """Serve the page as usual, with one cookie added to Streamlit's answer."""
 
-    cookie: tuple[str, str]
+    name: str
+    value: str
 
 
 def _with_cookie(send: Any, name: str, value: str, secure: bool) -> Any:

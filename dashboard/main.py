@@ -47,6 +47,6 @@ pages = [*PAGES, ACCOUNTS] if user is not None and user.is_admin and user.via ==
 page = st.navigation(pages, position="sidebar" if user is not None else "hidden")
 st.session_state["connect_audit_page"] = page.url_path  # also where a new sign-in comes back to
 if user is None:
-    user = ui.require_user()  # renders the sign-in form and stops until it succeeds
+    ui.sign_in_screen()  # renders the way in and stops
 ui.sidebar(user)
 page.run()

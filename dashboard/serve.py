@@ -59,6 +59,10 @@ def _healthy(url: str, proc: subprocess.Popen, deadline: float) -> bool:
     return False
 
 
+def _stop_as_ctrl_c(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] in (["-h"], ["--help"]):
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     generated = auth.Accounts().ensure_admin(out=io.StringIO())  # shown below, once started
     # A service manager's SIGTERM stops the server too, as Ctrl+C does.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
     proc = subprocess.Popen(  # noqa: S603 - this interpreter, Streamlit, our app, the caller's options
         [sys.executable, "-m", "streamlit", "run", str(APP), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,

@@ -55,6 +55,14 @@ def attempt(accounts: auth.Accounts, name: str, password: str, address: str) -> 
     return Attempt(user=user, session_id=session_id)
 
 
+def check(accounts: auth.Accounts, presented: str | None, address: str) -> sessions.Check:
+    """Is the presented session id still good? A session that has just run out is recorded."""
+    store = accounts.session_store()
+    found = store.check(presented)
+    record_end(found, address, store)
+    return found
+
+
 def user_of(session: sessions.Session) -> auth.User:
     return auth.User(session.account, session.role, session.via)
 

@@ -13,7 +13,7 @@ import contextlib
 import html
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit
 
 # Imported here, fully, before any chart is built: altair looks numpy and pandas up in
@@ -36,11 +36,6 @@ def client_address() -> str:
     gives none then) or where no real connection exists (Streamlit's AppTest)."""
     address = getattr(st.context, "ip_address", None)
     return address if isinstance(address, str) and address else "local"
-
-
-def throttle() -> auth.SignInThrottle:
-    """Failed sign-ins per account at an address and per address, kept in the accounts file."""
-    return auth.SignInThrottle(accounts())
 
 
 def accounts() -> auth.Accounts:
@@ -77,12 +72,10 @@ def signed_in_user() -> auth.User | None:
     whose account changed ends here at the next click."""
     if auth.oidc_configured(st.secrets):
         return _require_oidc_user() if st.user.is_logged_in else None
-    store = accounts().session_store()
-    check = store.check(_presented_session())
+    check = signin.check(accounts(), _presented_session(), client_address())
     if check.session is None:
         st.session_state.pop(auth.SESSION_KEY, None)
         if check.was is not None:
-            signin.record_end(check, client_address(), store)
             st.session_state[_ENDED] = check.ended
         return None
     user = signin.user_of(check.session)
@@ -90,13 +83,10 @@ def signed_in_user() -> auth.User | None:
     return user
 
 
-def require_user() -> auth.User:
-    """Return the signed-in user, or render the sign-in screen and stop the script."""
+def sign_in_screen() -> NoReturn:
+    """Render the way in for a visitor :func:`signed_in_user` found no user for, and stop."""
     if auth.oidc_configured(st.secrets):
-        return _require_oidc_user()
-    user = signed_in_user()
-    if user is not None:
-        return user
+        _require_oidc_user()  # renders the provider's button (or the no-role page) and stops
     if edge.serving():
         _sign_in_link()
     else:
@@ -451,6 +441,11 @@ def _as_text(value: Any) -> str:
     if isinstance(value, datetime):  # as the table shows a time column: to the second
         return value.isoformat(sep=" ", timespec="seconds")
     return str(value)
+
+
+def bucket_name(seconds: int) -> str:
+    """A chart's bucket as its title says it ("Events per hour")."""
+    return {3600: "hour", 21600: "6 hours", 86400: "day"}.get(seconds, "bucket")
 
 
 def fmt_time(value: datetime | None) -> str:

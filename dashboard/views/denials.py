@@ -82,7 +82,7 @@ ui.table(
 )
 
 st.subheader("Rejected tokens by reason")
-step = {3600: "hour", 21600: "6 hours", 86400: "day"}.get(data["bucket_s"], "bucket")
+step = ui.bucket_name(data["bucket_s"])
 ui.bar_chart(
     data["rejection_series"],
     x="time",

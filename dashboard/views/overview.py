@@ -81,7 +81,7 @@ st.text(
     f"{fresh['unfolded']:,} events not yet in the rollups"
 )
 
-step = {3600: "hour", 21600: "6 hours", 86400: "day"}.get(data["bucket_s"], "bucket")
+step = ui.bucket_name(data["bucket_s"])
 ui.bar_chart(
     data["series"],
     x="time",
