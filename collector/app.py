@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from collector import config
+from collector import config, events
 from collector.errors import ConfigurationError
 from collector.events import AuditRecord
 from collector.routes import RoutePolicy
@@ -237,7 +237,8 @@ class ConnectAudit:
         try:
             scopes = self.declared_scopes
             return self.registry.apply_lifecycle_change(
-                event_type, dict(payload), declared_scopes=scopes, hosts=self.host_policy)[1]
+                event_type, dict(payload), declared_scopes=scopes, hosts=self.host_policy,
+                now=events.at(self.clock()))[1]
         finally:
             with self._tenant_lock:
                 self._tenants.pop(payload.get("clientKey"), None)

@@ -350,7 +350,7 @@ class _Call:
         self.oauth: OAuthScopes | None = session.oauth_scopes(self.method, self.path)
         incoming = current_context()
         self.request_id = incoming.request_id if incoming is not None else uuid.uuid4().hex
-        self.ts = events.utcnow()
+        self.ts = events.at(audit.clock())
         self.fingerprint: str | None = None
         self.claims: dict[str, Any] | None = None
         self.scope_note: dict[str, list[str]] | None = None

@@ -68,6 +68,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def at(epoch_seconds: float) -> datetime:
+    """The aware UTC datetime of an injected clock's reading (events are stamped by the
+    collector's clock, so a simulated clock dates them too)."""
+    return datetime.fromtimestamp(epoch_seconds, UTC)
+
+
 def new_event_id() -> str:
     """A random (version 4) UUID in its usual text form, ``str(uuid.uuid4())``, built without
     the UUID object: one is made for every event, on the request thread."""

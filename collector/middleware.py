@@ -167,7 +167,7 @@ class Gate:
         # Always our own id, so that no caller can make its request pose as part of another.
         # 32 random hex digits (uuid4().hex would cost twice as much for the same).
         ex = Exchange(method=method, path=path or "/", query=query, route=route, declared=declared,
-                      request_id=os.urandom(16).hex())
+                      request_id=os.urandom(16).hex(), ts=events.at(self.audit.clock()))
         if forwarded and peer and self.trusts_proxies:
             ex.upstream = self.audit.trusted_proxies.upstream(peer, forwarded)
         if route.auth == LIFECYCLE:
@@ -238,7 +238,7 @@ class Gate:
             return
         if expect.invocation == forge.LIFECYCLE and not self._apply_forge_lifecycle(ex, payload, verified):
             return
-        known = self.audit.registry.observe_forge(verified)
+        known = self.audit.registry.observe_forge(verified, now=ex.ts)
         retry = ex.forge_extra.get("retry_count", 0)
         redelivery = False
         if expect.invocation in (forge.EVENT, forge.TRIGGER, forge.LIFECYCLE):
@@ -277,7 +277,7 @@ class Gate:
             return False
         ex.event_type = claimed.rsplit(":", 2)[-2]  # avi:forge:installed:app -> installed
         try:
-            self.audit.registry.apply_forge_lifecycle(claimed, payload, verified)
+            self.audit.registry.apply_forge_lifecycle(claimed, payload, verified, now=ex.ts)
         except StoreUnavailable:
             raise
         except (ConnectAuditError, ValueError, TypeError, KeyError) as exc:

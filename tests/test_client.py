@@ -5,6 +5,7 @@ and the audit event each call leaves."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -234,3 +235,20 @@ def test_zz_the_leak_check_catches_a_secret_in_the_store(stack):
     stack.audit.record(AuditRecord(direction=INTERNAL, outcome="allowed", detail=f"oops {leaked}"))
     with pytest.raises(AssertionError, match="credential is stored in table audit_events"):
         assert_no_credentials_stored(stack)
+
+
+def test_events_are_stamped_by_the_collectors_clock(stack, clocks):
+    # A simulated clock (the demo's month, a test's shifted time) dates the events it records:
+    # the incoming page load and the outgoing call it makes are both at the app's clock.
+    clocks.shift(-3 * 86400)
+    try:
+        then = clocks.app()
+        response = stack.sim.page_load("acme", user=stack.sim.tenant("acme").users()[0].account_id)
+        assert response.ok
+        recorded = stack.events(request_id=response.headers["X-Request-Id"])
+    finally:
+        clocks.shift(0)
+    assert {e["direction"] for e in recorded} == {"incoming", "outgoing"}
+    for event in recorded:  # SQLite hands the column back as text
+        ts = datetime.fromisoformat(str(event["ts"])).replace(tzinfo=UTC)
+        assert abs(ts.timestamp() - then) < 60, (event["ts"], then)
