@@ -20,7 +20,7 @@ import contextlib
 import json
 import tempfile
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from collector import config
@@ -280,8 +280,8 @@ def event_detail(event_id: str) -> dict[str, Any] | None:
     return row
 
 
-def claims_summary(claims: dict[str, Any] | None) -> list[dict[str, str]]:
-    """The stored claims summary as rows, with times made readable."""
+def claims_summary(claims: dict[str, Any] | None, zone: tzinfo = UTC) -> list[dict[str, str]]:
+    """The stored claims summary as rows, with times made readable (in ``zone``, named)."""
     if not claims:
         return []
     out = []
@@ -289,7 +289,7 @@ def claims_summary(claims: dict[str, Any] | None) -> list[dict[str, str]]:
         shown = str(value)
         if name in {"iat", "exp", "nbf"} and isinstance(value, int | float):
             try:
-                shown = f"{value}  ({datetime.fromtimestamp(value, UTC):%Y-%m-%d %H:%M:%S} UTC)"
+                shown = f"{value}  ({datetime.fromtimestamp(value, zone):%Y-%m-%d %H:%M:%S} {zone})"
             except (OverflowError, OSError, ValueError):
                 shown = f"{value}  (not a time in seconds)"
         out.append({"claim": name, "value": shown})

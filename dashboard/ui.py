@@ -10,11 +10,14 @@ are only ever shown through elements that render text as text: ``st.dataframe``,
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
-from collections.abc import Iterator, Sequence
-from datetime import UTC, date, datetime, timedelta
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 # Imported here, fully, before any chart is built: altair looks numpy and pandas up in
 # sys.modules without taking the import lock, so while one script thread was still
@@ -24,7 +27,7 @@ import numpy  # noqa: F401
 import pandas  # noqa: F401
 import streamlit as st
 
-from dashboard import auth, edge, queries, signin
+from dashboard import auth, edge, narrate, queries, signin
 
 FILTER_STATE = "connect_audit_filter"
 
@@ -215,8 +218,108 @@ def sidebar(user: auth.User) -> None:
         st.caption("Signed in as")
         st.text(f"{user.name} ({user.role})")
         st.button("Sign out", on_click=sign_out, key="sign_out")
+        time_zone_choice()
         st.caption("Store")
         st.text(queries.store_label())
+
+
+# --------------------------------------------------------------------------- time zone
+
+#: Where the session keeps the chosen time zone (an IANA name; "UTC" by default).
+TZ_STATE = "connect_audit_tz"
+TZ_WIDGET = "tz_choice"
+#: The query parameter that carries a zone other than UTC, so that a shared link keeps it.
+TZ_PARAM = "tz"
+
+
+@functools.lru_cache(maxsize=64)
+def _zone_info(name: str) -> tzinfo | None:
+    """The zone of an IANA name, or None for a name that is not one (the name comes from the
+    browser or the URL, so it is checked against the zone database, not trusted)."""
+    if name == "UTC":
+        return UTC
+    if not isinstance(name, str) or not 0 < len(name) <= 64:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+def browser_zone() -> str | None:
+    """The browser's time zone as Streamlit reports it (``st.context.timezone``), if it is a
+    known zone; None where there is no browser (AppTest without a context)."""
+    try:
+        name = st.context.timezone
+    except Exception:  # noqa: BLE001 - no script run (a script outside Streamlit)
+        return None
+    return name if isinstance(name, str) and _zone_info(name) is not None else None
+
+
+def zone_name() -> str:
+    """The chosen zone's name: "UTC" (the default) or an IANA name such as "Europe/Paris"."""
+    try:
+        name = st.session_state.get(TZ_STATE, "UTC")
+    except Exception:  # noqa: BLE001 - no script run
+        return "UTC"
+    return name if isinstance(name, str) and _zone_info(name) is not None else "UTC"
+
+
+def zone() -> tzinfo:
+    return _zone_info(zone_name()) or UTC
+
+
+def to_zone(value: datetime) -> datetime:
+    """``value`` in the chosen zone (a naive value is taken as UTC, as the store keeps it)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(zone())
+
+
+def time_header(name: str) -> str:
+    """A time column's header, labelled with the zone its times are shown in: "time (UTC)"."""
+    return f"{name} ({zone_name()})"
+
+
+def time_zone_choice() -> None:
+    """The sidebar's choice of the zone every shown time is in: UTC, or the browser's zone. It
+    is kept in the session and, when it is not UTC, in the URL (``?tz=Europe/Paris``), so a
+    shared link shows the same times; a zone named by the URL wins, as filters do."""
+    url = st.query_params.get(TZ_PARAM)
+    if url and _zone_info(url) is not None and url != st.session_state.get(TZ_STATE):
+        st.session_state[TZ_STATE] = url
+        st.session_state.pop(TZ_WIDGET, None)
+    current = zone_name()
+    browser = browser_zone()
+    options = list(dict.fromkeys(["UTC", *([browser] if browser else []), current]))
+    if st.session_state.get(TZ_WIDGET) not in options:
+        st.session_state[TZ_WIDGET] = current
+    # Option labels are Markdown to Streamlit: a zone's name is escaped (it came from a browser
+    # or a URL, though the zone database vouched for it).
+    labels = {name: md_escape(name) + (" (your browser)" if name == browser and name != "UTC" else "")
+              for name in options}
+    choice = st.radio(
+        "Times shown in", options, key=TZ_WIDGET, format_func=labels.__getitem__,
+        help="Every time on the pages is shown in this zone. Exports stay in UTC.",
+    )
+    st.session_state[TZ_STATE] = choice
+    if choice == "UTC":
+        if TZ_PARAM in st.query_params:
+            del st.query_params[TZ_PARAM]
+    elif st.query_params.get(TZ_PARAM) != choice:
+        st.query_params[TZ_PARAM] = choice
+    if browser is None:
+        st.caption("Your browser did not say its time zone.")
+
+
+_MD_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def md_escape(text: str) -> str:
+    """``text`` for a widget label or option, which Streamlit renders as Markdown: every ASCII
+    punctuation character backslash-escaped (CommonMark), so a value cannot become a link, an
+    image, emphasis, a directive or math; control characters become spaces."""
+    return _MD_PUNCTUATION.sub(r"\\\1", narrate.clean(text))
 
 
 # --------------------------------------------------------------------------- errors
@@ -284,8 +387,16 @@ def _adopt_url(fields: Sequence[str]) -> None:
     st.session_state.pop("f_dates", None)
 
 
-def filter_bar(fields: Sequence[str] = ALL_FIELDS, *, expanded: bool = True) -> queries.EventFilter:
-    """Render the filter widgets for ``fields``; keep them in the session and the URL."""
+DEFAULT_RANGE = "24h"
+CHIPS = "filter_chips"
+
+
+def filter_bar(fields: Sequence[str] = ALL_FIELDS, *, expanded: bool = False) -> queries.EventFilter:
+    """Render the filter widgets for ``fields``; keep them in the session and the URL.
+
+    With nothing set (the last 24 hours, no other field) the form is shown open. Once a filter is
+    set it folds into one line of chips, one per active filter ("Outcome: denied ×"), each
+    removed by a click, and an "Edit filters" expander (open with ``expanded``) holds the form."""
     _adopt_url(fields)
     state = _state()
     page = st.session_state.get("connect_audit_page")
@@ -297,7 +408,11 @@ def filter_bar(fields: Sequence[str] = ALL_FIELDS, *, expanded: bool = True) -> 
             st.session_state.pop(f"f_{name}", None)
     options = _options()
     values: dict[str, str] = {}
-    with st.container(border=True):
+    active = _active(fields, state)
+    if active:
+        _chips(active, options)
+    frame = st.expander("Edit filters", expanded=expanded) if active else st.container(border=True)
+    with frame:
         if "range" in fields:
             values.update(_range_widget(state))
         others = [f for f in fields if f != "range"]
@@ -316,10 +431,85 @@ def filter_bar(fields: Sequence[str] = ALL_FIELDS, *, expanded: bool = True) -> 
         return _to_filter(values)
 
 
+def _active(fields: Sequence[str], state: dict[str, str]) -> dict[str, str]:
+    """The filters set for this run, field -> value: what the widgets hold (a change the user
+    just made included), else the session's filter. The default range is not a filter."""
+    def current(name: str) -> Any:
+        key = f"f_{name}"
+        return st.session_state[key] if key in st.session_state else state.get(name, "")
+
+    active: dict[str, str] = {}
+    for name in fields:
+        value = current(name)
+        if name == "range":
+            if value and value != DEFAULT_RANGE:
+                active[name] = str(value)
+        elif isinstance(value, str) and value.strip():
+            active[name] = value.strip()
+    return active
+
+
+def _chip_label(name: str, value: str, options: dict[str, Any]) -> str:
+    if name == "range":
+        if value == "custom":
+            picked = st.session_state.get("f_dates")
+            if isinstance(picked, tuple | list) and picked:
+                days = [d.isoformat() for d in picked if isinstance(d, date)]
+            else:
+                days = [d for d in (_state().get("since"), _state().get("until")) if d]
+            shown = " to ".join(d[:10] for d in days) + " (UTC)" if days else "custom dates"
+        else:
+            shown = queries.PRESETS.get(value, (value,))[0]
+        return f"Range: {shown}"
+    if name == "tenant":
+        label = "Site"
+        shown = site(options.get("tenant_sites", {}).get(value)) or value
+    else:
+        label = _LABELS[name].split(" (")[0]
+        shown = value
+    return f"{label}: {narrate.clean(shown, 48)}"
+
+
+def _chips(active: dict[str, str], options: dict[str, Any]) -> None:
+    """One line of removable chips, one per active filter (all selected; a click unselects one,
+    which removes that filter). Labels are Markdown to Streamlit, so every value is escaped."""
+    labels = {name: _chip_label(name, value, options) for name, value in active.items()}
+    st.session_state[CHIPS] = list(active)
+    st.pills(
+        "Active filters", list(active), selection_mode="multi", key=CHIPS,
+        format_func=lambda name: md_escape(labels[name]) + " \u00d7",
+        on_change=_drop_unselected, args=(tuple(active),), label_visibility="collapsed",
+        help="Click a filter to remove it; the form is under Edit filters.",
+    )
+
+
+def _drop_unselected(shown: tuple[str, ...]) -> None:
+    """Remove the filters whose chips were unselected: from the session, the widgets and the URL."""
+    kept = set(st.session_state.get(CHIPS) or ())
+    state = _state()
+    for name in shown:
+        if name in kept:
+            continue
+        if name == "range":
+            state["range"] = DEFAULT_RANGE
+            st.session_state["f_range"] = DEFAULT_RANGE
+            st.session_state.pop("f_dates", None)
+            for bound in ("since", "until"):
+                state.pop(bound, None)
+                if bound in st.query_params:
+                    del st.query_params[bound]
+        else:
+            state.pop(name, None)
+            st.session_state[f"f_{name}"] = ""
+        if name in st.query_params:
+            del st.query_params[name]
+
+
 @st.cache_data(ttl=30, show_spinner=False)
 def _cached_options(url: str) -> dict[str, list[Any]]:
     options = queries.filter_options()
     options["tenant_labels"] = queries.tenant_labels()
+    options["tenant_sites"] = queries.tenant_sites()
     return options
 
 
@@ -426,20 +616,51 @@ def blank(value: Any) -> Any:
     return value
 
 
+#: Pads a number shown as text: as wide as a digit, and sorted before digits (a table sorts text
+#: by collation, in which spaces come first), so padded numbers sort and align as numbers.
+FIGURE_SPACE = "\u2007"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and blank(value) is not BLANK
+
+
 def blanks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows for a table with every empty cell shown as :data:`BLANK`. A column that has one is
-    shown as text throughout, so that it keeps one type (numbers then align as text)."""
+    shown as text throughout, so that it keeps one type. In a column of numbers each is padded to
+    the widest integer part with figure spaces (the blank to one digit), so that a click on its
+    header still sorts it by value, blanks first, and the numbers line up at their decimal point."""
     columns = {k for row in rows for k, v in row.items() if blank(v) is BLANK}
     if not columns:
         return rows
-    return [{k: (v if k not in columns else _as_text(v)) for k, v in row.items()} for row in rows]
+    numeric = {k for k in columns
+               if all(_is_number(row.get(k)) or blank(row.get(k)) is BLANK for row in rows)
+               and any(_is_number(row.get(k)) for row in rows)}
+    widths = {k: max(len(_number_text(row[k]).split(".")[0]) for row in rows if _is_number(row.get(k)))
+              for k in numeric}
+
+    def shown(k: str, v: Any) -> Any:
+        if k not in columns:
+            return v
+        if k not in widths:
+            return _as_text(v)
+        text = _number_text(v) if _is_number(v) else BLANK
+        head = text.split(".")[0] if text is not BLANK else "0"
+        return FIGURE_SPACE * (widths[k] - len(head)) + text
+
+    return [{k: shown(k, v) for k, v in row.items()} for row in rows]
+
+
+def _number_text(value: int | float) -> str:
+    text = str(value)
+    return f"{value:f}".rstrip("0").rstrip(".") if "e" in text else text
 
 
 def _as_text(value: Any) -> str:
     if blank(value) is BLANK:
         return BLANK
-    if isinstance(value, datetime):  # as the table shows a time column: to the second
-        return value.isoformat(sep=" ", timespec="seconds")
+    if isinstance(value, datetime):  # as the table shows a time column: to the second, in the zone
+        return to_zone(value).isoformat(sep=" ", timespec="seconds")
     return str(value)
 
 
@@ -449,7 +670,16 @@ def bucket_name(seconds: int) -> str:
 
 
 def fmt_time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else BLANK
+    """A time in the chosen zone, to the second, with the zone's name: "2026-01-31 13:00:00 UTC"."""
+    return f"{to_zone(value):%Y-%m-%d %H:%M:%S} {zone_name()}" if value else BLANK
+
+
+def fmt_epoch(seconds: float | None) -> str:
+    """Seconds since the epoch (a token's iat or exp) as :func:`fmt_time` shows a time."""
+    try:
+        return fmt_time(datetime.fromtimestamp(float(seconds), UTC)) if seconds is not None else BLANK
+    except (OverflowError, OSError, ValueError):
+        return "out of range"
 
 
 def fmt_age(seconds: float | None) -> str:
@@ -474,20 +704,55 @@ def site(base_url: str | None) -> str:
     return parts.netloc.rpartition("@")[2] + parts.path.rstrip("/").removesuffix("/wiki")
 
 
+#: How a time column shows its times (moment.js tokens): to the second, as everywhere else.
+TIME_FORMAT = "YYYY-MM-DD HH:mm:ss"
+
+
 def table(rows: list[dict[str, Any]], *, key: str | None = None, select: bool = False,
           height: int | str = "auto", column_config: dict | None = None):
-    """A read-only table of logged values, shown as text (never Markdown or HTML)."""
+    """A read-only, sortable table of logged values, shown as text (never Markdown or HTML).
+
+    A column of times is shown in the chosen zone and says which in its header ("time (UTC)");
+    it stays a column of datetimes, so a click on its header sorts it in time order (a column
+    with a blank in it is text, to the second, which sorts the same way). Numbers stay numbers."""
     if not rows:
         st.caption("Nothing to show.")
         return None
+    times = {k for row in rows for k, v in row.items() if isinstance(v, datetime)}
     rows = blanks(rows)
+    config = dict(column_config or {})
+    if times:
+        headers = {k: time_header(k) for k in times}
+        rows = [{headers.get(k, k): (to_zone(v) if isinstance(v, datetime) else v) for k, v in row.items()}
+                for row in rows]
+        for name, header in headers.items():
+            if name in config:
+                config[header] = config.pop(name)
+            elif any(isinstance(row.get(header), datetime) for row in rows):
+                config[header] = st.column_config.DatetimeColumn(header, format=TIME_FORMAT,
+                                                                 timezone=zone_name())
     kwargs: dict[str, Any] = {"hide_index": True, "width": "stretch", "height": height}
-    if column_config:
-        kwargs["column_config"] = column_config
+    if config:
+        kwargs["column_config"] = config
     if select:
         return st.dataframe(rows, key=key, on_select="rerun", selection_mode="single-row",
                             **kwargs)
     return st.dataframe(rows, key=key, **kwargs)
+
+
+def event_sentence(detail: Mapping[str, Any], sites: Mapping[str, str] | None = None,
+                   names: narrate.Names | None = None) -> str:
+    """The event as a sentence (:func:`dashboard.narrate.sentence`), its tenant named by its
+    site: the install's current base URL, else the one the event recorded."""
+    key = detail.get("tenant_client_key") or ""
+    base = (sites or {}).get(key) or detail.get("tenant_base_url")
+    return narrate.sentence(detail, site(base) or (narrate.clean(key, 60) if key else None), names)
+
+
+def shown_fields(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's stored fields for the raw view: times in the chosen zone (ISO 8601, with the
+    offset), empty values as :data:`BLANK`."""
+    return {k: blank(to_zone(v).isoformat() if isinstance(v, datetime) else v) for k, v in detail.items()}
 
 
 def selected_row(event: Any) -> int | None:
@@ -505,10 +770,22 @@ def bar_chart(rows: list[dict[str, Any]], *, x: str, y: str, color: str, title: 
     if not rows:
         st.caption("No events in this range.")
         return
-    data = alt.Data(values=[
-        {**r, x: r[x].isoformat() if isinstance(r[x], datetime) else r[x]} for r in rows
-    ])
-    x_enc = alt.X(f"{x}:T", title=None) if time_unit else alt.X(f"{x}:N", title=None)
+
+    def _point(r: dict[str, Any]) -> dict[str, Any]:
+        value = r[x]
+        if not isinstance(value, datetime):
+            return dict(r)
+        # The chosen zone's wall-clock time, drawn on a UTC scale: the axis then reads in that
+        # zone whatever the browser's own zone is. The tooltip names the zone.
+        local = to_zone(value)
+        return {**r, x: local.replace(tzinfo=None).isoformat() + "Z",
+                "_when": f"{local:%Y-%m-%d %H:%M} {zone_name()}"}
+
+    points = [_point(r) for r in rows]
+    data = alt.Data(values=points)
+    timed = bool(time_unit) and "_when" in points[0]
+    x_enc = (alt.X(f"{x}:T", title=time_header(x), scale=alt.Scale(type="utc")) if timed
+             else alt.X(f"{x}:N", title=None))
     chart = (
         alt.Chart(data, title=title)
         .mark_bar()
@@ -520,7 +797,7 @@ def bar_chart(rows: list[dict[str, Any]], *, x: str, y: str, color: str, title: 
                 scale=alt.Scale(domain=list(palette), range=list(palette.values()))
                 if palette else alt.Undefined,
             ),
-            tooltip=[alt.Tooltip(f"{x}:T" if time_unit else f"{x}:N", title=x),
+            tooltip=[alt.Tooltip("_when:N", title=x) if timed else alt.Tooltip(f"{x}:N", title=x),
                      alt.Tooltip(f"{color}:N"), alt.Tooltip(f"{y}:Q")],
         )
         .properties(height=260)

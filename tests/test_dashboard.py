@@ -223,7 +223,7 @@ def test_activity_shows_hostile_values_verbatim_as_text(hostile_url, monkeypatch
     _open(at, "activity", range="1h")
     table = at.dataframe[-1].value
     # What happened first, the long identifiers last: path and status stay on screen.
-    assert list(table.columns[:5]) == ["time", "outcome", "status", "method", "path"]
+    assert list(table.columns[:5]) == ["time (UTC)", "outcome", "status", "method", "path"]
     assert list(table.columns[-2:]) == ["account", "tenant"]
     assert HOSTILE_TENANT in table["tenant"].tolist()
     assert HOSTILE_ACCOUNT in table["account"].tolist()
@@ -259,10 +259,10 @@ def test_filters_live_in_the_url_and_pagination_moves_by_keyset(hostile_url, mon
     at.button(key="older").click().run()
     second = at.dataframe[-1].value
     assert "after" in at.query_params
-    assert not set(first["time"]) & set(second["time"])
-    assert second["time"].max() <= first["time"].min()
+    assert not set(first["time (UTC)"]) & set(second["time (UTC)"])
+    assert second["time (UTC)"].max() <= first["time (UTC)"].min()
     at.button(key="newer").click().run()
-    assert at.dataframe[-1].value["time"].tolist() == first["time"].tolist()
+    assert at.dataframe[-1].value["time (UTC)"].tolist() == first["time (UTC)"].tolist()
     at.selectbox(key="f_outcome").set_value("denied").run()
     assert at.query_params["outcome"] == "denied"
     assert set(at.dataframe[-1].value["outcome"]) == {"denied"}
@@ -699,3 +699,173 @@ def test_tenants_are_shown_by_their_site_with_the_key_beside_it(hostile_url, mon
     assert framed, "no table shows a site"
     sites = {s for frame in framed for s in frame["site"]}
     assert "alpha.atlassian.net" in sites and not any(str(s).startswith("http") for s in sites)
+
+
+# --------------------------------------------------------------------------- fit and finish
+
+
+def _unescaped(label: str) -> str:
+    """A chip's label as shown: Streamlit renders it as Markdown, in which every punctuation
+    character was backslash-escaped."""
+    import re
+
+    return re.sub(r"\\(.)", r"\1", label)
+
+
+def _chips(at: AppTest) -> list[str]:
+    found = [p for p in at.pills if p.key == "filter_chips"]
+    return [_unescaped(label) for label in found[0].options] if found else []
+
+
+def test_the_time_zone_choice_changes_every_shown_time_and_is_kept_in_the_session_and_url(
+        hostile_url, monkeypatch):
+    import pandas as pd
+
+    at = _signed_in(hostile_url, monkeypatch)
+    at.context = {"timezone": "Asia/Kolkata", "timezone_offset": -330}  # UTC+05:30 all year
+    _open(at, "activity", range="1h")
+    assert at.radio(key="tz_choice").value == "UTC"  # the default, even with a browser zone known
+    utc = at.dataframe[-1].value["time (UTC)"]
+    assert str(utc.dt.tz) == "UTC"
+
+    at.radio(key="tz_choice").set_value("Asia/Kolkata").run()
+    assert at.query_params["tz"] == "Asia/Kolkata"
+    table = at.dataframe[-1].value
+    assert "time (UTC)" not in table.columns
+    local = table["time (Asia/Kolkata)"]
+    assert local.tolist() == utc.tolist()  # the same instants ...
+    shift = local.dt.tz_localize(None) - utc.dt.tz_localize(None)
+    assert set(shift) == {pd.Timedelta(hours=5, minutes=30)}  # ... on the zone's clock
+    with Store.open(hostile_url) as store:
+        from collector import query as q
+
+        row = q.page(store, q.EventFilter(tenant="tenant-alpha")).rows[0]
+    _open(at, "activity", range="1h", event=row["event_id"])
+    assert "Every stored field (times in Asia/Kolkata)" in [c.value for c in at.caption]
+    fields = at.json[-1].value
+    fields = json.loads(fields) if isinstance(fields, str) else fields
+    assert fields["ts"] == row["ts"].astimezone(local.dt.tz).isoformat() and fields["ts"].endswith("+05:30")
+
+    # Kept for the session: other pages show their times in the zone too, with its name.
+    _open(at, "integrity")
+    oldest = next(t.value for t in at.text if t.value.startswith("Oldest event kept:"))
+    assert "Asia/Kolkata" in oldest and "UTC" not in oldest
+    _open(at, "overview", range="24h")
+    assert any(t.value.startswith("Newest event ") and "Asia/Kolkata" in t.value for t in at.text)
+    assert at.query_params["tz"] == "Asia/Kolkata"  # the URL carries it to a shared link
+
+    at.radio(key="tz_choice").set_value("UTC").run()
+    assert "tz" not in at.query_params
+    _open(at, "integrity")
+    assert " UTC  (seq " in next(t.value for t in at.text if t.value.startswith("Oldest event kept:"))
+
+    # A shared link's zone wins, as its filters do, and a name that is no zone is ignored.
+    other = _signed_in(hostile_url, monkeypatch)
+    _open(other, "who_acted", range="all", tz="Asia/Kolkata")
+    assert {"first seen (Asia/Kolkata)", "last seen (Asia/Kolkata)"} <= set(other.dataframe[-1].value.columns)
+    _open(other, "who_acted", range="all", tz="../../etc/passwd")
+    assert other.radio(key="tz_choice").value == "Asia/Kolkata"
+
+
+def test_exports_stay_in_utc_whatever_zone_the_pages_show(hostile_url, monkeypatch):
+    from dashboard import queries
+
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, "export", range="all", outcome="rejected", tz="Asia/Kolkata")
+    assert at.radio(key="tz_choice").value == "Asia/Kolkata"
+    with Store.open(hostile_url) as store:
+        queries.use_store(store)
+        data, _ = queries.export_bytes(queries.EventFilter(outcome="rejected"), "ndjson", actor="test")
+    stamps = [json.loads(line)["timestamp"] for line in data.decode().splitlines()]
+    assert stamps and all(s.endswith("Z") for s in stamps)
+
+
+def test_set_filters_fold_into_chips_and_removing_a_chip_clears_its_filter(hostile_url, monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, "activity")  # nothing set (the last 24 hours): the form, open, and no chips
+    assert _chips(at) == [] and not at.expander
+
+    _open(at, "activity", range="all", outcome="denied", tenant="tenant-alpha")
+    assert _chips(at) == ["Range: All time \u00d7", "Site: alpha.atlassian.net \u00d7",
+                          "Outcome: denied \u00d7"]  # the site's name, not its clientKey
+    assert [e.label for e in at.expander] == ["Edit filters"]
+    assert at.selectbox(key="f_outcome").value == "denied"  # the whole form, in the expander
+    assert set(at.dataframe[-1].value["outcome"]) == {"denied"}
+
+    at.pills(key="filter_chips").unselect("outcome").run()
+    assert not at.exception
+    assert "outcome" not in at.query_params and at.query_params["tenant"] == "tenant-alpha"
+    assert at.selectbox(key="f_outcome").value == ""
+    assert _chips(at) == ["Range: All time \u00d7", "Site: alpha.atlassian.net \u00d7"]
+    assert len(set(at.dataframe[-1].value["outcome"])) > 1  # the filter is gone from the query too
+    assert set(at.dataframe[-1].value["site"]) == {"alpha.atlassian.net"}
+
+    at.pills(key="filter_chips").unselect("range").run()  # back to the default range
+    assert at.selectbox(key="f_range").value == "24h" and at.query_params["range"] == "24h"
+    assert _chips(at) == ["Site: alpha.atlassian.net \u00d7"]
+    at.pills(key="filter_chips").unselect("tenant").run()
+    assert _chips(at) == [] and not at.expander and "tenant" not in at.query_params
+
+
+def test_a_chip_shows_a_hostile_value_escaped_and_a_typed_filter_folds_the_form(hostile_url, monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, "activity", range="all", text="![x](http://evil.example/t.png)")
+    [chips] = [p for p in at.pills if p.key == "filter_chips"]
+    label = chips.options[1]
+    assert "![x](" not in label and "\\!\\[x\\]\\(" in label  # Markdown that cannot become an image
+    assert _unescaped(label) == "Search: ![x](http://evil.example/t.png) \u00d7"
+
+
+def test_a_row_detail_reads_as_a_sentence_above_its_fields(hostile_url, monkeypatch):
+    at = _signed_in(hostile_url, monkeypatch)
+    with Store.open(hostile_url) as store:
+        from collector import query as q
+
+        denied = q.page(store, q.EventFilter(tenant="tenant-alpha", outcome="denied", reason="scope",
+                                             direction="outgoing", platform="connect")).rows[0]
+        as_user = q.page(store, q.EventFilter(tenant="tenant-alpha", outcome="denied", reason="scope",
+                                              direction="incoming", identity_kind="user")).rows[0]
+        hostile = q.page(store, q.EventFilter(tenant=HOSTILE_TENANT)).rows[0]
+    _open(at, "activity", range="all", event=denied["event_id"])
+    number = denied["path"].rsplit("/", 1)[1]
+    sentence = (f"The app acted as its app user on alpha.atlassian.net: {denied['method']} "
+                f"content {number} was refused (403): the descriptor lacks the WRITE scope.")
+    shown = [e for e in at.main if type(e).__name__ in ("Text", "Json")]
+    kinds = [(type(e).__name__, e.value) for e in shown]
+    assert ("Text", sentence) in kinds
+    assert kinds.index(("Text", sentence)) < [k for k, _ in kinds].index("Json")  # above the raw fields
+    assert ("Text", queries_fix("scope")) in kinds  # and what to do about it
+
+    _open(at, "activity", range="all", event=as_user["event_id"])
+    account = as_user["account_id"]
+    said = [t.value for t in at.text if " as user " in t.value]
+    assert said and said[0].startswith("Confluence ")
+    assert (f" as user {account[:8]}\u2026 on alpha.atlassian.net: the app answered 403, passing on "
+            "Confluence's refusal of its call for a missing scope.") in said[0]
+
+    # A hostile event: its sentence is plain text (st.text), never Markdown.
+    _open(at, "activity", range="all", event=hostile["event_id"])
+    said = [t.value for t in at.text if "bad_signature" in t.value]
+    assert said and HOSTILE_PATH.split("?")[0] in said[0]
+    assert "<script>" not in _markdown(at)
+
+
+def queries_fix(reason: str) -> str:
+    from dashboard import queries
+
+    return queries.FIXES[reason]
+
+
+@pytest.mark.parametrize(("page", "looks_for"), [
+    ("overview", "Events per hour by outcome: a spike or a gap is worth a look"),
+    ("denials", "Rejected tokens per hour by reason: a burst of one reason is the fix to make first"),
+])
+def test_every_chart_says_what_to_look_for_and_its_time_axis_names_the_zone(hostile_url, monkeypatch, page,
+                                                                            looks_for):
+    at = _signed_in(hostile_url, monkeypatch)
+    _open(at, page, range="24h", tz="Asia/Kolkata")
+    charts = at.get("vega_lite_chart")
+    assert charts, "no chart"
+    specs = [json.loads(c.proto.spec) for c in charts]
+    assert [s["title"] for s in specs] == [looks_for]
+    assert specs[0]["encoding"]["x"]["title"] == "time (Asia/Kolkata)"

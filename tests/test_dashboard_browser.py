@@ -173,3 +173,35 @@ def _journey(page, base: str) -> None:
     assert "do-not-leak" not in body
 
     return hashlib.sha256(raw).hexdigest()
+
+
+def test_the_browser_s_time_zone_is_offered_and_every_time_follows_the_choice(dashboard, chromium_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path, headless=True, args=LAUNCH_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, timezone_id="Europe/Paris")
+        page = context.new_page()
+        try:
+            page.goto(dashboard["base"] + "/integrity")
+            page.get_by_role("textbox", name="Account").fill("admin")
+            page.get_by_role("textbox", name="Password").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            page.get_by_role("heading", name="Integrity", exact=True).wait_for(timeout=30_000)
+            _idle(page)
+            oldest = page.get_by_text(re.compile(r"^Oldest event kept:"))
+            assert oldest.inner_text().split("  (")[0].endswith(" UTC")  # UTC until chosen otherwise
+            page.get_by_text("Europe/Paris (your browser)").click()
+            page.wait_for_function("() => new URL(location.href).searchParams.get('tz') === 'Europe/Paris'")
+            _idle(page)
+            assert oldest.inner_text().split("  (")[0].endswith(" Europe/Paris")
+            _go(page, "Activity")  # the choice is kept across pages, in the URL too
+            assert "tz=Europe%2FParis" in page.url or "tz=Europe/Paris" in page.url
+            page.locator("[data-testid='stVegaLiteChart'], [data-testid='stDataFrame']").first.wait_for()
+            _shot(page, "activity-time-zone")
+        except BaseException:
+            _shot(page, "time-zone-failure")
+            raise
+        finally:
+            context.close()
+            browser.close()

@@ -25,3 +25,35 @@ def test_a_site_is_named_by_its_host_and_told_apart_from_others_on_the_same_host
     assert ui.site("http://127.0.0.1:41089/t/acme/wiki") == "127.0.0.1:41089/t/acme"
     assert ui.site("https://user:pw@example.com/wiki") == "example.com"
     assert ui.site(None) == "" and ui.site("not a url") == "not a url"
+
+
+def test_a_column_of_numbers_with_a_blank_is_padded_to_sort_and_align_as_numbers():
+    from dashboard import ui
+
+    rows = ui.blanks([{"status": 200, "ms": 5.0}, {"status": None, "ms": 12.25}, {"status": 41, "ms": None}])
+    pad = ui.FIGURE_SPACE
+    assert [r["status"] for r in rows] == ["200", pad * 2 + ui.BLANK, pad + "41"]
+    assert [r["ms"] for r in rows] == [pad + "5.0", "12.25", pad + ui.BLANK]
+    # The browser sorts text by collation, where the figure space comes before every digit: a
+    # wider number then sorts after a narrower one, as by value, and the blank first.
+    assert all(len(r["status"]) == 3 for r in rows)
+
+
+def test_times_follow_the_chosen_zone_outside_a_page_too():
+    from datetime import UTC, datetime
+
+    from dashboard import ui
+
+    when = datetime(2026, 1, 31, 12, 0, 0, tzinfo=UTC)
+    assert ui.zone_name() == "UTC" and ui.fmt_time(when) == "2026-01-31 12:00:00 UTC"
+    assert ui.fmt_time(datetime(2026, 1, 31, 12, 0, 0)) == "2026-01-31 12:00:00 UTC"  # naive: UTC, as stored
+    assert ui.fmt_epoch(1e20) == "out of range" and ui.fmt_time(None) == ui.BLANK
+    assert ui._zone_info("Europe/Paris") is not None
+    assert ui._zone_info("../../etc/passwd") is None and ui._zone_info("Not/AZone") is None
+
+
+def test_markdown_in_a_label_is_escaped_to_plain_text():
+    from dashboard import ui
+
+    escaped = ui.md_escape("![x](http://evil.example/t.png) **b** :red[c] $x$\nnext")
+    assert escaped == r"\!\[x\]\(http\:\/\/evil\.example\/t\.png\) \*\*b\*\* \:red\[c\] \$x\$ next"

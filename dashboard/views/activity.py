@@ -102,8 +102,16 @@ if event_id:
         if st.button("Close detail", key="close_detail"):
             del st.query_params["event"]
             st.rerun()
+        # The event as a person reads it, then the fields it was built from. Logged values are
+        # in the sentence, so it is plain text (st.text), never Markdown.
+        with ui.guard():
+            sites = queries.tenant_sites()
+        st.text(ui.event_sentence(detail, sites))
+        fix = queries.FIXES.get(detail.get("reason") or "")
+        if fix and detail.get("outcome") in ("denied", "rejected"):
+            st.caption("What to do")
+            st.text(fix)
         st.caption("Claims summary (the token itself is never stored)")
-        ui.table(queries.claims_summary(detail.get("claims")), key="claims")
-        st.caption("Every stored field")
-        st.json({k: ui.blank(v.isoformat() if hasattr(v, "isoformat") else v) for k, v in detail.items()},
-                expanded=True)
+        ui.table(queries.claims_summary(detail.get("claims"), zone=ui.zone()), key="claims")
+        st.caption(f"Every stored field (times in {ui.zone_name()})")
+        st.json(ui.shown_fields(detail), expanded=True)

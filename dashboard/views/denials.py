@@ -88,7 +88,7 @@ ui.bar_chart(
     x="time",
     y="events",
     color="reason",
-    title=f"Rejections per {step}",
+    title=f"Rejected tokens per {step} by reason: a burst of one reason is the fix to make first",
     time_unit="time",
 )
 ui.table(

@@ -87,7 +87,7 @@ ui.bar_chart(
     x="time",
     y="events",
     color="outcome",
-    title=f"Events per {step}, by outcome",
+    title=f"Events per {step} by outcome: a spike or a gap is worth a look",
     time_unit="time",
     palette=ui.OUTCOME_COLORS,
 )

@@ -95,8 +95,10 @@ rows = []
 for name in ("iat", "nbf", "exp"):
     t = times.get(name)
     if t:
-        rows.append({"claim": name, "epoch": str(t["epoch"]), "UTC": t["utc"] or "out of range",
-                     "relative": t["relative"]})
+        row = {"claim": name, "epoch": str(t["epoch"]), "UTC": t["utc"] or "out of range"}
+        if ui.zone_name() != "UTC":  # the token's own clock is UTC; the chosen zone beside it
+            row[ui.zone_name()] = ui.fmt_epoch(t["epoch"]) if t["utc"] else "out of range"
+        rows.append({**row, "relative": t["relative"]})
 st.subheader("Times")
 ui.table(rows, key="token_times")
 facts = []
@@ -106,6 +108,9 @@ for label, key in (("age (s)", "age_seconds"), ("expires in (s)", "expires_in_se
         facts.append({"what": label, "value": str(times[key])})
 if report.get("now"):
     facts.append({"what": "checked at (UTC)", "value": str(report["now"].get("utc"))})
+    if ui.zone_name() != "UTC":
+        facts.append({"what": f"checked at ({ui.zone_name()})",
+                      "value": ui.fmt_epoch(report["now"].get("epoch"))})
 if report.get("fingerprint"):
     facts.append({"what": "fingerprint", "value": report["fingerprint"]})
 ui.table(facts, key="token_facts")
