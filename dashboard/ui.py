@@ -3,8 +3,8 @@
 Logged values are attacker-controlled (paths, account ids, tenant URLs, claims), so they
 are only ever shown through elements that render text as text: ``st.dataframe``,
 ``st.text``, ``st.code`` and ``st.json``. They never go into Markdown (which would turn
-``![x](http://...)`` into an image request), into widget labels, or anywhere near
-``unsafe_allow_html``.
+``![x](http://...)`` into an image request), into a widget label unless escaped by
+:func:`md_escape` (the filter chips), or anywhere near ``unsafe_allow_html``.
 """
 
 from __future__ import annotations
