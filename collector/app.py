@@ -144,7 +144,7 @@ class ConnectAudit:
         self.store = Store.open(config.database_url(database), durability=durability)
         try:
             self.registry = InstallRegistry(self.store)
-            self.replay = StoreReplayGuard(self.store)
+            self.replay = StoreReplayGuard(self.store, clock=clock)
             self.verifier = TokenVerifier(
                 self.registry, keys=keys, replay=self.replay, clock=clock,
                 policy=VerifyPolicy(leeway=leeway, max_lifetime=max_token_lifetime),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -31,8 +32,10 @@ PURGE_INTERVAL = 300.0
 class StoreReplayGuard:
     """``first_use(iss, token_hash, expires_at)``: True the first time, False for a replay."""
 
-    def __init__(self, store: Store, *, purge_interval: float = PURGE_INTERVAL) -> None:
+    def __init__(self, store: Store, *, purge_interval: float = PURGE_INTERVAL,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.clock = clock  # the verifier's clock: a key lives as long as the verifier honours its token
         self.purge_interval = purge_interval
         self._next_purge = 0.0
         self._lock = threading.Lock()
@@ -54,7 +57,7 @@ class StoreReplayGuard:
         """Atomically remember ``(iss, token_hash)``; False if it was already used and unexpired."""
         if expires_at.tzinfo is None:
             raise ValueError("expires_at must be timezone-aware (UTC)")
-        now = datetime.now(UTC)
+        now = datetime.fromtimestamp(self.clock(), UTC)
         params = {"iss": iss, "token_hash": token_hash, "expires_at": expires_at, "now": now}
         with self.store.transaction() as conn:
             inserted = conn.execute(self._stmt, params).first() is not None
@@ -63,7 +66,7 @@ class StoreReplayGuard:
 
     def purge_expired(self, now: datetime | None = None) -> int:
         """Delete keys whose tokens have expired; returns how many."""
-        now = now or datetime.now(UTC)
+        now = now or datetime.fromtimestamp(self.clock(), UTC)
         with self.store.transaction() as conn:
             return conn.execute(sa.delete(KEYS).where(KEYS.c.expires_at < now)).rowcount
 

@@ -96,3 +96,15 @@ def test_racing_processes_let_exactly_one_through_per_token(database_url, tmp_pa
     wins = [int(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sum(wins) == 40  # each of the 40 tokens was accepted by exactly one process
+
+
+def test_the_guard_keeps_the_verifiers_time_not_the_wall_clock(store):
+    # Under a simulated clock a month back (the demo), a token still inside its lifetime by
+    # that clock is remembered: a replay of it is caught, though its expiry is long past by
+    # the wall clock.
+    month_ago = datetime.now(UTC) - timedelta(days=30)
+    guard = StoreReplayGuard(store, purge_interval=0, clock=lambda: month_ago.timestamp())
+    expires = month_ago + timedelta(minutes=3)
+    assert guard.first_use("ck-1", "g" * 64, expires) is True
+    assert guard.first_use("ck-1", "g" * 64, expires) is False
+    assert count(store, "replay_keys") == 1

@@ -40,6 +40,8 @@ SYSTEM_TOKEN_TTL = 2 * 3600
 USER_TOKEN_TTL = 4 * 3600
 MAX_ATTEMPTS = 4  # Forge's remote contract: events and triggers are tried up to 4 times
 SCOPE_MESSAGE = "Unauthorized; scope does not match"
+#: Where a remote calls product APIs with Forge's tokens (the invocation's ``apiBaseUrl``).
+FORGE_API = "https://api.atlassian.com"
 
 #: Ways the simulated Forge can get an invocation wrong, each one rejection code.
 FORGE_MISBEHAVIOURS = {
@@ -111,10 +113,11 @@ class ForgeHost:
         return f"{self.sim.url}/.well-known/jwks.json"
 
     def api_base_url(self, tenant: Tenant) -> str:
-        return f"{self.sim.url}/ex/confluence/{tenant.cloud_id}"
+        origin = FORGE_API if self.sim.public_hosts else self.sim.url
+        return f"{origin}/ex/confluence/{tenant.cloud_id}"
 
     def site_url(self, tenant: Tenant) -> str:
-        return f"{tenant.host_url}/t/{tenant.name}"
+        return tenant.site_url
 
     def deploy(self, manifest: Mapping[str, Any], app_base_url: str) -> ForgeApp:
         """Read a manifest (``manifest.yml`` as a dict) whose remote is the app at ``app_base_url``."""

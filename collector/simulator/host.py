@@ -40,14 +40,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 
 from collector import signing
 from collector.errors import TokenRejected
 from collector.scopes import ScopeMap, normalise_scopes, satisfies
-from collector.simulator.forge import ForgeHost, forge_ids
+from collector.simulator.forge import FORGE_API, ForgeHost, forge_ids
 from collector.simulator.server import ServerThread
 from collector.simulator.site import HostError, Site, User
 from collector.tokens import InstallSecret, StaticInstalls, TokenVerifier
@@ -100,6 +100,7 @@ class TenantSpec:
     scopes: tuple[str, ...] | None = None
     hostile: bool = False
     client_key_prefix: str = ""
+    host: str = ""  # its name on atlassian.net with public hosts (default: ``name``)
 
 
 DEFAULT_TENANTS = (
@@ -111,6 +112,7 @@ DEFAULT_TENANTS = (
         "<script>alert('tenant')</script>\r\n=HYPERLINK(\"https://evil.example\")",
         hostile=True,
         client_key_prefix="=cmd|' /C calc'!A0+@-",
+        host="hostile-test-data",
     ),
 )
 
@@ -120,7 +122,7 @@ class Tenant:
     """One simulated site and the state of the app's install on it."""
 
     spec: TenantSpec
-    host_url: str
+    host_url: str  # the site's origin: the simulator's own, or https://<host>.atlassian.net
     site: Site
     client_key: str
     shared_secret: str = field(repr=False)
@@ -138,8 +140,14 @@ class Tenant:
         return self.spec.name
 
     @property
+    def site_url(self) -> str:
+        """The site's root: ``https://acme.atlassian.net``, or a path on the simulator's origin."""
+        public = self.host_url.startswith("https://")
+        return self.host_url if public else f"{self.host_url}/t/{self.spec.name}"
+
+    @property
     def base_url(self) -> str:
-        return f"{self.host_url}/t/{self.spec.name}/wiki"
+        return f"{self.site_url}/wiki"
 
     @property
     def active(self) -> bool:
@@ -180,18 +188,28 @@ class ConfluenceSimulator:
         seed: int = 0,
         clock: Callable[[], float] = time.time,
         port: int = 0,
+        public_hosts: bool = False,
+        plain_sites: bool = False,
     ) -> None:
         self.clock = clock
         self._server = ServerThread(self.wsgi, port=port)
         self.url = self._server.url
+        #: Sites at their Atlassian names (``https://acme.atlassian.net``), Forge's API at
+        #: ``https://api.atlassian.com`` and the authorization server at Atlassian's address,
+        #: reached through :meth:`transport` (the app's HTTP adapter), not through DNS.
+        self.public_hosts = public_hosts
+        #: Hostile content only on the hostile site; the others read like a real team's.
+        self.plain_sites = plain_sites
         self.kid = f"sim-{uuid.uuid4().hex}"
         self._private_key, self._public_pem = signing.rsa_key_pair()
         self.scope_map = ScopeMap.default()
         self.tenants: dict[str, Tenant] = {}
         for spec in tenants:
             installation_id, cloud_id = forge_ids()
+            origin = f"https://{spec.host or spec.name}.atlassian.net" if public_hosts else self.url
             self.tenants[spec.name] = Tenant(
-                spec=spec, host_url=self.url, site=Site(spec.name, seed=seed, hostile=spec.hostile),
+                spec=spec, host_url=origin,
+                site=Site(spec.name, seed=seed, hostile=spec.hostile, plain=plain_sites),
                 client_key=f"{spec.client_key_prefix}{uuid.uuid4()}",
                 shared_secret=secrets.token_urlsafe(32), oauth_client_id=uuid.uuid4().hex,
                 installation_id=installation_id, cloud_id=cloud_id,
@@ -230,7 +248,19 @@ class ConfluenceSimulator:
     @property
     def authorization_server(self) -> str:
         """Where the app exchanges bearer assertions: ``<url>/oauth2/token``."""
-        return self.url
+        return signing.DEFAULT_AUTHORIZATION_SERVER if self.public_hosts else self.url
+
+    def transport(self, **options: Any) -> requests.adapters.HTTPAdapter:
+        """A ``requests`` adapter that delivers the app's calls to public names (sites, Forge's
+        API, the authorization server) to this simulator; give it to ``ConnectAudit(http_adapter=)``."""
+        from collector.simulator.server import LoopbackTransport
+
+        routes = {urlsplit(t.host_url).netloc: f"{self.url}/t/{t.name}" for t in self.tenants.values()
+                  if self.public_hosts}
+        if self.public_hosts:
+            routes[urlsplit(signing.DEFAULT_AUTHORIZATION_SERVER).netloc] = self.url
+            routes[urlsplit(FORGE_API).netloc] = self.url
+        return LoopbackTransport(routes, **options)
 
     def tenant(self, name: str) -> Tenant:
         try:
@@ -301,17 +331,26 @@ class ConfluenceSimulator:
 
     # ------------------------------------------------------------------ lifecycle callbacks
 
-    def install(self, name: str, *, misbehave: str | None = None) -> requests.Response:
-        """Install the app on tenant ``name`` (a signed ``installed`` callback)."""
+    def install(self, name: str, *, misbehave: str | None = None,
+                granted: Iterable[str] | None = None) -> requests.Response:
+        """Install the app on tenant ``name`` (a signed ``installed`` callback); again on an
+        installed site, a reinstall (an app update). ``granted`` caps the scopes the site's
+        admin approved (default: the tenant's spec)."""
         tenant = self.tenant(name)
         app = self._app()
         if misbehave is None:
-            caps = tenant.spec.scopes
+            caps = tenant.spec.scopes if granted is None else tuple(granted)
             tenant.granted = tuple(s for s in app.scopes if caps is None or s in caps)
         response = self._lifecycle(tenant, "installed", misbehave=misbehave)
         if response.ok and misbehave is None:
             tenant.status = "installed"
         return response
+
+    def rotate_secret(self, name: str) -> None:
+        """Give the site a new shared secret, handed to the app by its next install callback."""
+        tenant = self.tenant(name)
+        self._remember(tenant.shared_secret)  # the old one must not reach the log either
+        tenant.shared_secret = secrets.token_urlsafe(32)
 
     def enable(self, name: str, *, misbehave: str | None = None) -> requests.Response:
         return self._transition(name, "enabled", misbehave)
@@ -594,7 +633,7 @@ class ConfluenceSimulator:
             raise _OAuthError(400, "invalid_grant", "unknown or inactive tenant (tnt)")
         try:
             claims = jwt.decode(
-                assertion, tenant.shared_secret, algorithms=["HS256"], audience=self.url,
+                assertion, tenant.shared_secret, algorithms=["HS256"], audience=self.authorization_server,
                 options={"require": ["iss", "sub", "tnt", "aud", "iat", "exp"], "verify_exp": False,
                          "verify_iat": False},
             )
@@ -661,7 +700,10 @@ class ConfluenceSimulator:
             raw = "/" + raw.split("://", 1)[1].partition("/")[2]
         target = raw.lstrip("/")
         try:
-            verifier.verify_request(token, method, f"{self.url}/{target}")
+            # The app signed the URL it called (the site's public name); the request reached the
+            # simulator's route for the site, /t/<name>/..., on loopback.
+            site_relative = target.removeprefix(f"t/{tenant.name}/")
+            verifier.verify_request(token, method, f"{tenant.site_url}/{site_relative}")
         except TokenRejected as exc:
             raise HostError(401, f"JWT authentication failed: {exc.code}") from None
 

@@ -32,7 +32,10 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
+
+from requests import PreparedRequest, Response
+from requests.adapters import HTTPAdapter
 
 from collector.tokens import redact_jwt_params
 
@@ -248,3 +251,32 @@ class ServerThread:
 
     def __repr__(self) -> str:
         return f"ServerThread({self.url})"
+
+
+class LoopbackTransport(HTTPAdapter):
+    """A ``requests`` adapter that delivers calls to public names on loopback servers.
+
+    ``routes`` maps a host (``acme.atlassian.net``) to the URL prefix that serves it
+    (``http://127.0.0.1:PORT/t/acme``): a call to ``https://acme.atlassian.net/wiki/rest/api/space``
+    is sent to ``http://127.0.0.1:PORT/t/acme/wiki/rest/api/space``, and any other host goes out
+    unchanged. The request the caller built (its URL, what its JWT signed) is what the response
+    reports, so the app sees the site's public name end to end, and no ``/etc/hosts`` entry or
+    DNS is needed.
+    """
+
+    def __init__(self, routes: dict[str, str], **options) -> None:
+        options.setdefault("pool_connections", 16)
+        options.setdefault("pool_maxsize", 64)
+        super().__init__(**options)
+        self.routes = {host.lower(): prefix.rstrip("/") for host, prefix in routes.items()}
+
+    def send(self, request: PreparedRequest, **kwargs) -> Response:
+        parts = urlsplit(request.url or "")
+        prefix = self.routes.get(parts.netloc.lower())
+        if prefix is None:
+            return super().send(request, **kwargs)
+        delivered = request.copy()
+        delivered.url = prefix + (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        response = super().send(delivered, **kwargs)
+        response.request, response.url = request, request.url
+        return response

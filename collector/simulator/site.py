@@ -42,6 +42,13 @@ PLAIN_TITLES = (
 )
 
 
+#: The rest of a demo site's team beyond Alice, Bob and Carol: (display name, write or read).
+STAFF = (
+    ("Dana Okafor", WRITE), ("Erik Lindqvist", WRITE), ("Fatima Haddad", READ), ("Grace Liu", WRITE),
+    ("Hiro Tanaka", READ), ("Ines Moreau", WRITE), ("Jonas Weber", READ),
+)
+
+
 class HostError(Exception):
     """A REST error the simulated product answers with (status and Confluence-style message)."""
 
@@ -111,7 +118,10 @@ class Page:
 class Site:
     """The content and people of one site, guarded by one lock (the host serves threads)."""
 
-    def __init__(self, name: str, *, seed: int = 0, hostile: bool = False) -> None:
+    def __init__(self, name: str, *, seed: int = 0, hostile: bool = False, plain: bool = False) -> None:
+        """``hostile`` fills the directory with hostile people and names; ``plain`` (a site that
+        is not hostile, in a demo) keeps hostile titles out of its content and gives it a
+        fuller staff, as a real team's site has."""
         self.name = name
         self._lock = threading.Lock()
         self._ids = itertools.count(65_537 + 1000 * (seed % 97))
@@ -122,7 +132,7 @@ class Site:
             permissions={"DEV": {READ, WRITE}, "MKT": {READ}},
         )
         self.users: dict[str, User] = {}
-        for user in self._people(rng, hostile):
+        for user in self._people(rng, hostile, staff=plain and not hostile):
             self.users[user.account_id] = user
         self.users[self.app_user.account_id] = self.app_user
         admin = next(iter(self.users))
@@ -133,14 +143,14 @@ class Site:
         }
         self.pages: dict[str, Page] = {}
         start = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
-        titles = list(PLAIN_TITLES) + list(HOSTILE_TITLES)
+        titles = list(PLAIN_TITLES) + ([] if plain and not hostile else list(HOSTILE_TITLES))
         rng.shuffle(titles)
         for i, title in enumerate(titles):
             space = ("DEV", "MKT", "HR")[i % 3]
             self._add(space, title, f"<p>{title}</p>", admin, created=start + timedelta(hours=7 * i))
 
     @staticmethod
-    def _people(rng: random.Random, hostile: bool) -> list[User]:
+    def _people(rng: random.Random, hostile: bool, *, staff: bool = False) -> list[User]:
         def account() -> str:
             return f"{rng.getrandbits(96):024x}"
 
@@ -155,6 +165,12 @@ class Site:
             people.append(User('=HYPERLINK("https://evil.example","x")', "Mallory <script>alert(1)</script>",
                                "mallory@evil.example", {"DEV": {READ}}))
             people.append(User("-1+1|cmd", "Eve\r\nX-Injected: 1", "eve@evil.example", {"*": {READ}}))
+        if staff:
+            writers, readers = {"DEV": {READ, WRITE}, "MKT": {READ, WRITE}}, {"DEV": {READ}, "MKT": {READ}}
+            for name, rights in STAFF:
+                login = name.split()[0].lower()
+                people.append(User(account(), name, f"{login}@example.test",
+                                   {k: set(v) for k, v in (writers if rights == WRITE else readers).items()}))
         return people
 
     def _add(self, space: str, title: str, body: str, creator: str, *,
@@ -230,6 +246,14 @@ class Site:
         self._page(page_id, user, DELETE)
         with self._lock:
             self.pages.pop(page_id, None)
+
+    def restrict(self, space_key: str, *, keep: tuple[str, ...] = ()) -> None:
+        """Restrict a space to the account ids in ``keep``: everyone else (the app's user too)
+        loses every permission there, as when a space admin locks a space down."""
+        with self._lock:
+            for user in self.users.values():
+                if user.account_id not in keep:
+                    user.permissions[space_key] = set()
 
     def search(self, user: User, cql: str, *, limit: int = 25) -> list[Page]:
         predicate = parse_cql(cql)

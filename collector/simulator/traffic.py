@@ -28,10 +28,11 @@ import requests
 
 from collector.simulator.forge import FORGE_MISBEHAVIOURS
 from collector.simulator.host import LIFECYCLE_MISBEHAVIOURS, MISBEHAVIOURS, ConfluenceSimulator
-from collector.simulator.site import HOSTILE_TITLES
+from collector.simulator.site import HOSTILE_TITLES, PLAIN_TITLES
 
 SEARCH_TERMS = ("plan", "notes", "release", "runbook", '"; DROP TABLE pages; --', "=cmd|' /C calc'!A0",
                 "<script>alert(1)</script>", "report\r\nX-Injected: 1", "@SUM(1)", "")
+PLAIN_TERMS = SEARCH_TERMS[:4]
 TENANT_WEIGHTS = {"acme": 45, "globex": 20, "initech": 15, "umbrella": 20}
 
 
@@ -125,6 +126,10 @@ class _Runner:
         pages = list(self.sim.tenant(action.tenant).site.pages)
         return pages[action.choice % len(pages)]
 
+    def _plain(self, name: str) -> bool:
+        """A site whose content is a real team's (the demo's), not hostile test data."""
+        return self.sim.plain_sites and not self.sim.tenant(name).spec.hostile
+
     def _page_load(self, a: Action):
         return self.sim.page_load(a.tenant, user=self._user(a))
 
@@ -135,11 +140,15 @@ class _Runner:
         return self.sim.context_call(a.tenant, "GET", "/api/me", user=self._user(a))
 
     def _search(self, a: Action):
-        params = {"q": a.arg or ""}
+        term = a.arg or ""
+        if self._plain(a.tenant) and term not in PLAIN_TERMS:
+            term = PLAIN_TERMS[a.choice % len(PLAIN_TERMS)]
+        params = {"q": term}
         return self.sim.context_call(a.tenant, "GET", "/api/search", user=self._user(a), params=params)
 
     def _create_page(self, a: Action):
-        title = HOSTILE_TITLES[a.choice % len(HOSTILE_TITLES)] + f" #{a.choice % 10_000}"
+        titles = PLAIN_TITLES if self._plain(a.tenant) else HOSTILE_TITLES
+        title = titles[a.choice % len(titles)] + f" #{a.choice % 10_000}"
         space = ("DEV", "DEV", "MKT", "HR")[a.choice % 4]
         return self.sim.context_call(a.tenant, "POST", "/api/pages", user=self._user(a),
                                      json_body={"title": title, "space": space, "body": f"<p>{title}</p>"})
