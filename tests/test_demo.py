@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -40,32 +41,60 @@ def test_the_traffic_mix_is_reproducible_from_its_seed():
             "forge_event", "forge_schedule", "forge_bad_token"} == set(kinds)
 
 
+def ts_of(row: dict) -> datetime:
+    value = row["ts"]
+    value = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 @pytest.mark.slow
-def test_demo_records_a_realistic_mix_with_an_intact_chain(sqlite_url, capsys):
-    assert main(["demo", "--database", sqlite_url, "--events", "150", "--seed", "11"]) == 0
+def test_demo_records_a_month_with_its_incidents_and_an_intact_chain(sqlite_url, capsys):
+    assert main(["demo", "--database", sqlite_url, "--events", "900", "--seed", "11"]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("Recorded ") and "from 150 requests" in out and "(seed 11)" in out
-    assert "100.0% 150/150 requests" in err
+    assert out.startswith("Recorded ") and "from 900 requests" in out and "(seed 11)" in out
+    assert "100.0% 900/900 requests" in err
     rows = event_rows(sqlite_url)
     assert {r["direction"] for r in rows} == {"incoming", "outgoing", "lifecycle"}
     assert {"allowed", "denied", "rejected"} <= {r["outcome"] for r in rows}
     reasons = {r["reason"] for r in rows}
-    assert {"scope", "permission", "inactive_install"} <= reasons
+    assert {"scope", "permission", "inactive_install", "expired", "not_yet_valid"} <= reasons
     assert len(reasons - {None, "scope", "permission"}) >= 8  # many kinds of refused token
     methods = {r["auth_method"] for r in rows}
     assert methods >= {"app_jwt", "context_jwt", "user_bearer", "lifecycle_jwt", "none"}
     assert len({r["tenant_client_key"] for r in rows} - {None}) == 4
-    assert any(r["event_type"] == "uninstalled" for r in rows)
-    # Connect-on-Forge: Forge traffic in the same log, and globex's move mid-demo
+    # Sites by their Atlassian names; hostile data on the one site named for it
+    sites = {r["tenant_base_url"] for r in rows} - {None}
+    hosts = ("acme", "globex", "initech", "hostile-test-data")
+    assert sites == {f"https://{h}.atlassian.net/wiki" for h in hosts}
+    hostile = {r["account_id"] for r in rows if r["account_id"] and r["account_id"][0] in "=+-@"}
+    hostile_sites = {r["tenant_base_url"] for r in rows if r["account_id"] in hostile} - {None}
+    assert hostile and hostile_sites == {"https://hostile-test-data.atlassian.net/wiki"}
+    # A month: events on at least 25 distinct days over 30, quieter at weekends
+    days = Counter(ts_of(r).date() for r in rows)
+    span = max(days) - min(days)
+    assert span >= timedelta(days=27) and len(days) >= 25
+    weekday = [n for d, n in days.items() if d.weekday() < 5]
+    weekend = [n for d, n in days.items() if d.weekday() >= 5]
+    assert sum(weekend) / len(weekend) < 0.5 * sum(weekday) / len(weekday)
+    # The incidents, on the days the summary names
+    by_day = lambda reason: Counter(ts_of(r).date() for r in rows if r["reason"] == reason)  # noqa: E731
+    storm_day = by_day("expired").most_common(1)[0]
+    assert storm_day[1] >= 20 and storm_day[0].strftime("%a %d %b") in out
+    assert "stale tabs send a storm of expired tokens" in out
+    skew_day = by_day("not_yet_valid").most_common(1)[0][0]
+    skew_line = next(line for line in out.splitlines() if "clock runs 7 minutes slow" in line)
+    assert skew_line.lstrip().startswith(skew_day.strftime("%a %d %b"))
+    lifecycle = [r for r in rows if r["direction"] == "lifecycle"]
+    assert len({ts_of(r).date() for r in lifecycle if r["event_type"] == "installed"}) >= 4
+    assert any(r["event_type"] == "uninstalled" for r in lifecycle)
+    # Connect-on-Forge: Forge traffic in the same log, and globex's move mid-month
     forge = [r for r in rows if r["platform"] == "forge"]
     assert {r["auth_method"] for r in forge} >= {"forge_invocation", "forge_system", "forge_user"}
     assert {"scope", "permission"} <= {r["reason"] for r in forge}
-    assert any(r["outcome"] == "rejected" for r in forge)
     assert "By platform:" in out and f"forge      {len(forge):>7,}" in out
     moved = [r for r in forge if r["direction"] == "lifecycle"]
-    assert len({r["tenant_client_key"] for r in moved}) == 2  # acme from the start, globex mid-demo
-    assert any((r["account_id"] or "")[:1] in "=+-@" for r in rows)  # hostile identities reached the log
-    assert len(rows) > 150 and f"Recorded {len(rows):,} events" in out
+    assert len({r["tenant_client_key"] for r in moved}) == 2  # acme from its install, globex mid-month
+    assert len(rows) > 900 and f"Recorded {len(rows):,} events" in out
     with Store.open(sqlite_url, create=False) as store:
         assert chain.verify(store).ok
 
@@ -111,6 +140,6 @@ def test_two_demos_at_once_share_one_store(database_url):
     rows = event_rows(database_url)
     instances = Counter(r["instance_id"] for r in rows)
     assert len(instances) == 2 and all(n > 60 for n in instances.values())
-    assert len({r["tenant_base_url"] for r in rows} - {None}) == 8  # each demo has its own sites
+    assert len({r["tenant_client_key"] for r in rows} - {None}) == 8  # each demo has its own installs
     with Store.open(database_url, create=False) as store:
         assert chain.verify(store).ok

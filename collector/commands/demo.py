@@ -1,16 +1,17 @@
-"""``connect-audit demo``: run the example app against the simulated Confluence, for real.
+"""``connect-audit demo``: a month of an app's life against the simulated Confluence, for real.
 
 Starts the Confluence host simulator and the Flask example app on ephemeral loopback ports
-(so several demos run at once, against different stores or the same one), lets the host
-install the app on its sites with signed lifecycle callbacks, then drives a realistic mix
-of requests over HTTP (page loads, webhooks, context-token calls; the app calling
-Confluence as its app user and as users; scope and permission 403s; every way a token is
-refused; hostile data; a site that uninstalls). The app is also a Connect-on-Forge app: one
-site runs it on Forge from the start, one moves from Connect to Forge part-way, and their
-Forge invocations (resolvers, product events and retried deliveries, scheduled triggers,
-refused invocation tokens) and asApp/asUser calls are recorded in the same log. Every event
-is recorded by the collector exactly as in production, into ``--database``. Progress goes to
-stderr, a summary to stdout.
+(so several demos run at once, against different stores or the same one), and plays the last
+``--days`` days (default 30) under a simulated clock shared by the simulator and the
+collector (:mod:`collector.simulator.month`): sites install on different days and use the app
+in their working hours, with quiet nights and weekends; the app calls Confluence as its app
+user and as users; and the month has its incidents (a scope missing after an update, a
+space locked down, the app server's clock running slow, a storm of expired tokens) and its
+lifecycle changes (a disable and re-enable, a move to Forge, a reinstall with a new secret,
+an uninstall). Sites have their Atlassian names (``acme.atlassian.net``), delivered to the
+loopback simulator by the app's HTTP transport; hostile content lives on one site named as
+such (``hostile-test-data.atlassian.net``). Every event is recorded by the collector exactly
+as in production, into ``--database``. Progress goes to stderr, a summary to stdout.
 
 ``--if-empty`` makes it a no-op on a store that already has events: ``make run`` seeds the
 embedded default this way before starting the dashboard.
@@ -23,40 +24,50 @@ import sys
 
 from collector.commands import add_database_option
 
-DEFAULT_EVENTS = 600
-#: The site that runs the app on Forge from the start; traffic's ``move`` site switches mid-demo.
+DEFAULT_EVENTS = 3000
+DEFAULT_DAYS = 30
+#: The site that runs the app on Forge from its install; the month's ``move`` site follows.
 FORGE_FROM_START = "acme"
 
 
-def _count(text: str) -> int:
+def _count(text: str, low: int = 1, high: int = 1_000_000, what: str = "") -> int:
     try:
         value = int(text.replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"{text!r} must be between 1 and 1000000")
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between {low} and {high}{what}")
     return value
+
+
+def _days(text: str) -> int:
+    return _count(text, 1, 365, " days")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "demo",
-        help="run the example app against a simulated Confluence and record the traffic",
+        help="play a month of the example app against a simulated Confluence and record it",
         description=(
-            "Start a simulated Confluence Cloud and the Flask example app on loopback, install the "
-            "app (Connect, and on Forge for some sites, one of which moves mid-demo), drive N "
-            "realistic requests over HTTP (including 403s, refused tokens and hostile data) and "
-            "record every call in the audit store."
+            "Start a simulated Confluence Cloud and the Flask example app on loopback and play the "
+            "last DAYS days under a simulated clock: sites install on different days and work in "
+            "their office hours; the month has its incidents (a missing scope after an update, a "
+            "locked space, a slow server clock, an expired-token storm) and lifecycle changes "
+            "(a disable, a move to Forge, a reinstall with a new secret, an uninstall). Every "
+            "call is recorded in the audit store by the real collector."
         ),
     )
     add_database_option(parser)
     parser.add_argument("--events", metavar="N", type=_count, default=DEFAULT_EVENTS,
                         help=f"how many requests the host sends the app (default {DEFAULT_EVENTS}); "
-                             "the app's own calls to Confluence come on top")
+                             "the app's own calls to Confluence and the lifecycle callbacks come on top")
+    parser.add_argument("--days", metavar="DAYS", type=_days, default=DEFAULT_DAYS,
+                        help=f"how many days of history, ending now (default {DEFAULT_DAYS}); "
+                             "a shorter story keeps the incidents that fit")
     parser.add_argument("--if-empty", action="store_true",
                         help="do nothing if the store already holds events")
     parser.add_argument("--seed", metavar="S", type=int, default=None,
-                        help="random seed of the traffic mix (default: a new one each run)")
+                        help="random seed of the month (default: a new one each run)")
     parser.set_defaults(func=run)
 
 
@@ -78,18 +89,23 @@ def run(args: argparse.Namespace) -> int:
 
     from collector.simulator import ConfluenceSimulator, ServerThread
     from collector.simulator.examples import load_example
-    from collector.simulator.traffic import drive, plan
+    from collector.simulator.month import TENANTS, SimulatedClock, SkewedClock, play, timeline
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    story = timeline(args.events, seed, days=args.days)
+    clock = SimulatedClock(story.start)
+    app_clock = SkewedClock(clock)  # the app's server: its clock runs slow for one morning
     flask_example = load_example("flask")
     instance_id = f"demo-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
-    with ConfluenceSimulator(seed=seed) as sim, database_errors("the demo"):
+    with ConfluenceSimulator(tenants=TENANTS, seed=seed, clock=clock, public_hosts=True,
+                             plain_sites=True) as sim, \
+            database_errors("the demo"):
         server = ServerThread()
         app = flask_example.create_app(
             base_url=server.url, database=url, install_keys=sim.install_keys_url,
             authorization_server=sim.authorization_server, instance_id=instance_id, durability="normal",
-            forge_jwks=sim.forge.jwks_url,
+            forge_jwks=sim.forge.jwks_url, clock=app_clock, http_adapter=sim.transport(),
         )
         audit = app.extensions["connect_audit"]
         try:
@@ -97,23 +113,15 @@ def run(args: argparse.Namespace) -> int:
                 print(f"connect-audit demo: Confluence simulator at {sim.url}, example app at {server.url}, "
                       f"store {audit.store.url}", file=sys.stderr)
                 sim.connect(server.url)
-                for name in sim.tenants:
-                    response = sim.install(name)
-                    if response.status_code != 204:
-                        raise RuntimeError(f"installing on {name} failed with HTTP {response.status_code}")
                 sim.forge.deploy(flask_example.FORGE_MANIFEST, server.url)
-                response = sim.forge.install(FORGE_FROM_START)  # Connect-on-Forge from the start
-                if response.status_code != 200:
-                    raise RuntimeError(f"the Forge install on {FORGE_FROM_START} failed: "
-                                       f"HTTP {response.status_code}")
-                bar = ProgressBar("connect-audit demo", args.events, unit="requests")
-                drive(sim, plan(args.events, seed, list(sim.tenants)), progress=bar.update)
+                bar = ProgressBar("connect-audit demo", story.requests, unit="requests")
+                play(sim, story, clock, app_clock, forge_from_start=FORGE_FROM_START, progress=bar.update)
                 bar.finish()
             audit.flush()
             summary = _summary(audit.store, instance_id)
         finally:
             audit.close()
-    _print_summary(summary, args.events, time.monotonic() - started, audit.store.url, seed)
+    _print_summary(summary, story, sim, time.monotonic() - started, audit.store.url, seed)
     return 0
 
 
@@ -145,17 +153,42 @@ def _summary(store, instance_id: str) -> dict:
             "platforms": dict(by(AuditEvent.platform)),
             "forge_retries": conn.execute(sa.select(count).where(
                 mine, AuditEvent.platform == "forge", AuditEvent.event_type == "retry")).scalar_one(),
-            "tenants": sorted(by(AuditEvent.tenant_base_url, AuditEvent.tenant_base_url.is_not(None))),
+            "tenants": dict(by(AuditEvent.tenant_base_url, AuditEvent.tenant_base_url.is_not(None))),
             "reasons": by(AuditEvent.reason, AuditEvent.reason.is_not(None)),
         }
 
 
-def _print_summary(summary: dict, requests: int, seconds: float, store_url: str, seed: int) -> None:
+#: Where each of the month's incidents shows in the dashboard.
+WHERE = {
+    "install": "Installs", "toggle": "Installs, and Activity: inactive_install refusals",
+    "scope_gap": "Denials: scope 403s until the approval", "move": "Activity: platform forge",
+    "rotate": "Installs: a reinstall that changed the secret",
+    "restrict": "Denials: permission 403s in MKT", "uninstall": "Installs, and inactive_install refusals",
+    "skew": "Activity: not_yet_valid refusals and host 401s", "storm": "Activity: expired refusals",
+}
+
+
+def _print_summary(summary: dict, story, sim, seconds: float, store_url: str, seed: int) -> None:
+    from datetime import UTC, datetime
+
+    def day(at: float) -> str:
+        return datetime.fromtimestamp(at, UTC).strftime("%a %d %b %H:%M UTC")
+
+    def site(name: str) -> str:
+        return sim.tenant(name).site_url.split("://", 1)[-1]
+
     total = sum(summary["outcomes"].values())
     out = sys.stdout
-    out.write(f"Recorded {total:,} events from {requests:,} requests in {seconds:.1f} s "
-              f"into {store_url} (seed {seed}).\n\n")
-    out.write("By outcome:\n")
+    out.write(f"Recorded {total:,} events from {story.requests:,} requests in {seconds:.1f} s "
+              f"into {store_url} (seed {seed}).\n")
+    out.write(f"History: {day(story.start)} to {day(story.end)}.\n\n")
+    out.write("What to look at first (the month's incidents; every time is in the events):\n")
+    for at, incident in story.happened:
+        if incident.name == "install":
+            continue
+        out.write(f"  {day(at)}  {site(incident.site):<34} {incident.summary}\n")
+        out.write(f"  {'':<20}  {'':<34} -> {WHERE[incident.name]}\n")
+    out.write("\nBy outcome:\n")
     for outcome in ("allowed", "denied", "rejected", "error"):
         out.write(f"  {outcome:<10} {summary['outcomes'].get(outcome, 0):>7,}\n")
     out.write("By direction:\n")
@@ -169,7 +202,9 @@ def _print_summary(summary: dict, requests: int, seconds: float, store_url: str,
     out.write("Refusals and 403s by reason:\n")
     for reason, count in summary["reasons"]:
         out.write(f"  {reason:<24} {count:>7,}\n")
-    out.write("Tenants:\n")
-    for base_url, count in summary["tenants"]:
-        out.write(f"  {base_url:<48} {count:>7,}\n")
+    out.write("Sites:\n")
+    installed = {i.site: at for at, i in story.happened if i.name == "install"}
+    for name, at in installed.items():
+        count = summary["tenants"].get(sim.tenant(name).base_url, 0)
+        out.write(f"  {site(name):<34} {count:>7,} events, installed {day(at)}\n")
     out.write("\nBrowse them with: make run   (or: .venv/bin/python -m dashboard.serve)\n")

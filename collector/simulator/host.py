@@ -440,13 +440,15 @@ class ConfluenceSimulator:
     # ------------------------------------------------------------------ calls to the app
 
     def page_load(self, name: str, *, user: str | None = None, page: str | None = None,
-                  params: Mapping[str, str] | None = None, misbehave: str | None = None) -> requests.Response:
-        """Load a general page of the app in the tenant, as the browser iframe does (``?jwt=``)."""
+                  params: Mapping[str, str] | None = None, misbehave: str | None = None,
+                  space: str = "DEV") -> requests.Response:
+        """Load a general page of the app in the tenant, as the browser iframe does (``?jwt=``),
+        in the context of ``space``."""
         tenant = self.tenant(name)
         app = self._app()
         template = page or (app.pages[0] if app.pages else "/")
         path, _, query = template.partition("?")
-        context_params = {"space.key": "DEV", "page.id": next(iter(tenant.site.pages), "")}
+        context_params = {"space.key": space, "page.id": next(iter(tenant.site.pages), "")}
         query_params = [(k, _expand(v, context_params)) for k, v in _pairs(query)]
         query_params += [("xdm_e", tenant.host_url), ("xdm_c", "channel-" + app.key), ("cp", "/wiki"),
                          ("lic", "none"), ("cv", "1001.0.0")]

@@ -28,7 +28,7 @@ import requests
 
 from collector.simulator.forge import FORGE_MISBEHAVIOURS
 from collector.simulator.host import LIFECYCLE_MISBEHAVIOURS, MISBEHAVIOURS, ConfluenceSimulator
-from collector.simulator.site import HOSTILE_TITLES, PLAIN_TITLES
+from collector.simulator.site import HOSTILE_TITLES, PLAIN_TITLES, WRITE
 
 SEARCH_TERMS = ("plan", "notes", "release", "runbook", '"; DROP TABLE pages; --', "=cmd|' /C calc'!A0",
                 "<script>alert(1)</script>", "report\r\nX-Injected: 1", "@SUM(1)", "")
@@ -122,8 +122,20 @@ class _Runner:
         users = self.sim.tenant(action.tenant).users()
         return users[action.choice % len(users)].account_id
 
+    def _author(self, action: Action, space: str = "DEV") -> str:
+        """Who writes: on a real team's site, someone the space lets write (a reader has no edit
+        button); on a test site, anyone, so that every refusal is reachable."""
+        if not self._plain(action.tenant):
+            return self._user(action)
+        site = self.sim.tenant(action.tenant).site
+        writers = [u for u in site.human_users() if u.can(site.spaces[space], WRITE)] or site.human_users()
+        return writers[action.choice % len(writers)].account_id
+
     def _page_id(self, action: Action) -> str:
-        pages = list(self.sim.tenant(action.tenant).site.pages)
+        site = self.sim.tenant(action.tenant).site
+        pages = list(site.pages)
+        if self._plain(action.tenant):  # the team edits its open spaces, not the restricted one
+            pages = [p for p, page in site.pages.items() if page.space_key != "HR"] or pages
         return pages[action.choice % len(pages)]
 
     def _plain(self, name: str) -> bool:
@@ -131,6 +143,9 @@ class _Runner:
         return self.sim.plain_sites and not self.sim.tenant(name).spec.hostile
 
     def _page_load(self, a: Action):
+        if self._plain(a.tenant):  # a team's macros show pages of its open spaces
+            space = ("DEV", "DEV", "MKT")[a.choice % 3]
+            return self.sim.page_load(a.tenant, user=self._user(a), space=space)
         return self.sim.page_load(a.tenant, user=self._user(a))
 
     def _webhook(self, a: Action):
@@ -150,14 +165,17 @@ class _Runner:
         titles = PLAIN_TITLES if self._plain(a.tenant) else HOSTILE_TITLES
         title = titles[a.choice % len(titles)] + f" #{a.choice % 10_000}"
         space = ("DEV", "DEV", "MKT", "HR")[a.choice % 4]
-        return self.sim.context_call(a.tenant, "POST", "/api/pages", user=self._user(a),
+        if self._plain(a.tenant):
+            space = ("DEV", "DEV", "MKT")[a.choice % 3]
+        return self.sim.context_call(a.tenant, "POST", "/api/pages", user=self._author(a, space),
                                      json_body={"title": title, "space": space, "body": f"<p>{title}</p>"})
 
     def _update_page(self, a: Action):
         page_id = self._page_id(a)
         page = self.sim.tenant(a.tenant).site.pages.get(page_id)
         version = (page.version if page else 1) + (1 if a.choice % 5 else 3)  # now and then a stale edit
-        return self.sim.context_call(a.tenant, "PUT", f"/api/pages/{page_id}", user=self._user(a),
+        space = page.space_key if page else "DEV"
+        return self.sim.context_call(a.tenant, "PUT", f"/api/pages/{page_id}", user=self._author(a, space),
                                      json_body={"title": f"Edited {a.choice % 1000}", "version": version})
 
     def _delete_page(self, a: Action):
