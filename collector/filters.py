@@ -65,8 +65,10 @@ def _iso(value: datetime) -> str:
 class EventFilter:
     """Which events to read. Every field is optional; set fields are ANDed.
 
-    ``since`` is inclusive and ``until`` exclusive. ``tenant`` is a clientKey, or a baseUrl
-    when it starts with ``http``. ``status`` is a code (``403``) or a class (``4xx``).
+    ``since`` is inclusive and ``until`` exclusive. ``tenant`` is a clientKey, a baseUrl
+    when it starts with ``http``, or a site as a person names it (``acme.atlassian.net``: any
+    value with a dot, matched as that clientKey or as the site's https baseUrl, with or without
+    ``/wiki``). ``status`` is a code (``403``) or a class (``4xx``).
     ``path_contains`` and ``text`` are case-insensitive substrings; ``text`` searches the
     tenant, account, path, reason, detail, scope and the event and request ids.
     """
@@ -158,9 +160,7 @@ class EventFilter:
             if name in {"since", "until"}:
                 continue
             column = _ROLLUP_COLUMN.get(name)
-            if column is None or column not in dims or (
-                name == "tenant" and str(self.tenant).startswith("http")
-            ):
+            if column is None or column not in dims or (name == "tenant" and _names_site(self.tenant)):
                 out.add(name)
         return out
 
@@ -233,6 +233,11 @@ def _column_conditions(flt: EventFilter, c: Any) -> list[sa.ColumnElement[bool]]
     return conds
 
 
+def _names_site(tenant: str | None) -> bool:
+    """A tenant filter that may be a site's name or address (clientKeys are UUIDs: no dot)."""
+    return bool(tenant) and (tenant.startswith("http") or "." in tenant)
+
+
 def where_clause(flt: EventFilter, table: sa.Table = EVENTS) -> sa.ColumnElement[bool]:
     """The filter as one SQL condition over ``audit_events`` (``true`` when nothing is set)."""
     c = table.c
@@ -244,6 +249,10 @@ def where_clause(flt: EventFilter, table: sa.Table = EVENTS) -> sa.ColumnElement
     if flt.tenant:
         if flt.tenant.startswith("http"):
             conds.append(c.tenant_base_url == flt.tenant.rstrip("/"))
+        elif _names_site(flt.tenant):
+            site = flt.tenant.strip().rstrip("/")
+            urls = [f"https://{site}", f"https://{site}/wiki"]
+            conds.append(sa.or_(c.tenant_client_key == flt.tenant, c.tenant_base_url.in_(urls)))
         else:
             conds.append(c.tenant_client_key == flt.tenant)
     conds += _column_conditions(flt, c)

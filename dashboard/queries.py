@@ -121,14 +121,6 @@ def filter_options() -> dict[str, list[Any]]:
     return out
 
 
-def tenant_labels() -> dict[str, str]:
-    """clientKey -> a label with the site's baseUrl, for selects."""
-    labels = {}
-    for inst in installs():
-        labels[inst["client_key"]] = f"{inst['base_url']}  ({inst['client_key']})"
-    return labels
-
-
 def tenant_sites() -> dict[str, str]:
     """clientKey -> the site's baseUrl (installs only; logged tenants may be unknown)."""
     return {inst["client_key"]: inst["base_url"] for inst in installs()}

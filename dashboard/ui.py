@@ -13,6 +13,7 @@ import contextlib
 import functools
 import html
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any, NoReturn
@@ -508,8 +509,8 @@ def _drop_unselected(shown: tuple[str, ...]) -> None:
 @st.cache_data(ttl=30, show_spinner=False)
 def _cached_options(url: str) -> dict[str, list[Any]]:
     options = queries.filter_options()
-    options["tenant_labels"] = queries.tenant_labels()
     options["tenant_sites"] = queries.tenant_sites()
+    options["tenant_labels"] = tenant_labels(queries.installs())
     return options
 
 
@@ -702,6 +703,16 @@ def site(base_url: str | None) -> str:
     if not parts.hostname:
         return base_url
     return parts.netloc.rpartition("@")[2] + parts.path.rstrip("/").removesuffix("/wiki")
+
+
+def tenant_labels(installs: list[dict[str, Any]]) -> dict[str, str]:
+    """clientKey (or Forge installation) -> how a select shows it: the site and its product
+    (``acme.atlassian.net · Confluence``); the key's start is added only where two tenants share
+    a site (two installs of one site, two demos in one store)."""
+    named = {i["client_key"]: f"{site(i['base_url']) or i['client_key']} · {str(i['product'] or '').title()}"
+             for i in installs}
+    counts = Counter(named.values())
+    return {key: label if counts[label] == 1 else f"{label} ({key[:8]}…)" for key, label in named.items()}
 
 
 #: How a time column shows its times (moment.js tokens): to the second, as everywhere else.

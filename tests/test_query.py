@@ -92,6 +92,17 @@ def test_cursor_round_trip_and_garbage():
 # --------------------------------------------------------------------------- pages
 
 
+@pytest.mark.parametrize("tenant", ["alpha.atlassian.net", "alpha.atlassian.net/wiki",
+                                    "https://alpha.atlassian.net/wiki", "tenant-alpha"])
+def test_a_tenant_is_found_by_its_site_name_its_base_url_or_its_key(filled, tenant):
+    store, data = filled
+    flt = q.EventFilter(tenant=tenant)
+    found = [r["event_id"] for r in q.page(store, flt, limit=100_000).rows]
+    expected = [r.event_id for r in data.records if r.tenant_base_url == "https://alpha.atlassian.net/wiki"]
+    assert expected and sorted(found) == sorted(expected)
+    assert q.count(store, flt) == len(expected)  # the counts agree with the rows (rollups or not)
+
+
 def test_keyset_pages_cover_every_match_once_newest_first(filled):
     store, data = filled
     flt = q.EventFilter(tenant="tenant-alpha")

@@ -57,3 +57,18 @@ def test_markdown_in_a_label_is_escaped_to_plain_text():
 
     escaped = ui.md_escape("![x](http://evil.example/t.png) **b** :red[c] $x$\nnext")
     assert escaped == r"\!\[x\]\(http\:\/\/evil\.example\/t\.png\) \*\*b\*\* \:red\[c\] \$x\$ next"
+
+
+def test_a_tenant_is_labelled_by_its_site_and_product_and_a_shared_site_by_its_key_too():
+    from dashboard.ui import tenant_labels
+
+    def install(key: str, host: str) -> dict:
+        return {"client_key": key, "base_url": f"https://{host}/wiki", "product": "confluence"}
+
+    installs = [install("f409854c-bd75-4c1e", "acme.atlassian.net"),
+                install("0b7a2e11-9f3c-4d2a", "beta.atlassian.net"),
+                install("9d1c0a77-aa00-4bbb", "beta.atlassian.net")]
+    labels = tenant_labels(installs)
+    assert labels["f409854c-bd75-4c1e"] == "acme.atlassian.net · Confluence"
+    assert labels["0b7a2e11-9f3c-4d2a"] == "beta.atlassian.net · Confluence (0b7a2e11…)"
+    assert labels["9d1c0a77-aa00-4bbb"] == "beta.atlassian.net · Confluence (9d1c0a77…)"
