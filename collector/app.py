@@ -167,6 +167,7 @@ class ConnectAudit:
         self.http_adapter = http_adapter if http_adapter is not None else self._owned_adapter
 
         self.access_tokens = AccessTokenCache()
+        self._people = None
         self._tenants: dict[str, tuple[float, TenantInfo | None]] = {}
         self._tenant_lock = threading.Lock()
 
@@ -276,10 +277,23 @@ class ConnectAudit:
         """Wait until every event recorded so far is durable (tests, shutdown hooks)."""
         return self.recorder.flush(timeout)
 
+    @property
+    def people(self):
+        """The :class:`~collector.people.Directory` of the people this app acted as: their names,
+        learnt from the product as the app user (``audit.people.start()`` refreshes them in the
+        background; ``audit.people.refresh()`` once)."""
+        if self._people is None:
+            from collector.people import Directory
+
+            self._people = Directory(self)
+        return self._people
+
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Drain the recorder (nothing is dropped), then release the store."""
+        """Stop learning names, drain the recorder (nothing is dropped), then release the store."""
+        if self._people is not None:
+            self._people.stop()
         try:
             self.recorder.close()
         finally:

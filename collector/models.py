@@ -87,6 +87,21 @@ class ForgeInstallation(SQLModel, table=True):
     linked_at: datetime | None = _ts(default=None, nullable=True)
 
 
+class Person(SQLModel, table=True):
+    """A person the app acted as, by the name the product gives them (``displayName``), learnt
+    by :mod:`collector.people` through the product's user API as the app user. Names are the
+    product's data: shown as text, refreshed daily, never the key (the account id stays in the
+    log and the export)."""
+
+    __tablename__ = "people"
+
+    tenant_client_key: str = Field(primary_key=True)
+    account_id: str = Field(primary_key=True)
+    display_name: str | None = None  # None: the product does not know (or no longer shows) them
+    status: str = "known"  # known | unknown
+    fetched_at: datetime = _ts()
+
+
 class AuditEvent(SQLModel, table=True):
     """One recorded event; ``seq`` is its place in the hash chain."""
 

@@ -121,6 +121,14 @@ def filter_options() -> dict[str, list[Any]]:
     return out
 
 
+def people() -> dict[tuple[str, str], str]:
+    """(clientKey, account id) -> the display name the product gave (:mod:`collector.people`)."""
+    from collector.people import names
+
+    with store().engine.connect() as conn:
+        return names(conn)
+
+
 def tenant_sites() -> dict[str, str]:
     """clientKey -> the site's baseUrl (installs only; logged tenants may be unknown)."""
     return {inst["client_key"]: inst["base_url"] for inst in installs()}

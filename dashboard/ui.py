@@ -705,6 +705,26 @@ def site(base_url: str | None) -> str:
     return parts.netloc.rpartition("@")[2] + parts.path.rstrip("/").removesuffix("/wiki")
 
 
+def short_key(key: str | None) -> str:
+    """A long key (a clientKey, an account id) cut to its start, for tables: the whole key is in
+    the row detail and the export."""
+    if not key:
+        return ""
+    return key if len(key) <= 12 else f"{key[:8]}…"
+
+
+def tenant_name(key: str | None, sites: Mapping[str, str]) -> str:
+    """A tenant as a table shows it: its site's name, else (not installed here) its key's start."""
+    return site(sites.get(key or "")) or short_key(key)
+
+
+def person(tenant: str | None, account: str | None, people: Mapping[tuple[str, str], str]) -> str:
+    """An acting user as a table shows them: the name the product gives them, else their id's start."""
+    if not account:
+        return ""
+    return people.get((tenant or "", account)) or short_key(account)
+
+
 def tenant_labels(installs: list[dict[str, Any]]) -> dict[str, str]:
     """clientKey (or Forge installation) -> how a select shows it: the site and its product
     (``acme.atlassian.net · Confluence``); the key's start is added only where two tenants share

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -211,8 +212,9 @@ def test_overview_counts_match_the_store(hostile_url, monkeypatch):
     # The store also holds the exports that other tests made: count after opening.
     assert int(at.metric[0].value.replace(",", "")) <= expected
     assert int(at.metric[1].value) == 3  # two tenants and the hostile one
-    tenants = at.dataframe[0].value["tenant"].tolist()
-    assert "tenant-alpha" in tenants and HOSTILE_TENANT in tenants
+    table = at.dataframe[0].value
+    assert "tenant" not in table.columns  # a site by its name; the key is a click away
+    assert "alpha.atlassian.net" in table["site"].tolist()
 
 
 # --------------------------------------------------------------------------- hostile data
@@ -224,9 +226,9 @@ def test_activity_shows_hostile_values_verbatim_as_text(hostile_url, monkeypatch
     table = at.dataframe[-1].value
     # What happened first, the long identifiers last: path and status stay on screen.
     assert list(table.columns[:5]) == ["time (UTC)", "outcome", "status", "method", "path"]
-    assert list(table.columns[-2:]) == ["account", "tenant"]
-    assert HOSTILE_TENANT in table["tenant"].tolist()
-    assert HOSTILE_ACCOUNT in table["account"].tolist()
+    assert list(table.columns[-1:]) == ["person"]  # a name, or an id's start: the id is in the detail
+    assert f"{HOSTILE_ACCOUNT[:8]}…" in table["person"].tolist()
+    assert HOSTILE_ACCOUNT not in table["person"].tolist()
     assert HOSTILE_PATH in table["path"].tolist()
     assert "<script>" not in _markdown(at)
 
@@ -303,14 +305,41 @@ def test_who_acted_splits_app_user_and_users(hostile_url, monkeypatch):
     metrics = {m.label: int(m.value.replace(",", "")) for m in at.metric}
     assert metrics["As the app user"] > metrics["As a user"] > 0
     users = at.dataframe[-1].value
-    assert "5b10ac8d82e05b22cc7d0000" in users["account id"].tolist()
+    assert "5b10ac8d…" in users["account"].tolist() and "tenant" not in users.columns
+
+
+def test_people_are_shown_by_the_name_the_product_gave(hostile_url, monkeypatch):
+    import sqlalchemy as sa
+
+    from collector.models import Person
+
+    with Store.open(hostile_url) as store:
+        users = sa.text("SELECT tenant_client_key, account_id FROM audit_events WHERE identity_kind = 'user' "
+                        "AND account_id = '5b10ac8d82e05b22cc7d0000' LIMIT 1")
+        with store.engine.connect() as conn:
+            tenant, account = conn.execute(users).one()
+        with store.transaction() as conn:
+            conn.execute(sa.delete(Person.__table__))
+            conn.execute(sa.insert(Person.__table__), [{
+                "tenant_client_key": tenant, "account_id": account, "display_name": "Jane <b>Doe</b>",
+                "status": "known", "fetched_at": datetime.now(UTC)}])
+    try:
+        at = _signed_in(hostile_url, monkeypatch)
+        _open(at, "who_acted", range="all")
+        people = at.dataframe[-1].value
+        assert "Jane <b>Doe</b>" in people["person"].tolist()  # the product's data, as text
+        assert "<b>Doe</b>" not in _markdown(at)
+    finally:
+        with Store.open(hostile_url) as store, store.transaction() as conn:
+            conn.execute(sa.delete(Person.__table__))
 
 
 def test_installs_lists_tenants_without_secrets(hostile_url, monkeypatch):
     at = _signed_in(hostile_url, monkeypatch)
     _open(at, "installs")
     table = at.dataframe[0].value
-    assert sorted(table["tenant"]) == sorted(TENANTS)
+    assert sorted(table["tenant"]) == sorted(t if len(t) <= 12 else f"{t[:8]}…" for t in TENANTS)
+    assert "alpha.atlassian.net" in table["site"].tolist()
     assert set(table["status"]) == {"installed", "enabled"}
     assert SECRET_MARK not in table.to_csv()
 
@@ -692,13 +721,15 @@ def test_no_page_of_the_demo_shows_a_blank_as_none(demo_url, monkeypatch, page):
 
 
 @pytest.mark.parametrize("page", ["who_acted", "denials", "overview"])
-def test_tenants_are_shown_by_their_site_with_the_key_beside_it(hostile_url, monkeypatch, page):
+def test_tenants_are_shown_by_their_site_not_their_key(hostile_url, monkeypatch, page):
     at = _signed_in(hostile_url, monkeypatch)
     _open(at, page, range="30d")
-    framed = [f.value for f in at.dataframe if "site" in f.value.columns and "tenant" in f.value.columns]
+    framed = [f.value for f in at.dataframe if "site" in f.value.columns]
     assert framed, "no table shows a site"
     sites = {s for frame in framed for s in frame["site"]}
     assert "alpha.atlassian.net" in sites and not any(str(s).startswith("http") for s in sites)
+    shown = "".join(frame.to_csv() for frame in (f.value for f in at.dataframe))
+    assert "tenant-alpha" not in shown and HOSTILE_TENANT not in shown  # keys are in detail views
 
 
 # --------------------------------------------------------------------------- fit and finish

@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 0
 
+    from collector.people import Directory
     from collector.simulator import ConfluenceSimulator, ServerThread
     from collector.simulator.examples import load_example
     from collector.simulator.month import TENANTS, SimulatedClock, SkewedClock, play, timeline
@@ -115,7 +116,11 @@ def run(args: argparse.Namespace) -> int:
                 sim.connect(server.url)
                 sim.forge.deploy(flask_example.FORGE_MANIFEST, server.url)
                 bar = ProgressBar("connect-audit demo", story.requests, unit="requests")
-                play(sim, story, clock, app_clock, forge_from_start=FORGE_FROM_START, progress=bar.update)
+                # Each night the app learns the names of the people it acted as (collector.people);
+                # the simulator sets no rate limit, so the lookups need no pacing here.
+                people = Directory(audit, min_interval=0.0)
+                play(sim, story, clock, app_clock, forge_from_start=FORGE_FROM_START, progress=bar.update,
+                     nightly=people.refresh)
                 bar.finish()
             audit.flush()
             summary = _summary(audit.store, instance_id)

@@ -802,6 +802,26 @@ def _current_user(sim, tenant: Tenant, user: User, environ: dict, _path: str):
     return 200, user.as_json()
 
 
+def _user(sim, tenant: Tenant, user: User, environ: dict, _path: str):
+    account = _query(environ).get("accountId")
+    if not account:
+        raise HostError(400, "accountId is required")
+    found = tenant.site.user(account)
+    if found is None:
+        raise HostError(404, f"No user with accountId : {account}")
+    return 200, found.as_json()
+
+
+def _bulk_users(sim, tenant: Tenant, user: User, environ: dict, _path: str):
+    q = _query(environ)
+    ids = [a for a in (q.get("accountId") or "").split(",") if a]
+    if not ids:
+        raise HostError(400, "accountId is required")
+    limit = _int(q.get("limit"), 200, high=200)
+    found = [u.as_json() for a in ids[:limit] if (u := tenant.site.user(a)) is not None]
+    return 200, {"results": found, "start": 0, "limit": limit, "size": len(found)}
+
+
 _HANDLERS: dict[str, Callable] = {
     "getContent": _page_list,
     "createContent": _page_create,
@@ -812,6 +832,8 @@ _HANDLERS: dict[str, Callable] = {
     "getSpace": _space,
     "searchByCQL": _search,
     "getCurrentUser": _current_user,
+    "getUser": _user,
+    "getBulkUserLookup": _bulk_users,
 }
 
 

@@ -62,6 +62,8 @@ MIX = {
 SPACES = ("DEV",) * 5 + ("MKT",) * 3 + ("HR",)
 #: Share of the requests that are the scheduled trigger and the expired-token storm.
 SCHEDULE_SHARE, STORM_SHARE = 0.06, 0.04
+#: When the app's nightly jobs run (seconds after midnight UTC).
+NIGHTLY = 3 * HOUR
 #: The app server's clock error during the skew incident (seconds; slow).
 SKEW = -420
 
@@ -321,12 +323,20 @@ class _World:
 
 
 def play(sim: ConfluenceSimulator, story: Story, clock: SimulatedClock, app_clock: SkewedClock, *,
-         forge_from_start: str = "acme", progress: Callable[[int, int], None] | None = None) -> _Runner:
-    """Run the story in time order: set the clock to each step's time, then take the step."""
+         forge_from_start: str = "acme", progress: Callable[[int, int], None] | None = None,
+         nightly: Callable[[], object] | None = None) -> _Runner:
+    """Run the story in time order: set the clock to each step's time, then take the step.
+    ``nightly`` runs once a day, at the first step after 03:00 UTC (the app's daily jobs)."""
     runner = _Runner(sim)
     world = _World(sim, runner, app_clock, forge_from_start)
     total, done = story.requests, 0
+    last_night = int((story.start - NIGHTLY) // DAY)
     for step in story.steps:
+        night = int((step.at - NIGHTLY) // DAY)
+        if nightly is not None and night > last_night:
+            last_night = night
+            clock.set(night * DAY + NIGHTLY)
+            nightly()
         clock.set(step.at)
         if step.change is not None:
             world.apply(*step.change)

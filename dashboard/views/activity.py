@@ -38,6 +38,9 @@ with ui.guard():
              else queries.count_label(flt))
 st.caption(f"{total} matching events; page {len(cursors) + 1}, newest first.")
 
+with ui.guard():
+    sites, people = queries.tenant_sites(), queries.people()  # names for keys
+
 if facets is not None:
     names = {"outcome": "Outcome", "direction": "Direction", "identity_kind": "Acting as",
              "tenant_client_key": "Tenant", "reason": "Reason", "status": "Status",
@@ -46,7 +49,8 @@ if facets is not None:
     for i, (dim, label) in enumerate(names.items()):
         with cols[i % 4]:
             st.caption(label)
-            ui.table([{"value": ui.BLANK if v is None else str(v), "events": n}
+            shown = (lambda v: ui.tenant_name(v, sites)) if dim == "tenant_client_key" else str
+            ui.table([{"value": ui.BLANK if v is None else shown(v), "events": n}
                       for v, n in facets.get(dim, [])], key=f"facet_{dim}")
 
 rows = page.rows
@@ -62,22 +66,21 @@ event = ui.table(
             "path": r["path"],
             "acting as": r["identity_kind"],
             "reason": r["reason"],
-            "site": ui.site(r["tenant_base_url"]),
+            "site": ui.site(r["tenant_base_url"]) or ui.short_key(r["tenant_client_key"]),
             "scope": r["required_scope"],
             "platform": r["platform"],
             "auth": r["auth_method"],
             "direction": r["direction"],
             "latency ms": r["latency_ms"],
-            "account": r["account_id"],
-            "tenant": r["tenant_client_key"],
+            "person": ui.person(r["tenant_client_key"], r["account_id"], people),
         }
         for r in rows
     ],
     key="activity_table",
     select=True,
     height=420 if len(rows) > 10 else "auto",
-    column_config={name: st.column_config.TextColumn(name, width="small")
-                   for name in ("account", "tenant")},
+    column_config={"person": st.column_config.TextColumn(
+        "person", help="The name the product gives the acting user; the account id is in the detail")},
 )
 
 left, right, _ = st.columns([1, 1, 6])
@@ -104,9 +107,8 @@ if event_id:
             st.rerun()
         # The event as a person reads it, then the fields it was built from. Logged values are
         # in the sentence, so it is plain text (st.text), never Markdown.
-        with ui.guard():
-            sites = queries.tenant_sites()
-        st.text(ui.event_sentence(detail, sites))
+        key = detail.get("tenant_client_key") or ""
+        st.text(ui.event_sentence(detail, sites, lambda account: people.get((key, account))))
         fix = queries.FIXES.get(detail.get("reason") or "")
         if fix and detail.get("outcome") in ("denied", "rejected"):
             st.caption("What to do")

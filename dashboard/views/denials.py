@@ -34,8 +34,7 @@ st.caption(queries.FIXES["scope"])
 ui.table(
     [
         {
-            "site": ui.site(sites.get(r["tenant"])),
-            "tenant": r["tenant"],
+            "site": ui.tenant_name(r["tenant"], sites),
             "scope to add": r["scope"],
             "method": r["method"],
             "endpoint": r["path_template"],
@@ -50,8 +49,7 @@ st.caption(queries.FIXES["permission"])
 ui.table(
     [
         {
-            "site": ui.site(sites.get(r["tenant"])),
-            "tenant": r["tenant"],
+            "site": ui.tenant_name(r["tenant"], sites),
             "scope required": r["scope"],
             "method": r["method"],
             "endpoint": r["path_template"],
@@ -69,8 +67,7 @@ st.caption(
 ui.table(
     [
         {
-            "site": ui.site(sites.get(r["tenant"])),
-            "tenant": r["tenant"],
+            "site": ui.tenant_name(r["tenant"], sites),
             "method": r["method"],
             "endpoint": r["path_template"],
             "cause": queries.ANSWERED_CAUSES.get(r["reason"] or "", r["reason"]),

@@ -17,12 +17,12 @@ st.caption(f"{len(installs)} tenants. Select one to see its lifecycle and activi
 event = ui.table(
     [
         {
-            "base URL": i["base_url"],
+            "site": ui.site(i["base_url"]) or ui.short_key(i["client_key"]),
             "platform": i["platform"],
             "on Forge since": i["forge_since"],
             "status": i["status"],
-            "tenant": i["client_key"],
-            "Forge installation": i["forge_installation"],
+            "tenant": ui.short_key(i["client_key"]),
+            "Forge installation": ui.short_key(i["forge_installation"]),
             "product": i["product"],
             "declared scopes": i["declared_scopes"],
             "first seen": i["first_seen"],
@@ -32,8 +32,9 @@ event = ui.table(
     ],
     key="installs_table",
     select=True,
-    # The site, its platform and the date of the move first; the long keys narrow, after them.
-    column_config={name: st.column_config.TextColumn(name, width="small")
+    # The site, its platform and the date of the move first; the keys' starts narrow, after them
+    # (the whole keys are in the tenant's detail below).
+    column_config={name: st.column_config.TextColumn(name, width="small", help="Select: whole key")
                    for name in ("tenant", "Forge installation")},
 )
 picked = ui.selected_row(event)
@@ -42,7 +43,8 @@ if picked is None:
 
 chosen = installs[picked]
 st.subheader("Tenant")
-st.text(f"{chosen['base_url']}  ({chosen['client_key']})")
+st.text(f"{ui.site(chosen['base_url'])} ({str(chosen['product'] or '').title()})\n"
+        f"base URL {chosen['base_url']}\nclientKey {chosen['client_key']}")
 if chosen["description"]:
     st.text(chosen["description"])
 if chosen["forge_installation"] and chosen["platform"] != "forge":

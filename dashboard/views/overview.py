@@ -61,8 +61,7 @@ if changes:
         [
             {
                 "time": r["ts"],
-                "site": ui.site(sites.get(r["tenant_client_key"])),
-                "tenant": r["tenant_client_key"],
+                "site": ui.tenant_name(r["tenant_client_key"], sites),
                 "event": r["event_type"],
                 "outcome": r["outcome"],
                 "reason": r["reason"],
@@ -98,8 +97,7 @@ with left:
     ui.table(
         [
             {
-                "site": ui.site(sites.get(r["tenant_client_key"])),
-                "tenant": r["tenant_client_key"],
+                "site": ui.tenant_name(r["tenant_client_key"], sites),
                 "events": r["events"],
             }
             for r in data["top_tenants"]

@@ -7,7 +7,8 @@ from dashboard import queries, ui
 st.title("Who acted")
 flt = ui.filter_bar(("range", "tenant", "platform", "direction", "method"))
 with ui.guard():
-    sites = queries.tenant_sites()  # a site by its host name, the key beside it
+    sites = queries.tenant_sites()  # a site by its host name, a person by name
+    people = queries.people()
     data = queries.who_acted(flt)
 
 split = data["split"]
@@ -20,8 +21,7 @@ st.subheader("Per tenant and endpoint")
 ui.table(
     [
         {
-            "site": ui.site(sites.get(r["tenant"])),
-            "tenant": r["tenant"],
+            "site": ui.tenant_name(r["tenant"], sites),
             "method": r["method"],
             "endpoint": r["path_template"],
             "as app user": r["app_user"],
@@ -37,9 +37,9 @@ st.subheader("Users the app acted as (or that called it)")
 ui.table(
     [
         {
-            "site": ui.site(sites.get(r["tenant"])),
-            "tenant": r["tenant"],
-            "account id": r["account_id"],
+            "person": ui.person(r["tenant"], r["account_id"], people),
+            "site": ui.tenant_name(r["tenant"], sites),
+            "account": ui.short_key(r["account_id"]),
             "events": r["count"],
             "first seen": r["first_seen"],
             "last seen": r["last_seen"],
