@@ -200,6 +200,8 @@ class ConfluenceSimulator:
         self.public_hosts = public_hosts
         #: Hostile content only on the hostile site; the others read like a real team's.
         self.plain_sites = plain_sites
+        #: Sites whose user API answers 429 (Retry-After: 120), as a rate-limited site does.
+        self.throttled: set[str] = set()
         self.kid = f"sim-{uuid.uuid4().hex}"
         self._private_key, self._public_pem = signing.rsa_key_pair()
         self.scope_map = ScopeMap.default()
@@ -565,6 +567,7 @@ class ConfluenceSimulator:
         """The simulator's WSGI app: keys, the token endpoint, and each tenant's REST API."""
         path = environ.get("PATH_INFO", "/")
         method = environ.get("REQUEST_METHOD", "GET").upper()
+        extra: list[tuple[str, str]] = []
         try:
             if path == "/oauth2/token":
                 if method != "POST":
@@ -584,9 +587,10 @@ class ConfluenceSimulator:
             status, body = exc.status, {"error": exc.error, "error_description": exc.description}
         except HostError as exc:
             status, body = exc.status, {"statusCode": exc.status, "message": exc.message}
+            extra = list(exc.headers)
         payload = b"" if body is None else json.dumps(body).encode()
         start_response(f"{status} {_REASONS.get(status, 'Status')}",
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(payload))), *extra])
         return [payload]
 
     def _public_key(self, kid: str, start_response: Callable) -> Iterable[bytes]:
@@ -813,6 +817,8 @@ def _user(sim, tenant: Tenant, user: User, environ: dict, _path: str):
 
 
 def _bulk_users(sim, tenant: Tenant, user: User, environ: dict, _path: str):
+    if tenant.name in sim.throttled:
+        raise HostError(429, "Rate limit exceeded", headers=(("Retry-After", "120"),))
     q = _query(environ)
     ids = [a for a in (q.get("accountId") or "").split(",") if a]
     if not ids:
@@ -848,7 +854,7 @@ class _OAuthError(Exception):
 
 _REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 501: "Not Implemented",
-            503: "Service Unavailable"}
+            429: "Too Many Requests", 503: "Service Unavailable"}
 
 
 def _read_form(environ: dict) -> dict[str, str]:

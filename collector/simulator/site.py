@@ -52,10 +52,11 @@ STAFF = (
 class HostError(Exception):
     """A REST error the simulated product answers with (status and Confluence-style message)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, *, headers: tuple[tuple[str, str], ...] = ()):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers  # e.g. Retry-After on a 429
 
 
 @dataclass
