@@ -77,7 +77,7 @@ st.caption("Freshness")
 st.text(
     f"Newest event {ui.fmt_time(fresh['newest'])} ({ui.fmt_age(fresh['age_s'])} ago); "
     f"oldest kept {ui.fmt_time(fresh['oldest'])}; "
-    f"{fresh['unfolded']:,} events not yet in the rollups"
+    f"{fresh['unfolded']:,} event{'' if fresh['unfolded'] == 1 else 's'} not yet in the rollups"
 )
 
 step = ui.bucket_name(data["bucket_s"])
