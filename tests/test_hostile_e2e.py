@@ -177,7 +177,8 @@ def test_the_dashboard_shows_hostile_values_only_as_data(hostile_run, monkeypatc
         open_page("activity", range="all", event=event_id)
         if _assert_only_as_data(at, value, f"the detail of {event_id}"):
             seen[value].add("event detail")
-    missing = [value for value, pages in seen.items() if "event detail" not in pages or len(pages) < 2]
+    # Tables show a person by name, or by their id's start; the whole id is in the detail.
+    missing = [value for value, pages in seen.items() if "event detail" not in pages]
     assert not missing, f"hostile values the dashboard never showed: {missing} ({seen})"
     for value in CONTROL:  # the refused token's unverified claims, in the event's detail
         event_id = _rows(url, "SELECT event_id FROM audit_events WHERE outcome = 'rejected' "

@@ -95,7 +95,7 @@ INCIDENTS = (
     Incident("rotate", "umbrella", 10, 16.0, "reinstalls with a new shared secret"),
     Incident("restrict", "acme", 11, 9.5, "the MKT space is locked down: the app may no longer read it"),
     Incident("uninstall", "initech", 13, 14.0, "uninstalls the app; stale tabs call for a day"),
-    Incident("skew", "globex", 15, 9.0, "the app server's clock runs 7 minutes slow", hours=3),
+    Incident("skew", "acme", 15, 9.5, "the app server's clock runs 7 minutes slow", hours=3),
     Incident("storm", "acme", 17, 14.0, "stale tabs send a storm of expired tokens", hours=1),
 )
 
