@@ -1,7 +1,8 @@
 # ruff: noqa: S105, S603, S310 - a maintenance script: fixed commands, loopback only
 """Re-take the README's dashboard screenshots: ``python docs/screenshots/capture.py``.
 
-Fills a throw-away store with ``connect-audit generate`` (20,000 events, 30 days), serves it
+Fills a throw-away store with ``connect-audit demo`` (what ``make run`` shows: a month of the
+example app against the simulator, seed 5), serves it
 with ``streamlit run dashboard/app.py`` on a loopback port, signs in as admin in headless
 Chromium and saves one PNG per main page next to this file.
 """
@@ -88,8 +89,8 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/audit.db"
-        subprocess.run([sys.executable, "-m", "collector.cli", "generate", "--database", url,
-                        "--events", "20000"], check=True, cwd=ROOT)
+        subprocess.run([sys.executable, "-m", "collector.cli", "demo", "--database", url,
+                        "--seed", "5"], check=True, cwd=ROOT)
         token = _sample_token(url)
         port = _port()
         env = {**os.environ, "CONNECT_AUDIT_DATABASE_URL": url,
@@ -121,9 +122,8 @@ def main() -> int:
                     if title == "Token debugger":
                         _inspect(page, token)
                     if title in {"Overview", "Denials", "Who acted", "Activity"}:
-                        page.get_by_role("combobox").first.click()
-                        page.get_by_role("option", name="Last 7 days").click()
-                        page.wait_for_timeout(2000)
+                        page.goto(page.url.split("?")[0] + "?range=30d")  # the demo's month
+                        page.get_by_role("heading", name=title, exact=True).wait_for(timeout=60_000)
                     _settle(page)
                     page.wait_for_timeout(3000)  # charts draw after the script has finished
                     _check_no_error(page, title)
