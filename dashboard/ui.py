@@ -661,7 +661,7 @@ def _as_text(value: Any) -> str:
     if blank(value) is BLANK:
         return BLANK
     if isinstance(value, datetime):  # as the table shows a time column: to the second, in the zone
-        return to_zone(value).isoformat(sep=" ", timespec="seconds")
+        return f"{to_zone(value):%Y-%m-%d %H:%M:%S}"  # the header names the zone
     return str(value)
 
 
