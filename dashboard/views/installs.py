@@ -23,7 +23,7 @@ event = ui.table(
             "status": i["status"],
             "tenant": ui.short_key(i["client_key"]),
             "Forge installation": ui.short_key(i["forge_installation"]),
-            "product": i["product"],
+            "product": str(i["product"] or "").title(),
             "declared scopes": i["declared_scopes"],
             "first seen": i["first_seen"],
             "last seen": i["last_seen"],
