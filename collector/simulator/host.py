@@ -257,11 +257,11 @@ class ConfluenceSimulator:
         API, the authorization server) to this simulator; give it to ``ConnectAudit(http_adapter=)``."""
         from collector.simulator.server import LoopbackTransport
 
-        routes = {urlsplit(t.host_url).netloc: f"{self.url}/t/{t.name}" for t in self.tenants.values()
-                  if self.public_hosts}
-        if self.public_hosts:
-            routes[urlsplit(signing.DEFAULT_AUTHORIZATION_SERVER).netloc] = self.url
-            routes[urlsplit(FORGE_API).netloc] = self.url
+        routes: dict[str, str] = {}
+        if self.public_hosts:  # loopback sites are reached at their own address already
+            routes = {urlsplit(t.host_url).netloc: f"{self.url}/t/{t.name}" for t in self.tenants.values()}
+            for origin in (signing.DEFAULT_AUTHORIZATION_SERVER, FORGE_API):
+                routes[urlsplit(origin).netloc] = self.url
         return LoopbackTransport(routes, **options)
 
     def tenant(self, name: str) -> Tenant:

@@ -37,7 +37,7 @@ from collector.simulator.host import (
     MISBEHAVIOURS,
     ConfluenceSimulator,
 )
-from collector.simulator.traffic import SEARCH_TERMS, Action, _Runner
+from collector.simulator.traffic import SEARCH_TERMS, Action, Runner
 
 HOUR = 3600
 DAY = 24 * HOUR
@@ -274,7 +274,7 @@ def _user_action(rng: random.Random, site: str) -> Action:
 class _World:
     """Applies the story's changes to the simulator (and the app server's clock)."""
 
-    def __init__(self, sim: ConfluenceSimulator, runner: _Runner, app_clock: SkewedClock,
+    def __init__(self, sim: ConfluenceSimulator, runner: Runner, app_clock: SkewedClock,
                  forge_from_start: str) -> None:
         self.sim, self.runner, self.app_clock = sim, runner, app_clock
         self.forge_from_start = forge_from_start
@@ -324,10 +324,10 @@ class _World:
 
 def play(sim: ConfluenceSimulator, story: Story, clock: SimulatedClock, app_clock: SkewedClock, *,
          forge_from_start: str = "acme", progress: Callable[[int, int], None] | None = None,
-         nightly: Callable[[], object] | None = None) -> _Runner:
+         nightly: Callable[[], object] | None = None) -> Runner:
     """Run the story in time order: set the clock to each step's time, then take the step.
     ``nightly`` runs once a day, at the first step after 03:00 UTC (the app's daily jobs)."""
-    runner = _Runner(sim)
+    runner = Runner(sim)
     world = _World(sim, runner, app_clock, forge_from_start)
     total, done = story.requests, 0
     last_night = int((story.start - NIGHTLY) // DAY)

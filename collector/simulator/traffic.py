@@ -88,7 +88,7 @@ def plan(n: int, seed: int, tenants: list[str]) -> list[Action]:
     return actions
 
 
-class _Runner:
+class Runner:
     def __init__(self, sim: ConfluenceSimulator) -> None:
         self.sim = sim
         self.statuses: Counter[int] = Counter()
@@ -236,7 +236,7 @@ def drive(sim: ConfluenceSimulator, actions: list[Action], *, workers: int = 4,
     has a Forge app deployed) ``move`` installs the Forge app and sends its traffic through
     Forge from then on.
     """
-    runner = _Runner(sim)
+    runner = Runner(sim)
     total = len(actions)
     milestones = {int(total * 0.4): ("disable", toggle), int(total * 0.5): ("enable", toggle),
                   int(total * 0.75): ("uninstall", uninstall)}
