@@ -46,6 +46,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# --against runs another revision's collector: the directory holding it comes first.
+sys.path.insert(0, os.environ.get("_CONNECT_AUDIT_BENCH_CODE") or sys.path[0])
 
 import jwt
 
@@ -54,6 +56,8 @@ from collector.app import ConnectAudit
 from collector.events import AuditRecord
 
 GOAL = 1.3
+ROOT = Path(__file__).resolve().parent.parent
+CODE_ENV = "_CONNECT_AUDIT_BENCH_CODE"
 APP_KEY = "com.example.bench"
 APP_BASE = "https://audit-app.example.com"
 CLIENT_KEY = str(uuid.uuid4())
@@ -104,11 +108,15 @@ class PyJwtOnly:
         return self.app(environ, start_response)
 
 
-def collector_stack(app: Callable, root: Path, *, deferred: bool = False) -> tuple[Callable, ConnectAudit]:
+def collector_stack(app: Callable, root: Path, *, deferred: bool = False,
+                    writer: str = "thread") -> tuple[Callable, ConnectAudit]:
     """The app behind the collector; ``deferred`` holds the writer back until ``flush()``
-    (a batch size and an interval no round reaches), as if it ran in the server's idle time."""
+    (a batch size and an interval no round reaches), as if it ran in the server's idle time;
+    ``writer`` is where the recorder's store work runs (a thread here, or a writer process)."""
     root.mkdir(parents=True, exist_ok=True)
     options: dict = {"spill_dir": root / "spill"}
+    if writer != "thread":
+        options["writer"] = writer
     if deferred:
         options.update(queue_size=1_000_000, batch_size=1_000_000, flush_interval=3600.0)
     audit = ConnectAudit(
@@ -121,6 +129,15 @@ def collector_stack(app: Callable, root: Path, *, deferred: bool = False) -> tup
         "baseUrl": "https://example.atlassian.net/wiki", "productType": "confluence",
     })
     return audit.wsgi_middleware(app, ROUTES), audit
+
+
+def has_writer_process() -> bool:
+    """Whether the code under test can run its writer in a process (older code cannot)."""
+    import inspect
+
+    from collector.recorder import Recorder
+
+    return "writer" in inspect.signature(Recorder).parameters
 
 
 # ----------------------------------------------------------------------------- driving
@@ -183,76 +200,112 @@ def fmt(seconds: float) -> str:
 # ----------------------------------------------------------------------------- measurements
 
 
-def measure(app_name: str, requests: int, rounds: int, profile: bool) -> float:
+STACKS = {
+    "thread": "collector, writer thread",
+    "process": "collector, writer process",
+    "held": "collector, writer held back until idle",
+}
+
+
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) the process ``pid`` has used, from procfs."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(app_name: str, requests: int, rounds: int, profile: bool) -> dict:
+    """Each round serves the floor and every collector stack in turn (A B C D, A B C D ...);
+    a stack's figure for the round is its time over the floor's in that same round."""
     app = flask_app() if app_name == "flask" else bare_app
     token = signing.request_token(client_key=CLIENT_KEY, shared_secret=SECRET, method="GET",
                                   url=APP_BASE + TARGET, base_url=APP_BASE, now=time.time(), ttl=3600)
     make_env = environ_factory(token)
-    floor = PyJwtOnly(app, SECRET)
+    kinds = [k for k in STACKS if k != "process" or has_writer_process()]
+    wall = {k: [] for k in ("floor", *kinds)}
+    cpu = {k: [] for k in ("floor", *kinds)}
+    backlog = {k: [] for k in kinds}
+    drain = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory(prefix="ca-overhead-") as tmp:
-        stack, audit = collector_stack(app, Path(tmp) / "concurrent")
-        held, held_audit = collector_stack(app, Path(tmp) / "deferred", deferred=True)
+        stacks, audits = {"floor": PyJwtOnly(app, SECRET)}, {}
         try:
-            for warm in (floor, stack, held):  # imports, caches, the first install lookup
+            for kind in kinds:
+                stacks[kind], audits[kind] = collector_stack(
+                    app, Path(tmp) / kind, deferred=kind == "held",
+                    writer="process" if kind == "process" else "thread")
+            for warm in stacks.values():  # imports, caches, the first install lookup
                 serve(warm, make_env, 200)
-            audit.flush()
-            held_audit.flush()
-            floor_wall, stack_wall, held_wall, floor_cpu, stack_cpu, held_cpu = [], [], [], [], [], []
-            backlog, drain = [], []
-            writer = audit.recorder._thread
-            writer_cpu0, written0 = thread_cpu(writer), audit.recorder.stats()["written"]
-            for _ in range(rounds):
-                wall, cpu = serve(floor, make_env, requests)
-                floor_wall.append(wall)
-                floor_cpu.append(cpu)
-                wall, cpu = serve(stack, make_env, requests)
-                stack_wall.append(wall)
-                stack_cpu.append(cpu)
-                # What the writer had not yet written when the loop ended; drained outside
-                # the timing, as a server does between requests.
-                backlog.append(audit.recorder.stats()["queued"])
-                t0 = time.perf_counter()
+            for audit in audits.values():
                 audit.flush()
-                drain.append(time.perf_counter() - t0)
-                wall, cpu = serve(held, make_env, requests)
-                held_wall.append(wall)
-                held_cpu.append(cpu)
-                held_audit.flush()
-            writer_cpu = thread_cpu(writer) - writer_cpu0
-            written = audit.recorder.stats()["written"] - written0
-            record_cost = time_record(audit)
-            verify_cost, decode_cost = time_verify(audit, token)
-            steps = breakdown(stack, audit, token, app)
+            writers = {"thread": audits["thread"].recorder._thread}
+            cpu0 = {"thread": thread_cpu(writers["thread"])}
+            if "process" in audits:
+                cpu0["process"] = process_cpu(audits["process"].recorder.writer_pid)
+            written0 = {k: a.recorder.stats()["written"] for k, a in audits.items()}
+            for _ in range(rounds):
+                for kind, stack in stacks.items():
+                    w, c = serve(stack, make_env, requests)
+                    wall[kind].append(w)
+                    cpu[kind].append(c)
+                    if kind in ("thread", "process"):
+                        # What the writer had not yet written when the loop ended; drained
+                        # outside the timing, as a server does between requests.
+                        backlog[kind].append(audits[kind].recorder.stats()["queued"])
+                        t0 = time.perf_counter()
+                        audits[kind].flush()
+                        drain[kind].append(time.perf_counter() - t0)
+                audits["held"].flush()
+            writer_cpu = {"thread": thread_cpu(writers["thread"]) - cpu0["thread"]}
+            if "process" in audits:
+                writer_cpu["process"] = process_cpu(audits["process"].recorder.writer_pid) - cpu0["process"]
+            written = {k: audits[k].recorder.stats()["written"] - written0[k] for k in writer_cpu}
+            record_cost = time_record(audits["thread"])
+            verify_cost, decode_cost = time_verify(audits["thread"], token)
+            steps = breakdown(stacks["thread"], audits["thread"], token, app)
             if profile:
-                run_profile(stack, make_env, requests, audit)
+                run_profile(stacks["thread"], make_env, requests, audits["thread"])
         finally:
-            audit.close()
-            held_audit.close()
-    ratio = min(stack_wall) / min(floor_wall)
-    held_ratio = min(held_wall) / min(floor_wall)
-    print(f"\napp = {app_name}: {rounds} rounds of {requests} requests, best (median)")
-    print(f"  floor (bare PyJWT)       {fmt(min(floor_wall))}/request ({fmt(statistics.median(floor_wall))})")
-    print(f"  collector (recording)    {fmt(min(stack_wall))}/request ({fmt(statistics.median(stack_wall))})")
-    verdict = "met" if ratio <= GOAL else "MISSED"
-    print(f"  ratio collector/floor    {ratio:8.2f}x   (goal <= {GOAL}x: {verdict})")
-    print(f"  collector, writer held back until idle "
-          f"{fmt(min(held_wall))}/request: {held_ratio:.2f}x the floor")
+            for audit in audits.values():
+                audit.close()
+    ratios = {k: [w / f for w, f in zip(wall[k], wall["floor"], strict=True)] for k in kinds}
+    print(f"\napp = {app_name}: {rounds} rounds of {requests} requests; median per request (spread), "
+          "and the ratio to the floor in the same round")
+    print(f"  {'floor (bare PyJWT)':<42}{fmt(statistics.median(wall['floor']))} "
+          f"({_spread(wall['floor'])})")
+    for kind in kinds:
+        median = statistics.median(ratios[kind])
+        verdict = "" if kind == "held" else f"   goal <= {GOAL}x: {'met' if median <= GOAL else 'MISSED'}"
+        print(f"  {STACKS[kind]:<42}{fmt(statistics.median(wall[kind]))}  {median:5.2f}x "
+              f"({min(ratios[kind]):.2f}x to {max(ratios[kind]):.2f}x){verdict}")
     print("  where the time goes:")
     print(f"    bare jwt.decode                         {fmt(decode_cost)}")
     print(f"    TokenVerifier.verify_request (strict)   {fmt(verify_cost)}")
     print(f"    Recorder.record() (request thread)      {fmt(record_cost)}")
-    print(f"    request thread CPU, floor               {fmt(min(floor_cpu))}/request")
-    print(f"    request thread CPU, collector           {fmt(min(stack_cpu))}/request "
-          f"(writer held back: {fmt(min(held_cpu))})")
-    per_event = writer_cpu / written if written else 0.0
-    print(f"    recorder writer thread CPU              {fmt(per_event)}/event ({written} events, "
-          f"off the request thread)")
-    print(f"    writer backlog at the end of a round    {max(backlog)} events max; "
-          f"drained in {max(drain) * 1000:.0f} ms max")
+    print(f"    request thread CPU, floor               {fmt(min(cpu['floor']))}/request")
+    for kind in kinds:
+        print(f"    request thread CPU, {kind + ' writer' if kind != 'held' else 'writer held back':<20}"
+              f"{fmt(min(cpu[kind]))}/request")
+    for kind, spent in writer_cpu.items():
+        where = "thread" if kind == "thread" else "process, beside this one"
+        per_event = spent / written[kind] if written[kind] else 0.0
+        print(f"    writer {kind} CPU{'':<{25 - len(kind)}}{fmt(per_event)}/event "
+              f"({written[kind]} events, {where})")
+        print(f"    {kind} writer backlog at a round's end   {max(backlog[kind])} events max; "
+              f"drained in {max(drain[kind]) * 1000:.0f} ms max")
     print("  request-thread CPU per step (best of 5, thread_time):")
     for label, cost in steps:
         print(f"    {label:<45}{fmt(cost)}")
-    return ratio, held_ratio
+    return {"app": app_name, "floor_us": statistics.median(wall["floor"]) * 1e6,
+            "ratios": {k: statistics.median(v) for k, v in ratios.items()},
+            "spread": {k: [min(v), max(v)] for k, v in ratios.items()}}
+
+
+def _spread(samples: list[float]) -> str:
+    return f"{min(samples) * 1e6:.1f} to {max(samples) * 1e6:.1f} µs"
 
 
 def cpu_cost(fn: Callable[[], object], n: int = 3000, repeat: int = 5) -> float:
@@ -389,6 +442,54 @@ def gil_probe(requests: int, rounds: int) -> None:
         print(f"  {label:<34}{fmt(wall)}/request wall, {fmt(cpu)} request-thread CPU")
 
 
+def against(rev: str, args: argparse.Namespace) -> int:
+    """This tree and ``rev``'s collector, each run in a process of its own, alternately
+    (A B A B ...), ``--repeat`` times; prints the median of each figure over the runs."""
+    import json
+    import subprocess
+    import tarfile
+
+    with tempfile.TemporaryDirectory(prefix="ca-overhead-against-") as tmp:
+        old = Path(tmp) / "code"
+        old.mkdir()
+        try:
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "collector"],
+                                     capture_output=True, check=True).stdout
+        except subprocess.CalledProcessError as exc:
+            raise SystemExit(f"git cannot export {rev!r}: {exc.stderr.decode().strip()}") from exc
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(old, filter="data")
+        codes = {"this tree": None, rev: old}
+        runs: dict[str, list[list[dict]]] = {label: [] for label in codes}
+        for i in range(args.repeat):
+            for label, code in codes.items():
+                out = Path(tmp) / f"run-{i}-{len(runs[label])}-{'old' if code else 'new'}.json"
+                env = dict(os.environ)
+                env.pop(CODE_ENV, None)
+                if code is not None:
+                    env[CODE_ENV] = str(code)
+                print(f"run {i + 1} of {args.repeat}: {label} ...", flush=True)
+                subprocess.run([sys.executable, __file__, "--app", args.app, "--rounds", str(args.rounds),
+                                "--requests", str(args.requests), "--json", str(out)],
+                               env=env, stdout=subprocess.DEVNULL, check=True)
+                runs[label].append(json.loads(out.read_text()))
+    print(f"\nthis tree against {rev}: {args.repeat} runs each, alternating; the median over the runs of "
+          "each run's median ratio to the floor (spread over the runs)")
+    labels = list(codes)
+    print(f"  {'':<36}" + "".join(f"{label:<24}" for label in labels))
+    for app_name in ("flask", "bare") if args.app == "both" else (args.app,):
+        for kind in STACKS:
+            cells = []
+            for label in labels:
+                values = [r["ratios"][kind] for run in runs[label] for r in run
+                          if r["app"] == app_name and kind in r["ratios"]]
+                cells.append(f"{statistics.median(values):.2f}x ({min(values):.2f} to {max(values):.2f})"
+                             if values else "(not in this code)")
+            print(f"  {app_name + ', ' + STACKS[kind].removeprefix('collector, '):<36}"
+                  + "".join(f"{c:<24}" for c in cells))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="requests per round and stack")
@@ -397,12 +498,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the collector stack")
     parser.add_argument("--gil-probe", action="store_true",
                         help="also time the floor beside a thread working outside, then inside, the GIL")
+    parser.add_argument("--against", metavar="REV",
+                        help="also run a git revision's collector (e.g. the previous release), each "
+                             "in its own process, alternating with this tree, and print both")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each code with --against (default 3)")
+    parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # a run's figures, for --against
     args = parser.parse_args(argv)
+    if args.against:
+        return against(args.against, args)
     apps = ("flask", "bare") if args.app == "both" else (args.app,)
-    ratios = {name: measure(name, args.requests, args.rounds, args.profile) for name in apps}
-    print("\nsummary (collector/floor; with the writer held back until idle in brackets): "
-          + ", ".join(f"{name} {r:.2f}x ({held:.2f}x)" for name, (r, held) in ratios.items())
-          + f"; goal <= {GOAL}x")
+    results = [measure(name, args.requests, args.rounds, args.profile) for name in apps]
+    print("\nsummary (median ratio to the floor): " + "; ".join(
+        f"{r['app']} " + ", ".join(f"{kind} {ratio:.2f}x" for kind, ratio in r["ratios"].items())
+        for r in results) + f"; goal <= {GOAL}x")
+    if args.json:
+        import json
+
+        args.json.write_text(json.dumps(results))
     if args.gil_probe:
         gil_probe(args.requests, args.rounds)
     return 0

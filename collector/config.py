@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from collector.errors import ConfigurationError
+
 DATABASE_ENV = "CONNECT_AUDIT_DATABASE_URL"
 DATA_DIR_ENV = "CONNECT_AUDIT_DATA_DIR"
 # Fernet key for shared secrets at rest (the name of a variable, not a secret).
@@ -17,6 +19,8 @@ SECRET_KEY_ENV = "CONNECT_AUDIT_SECRET_KEY"  # noqa: S105
 CHECKPOINT_KEY_ENV = "CONNECT_AUDIT_CHECKPOINT_KEY"  # HMAC key for checkpoints
 INSTALL_KEYS_ENV = "CONNECT_AUDIT_INSTALL_KEYS"  # base URL or directory of lifecycle public keys
 KEY_DIR_ENV = "CONNECT_AUDIT_KEY_DIR"  # where audit.key and checkpoint.key live (default: beside the store)
+WRITER_ENV = "CONNECT_AUDIT_WRITER"  # thread | process: where the recorder's store work runs
+WRITERS = ("thread", "process")
 
 #: Atlassian's CDN of the public keys that sign install/uninstall callbacks.
 DEFAULT_INSTALL_KEYS_URL = "https://connect-install-keys.atlassian.com"
@@ -40,3 +44,12 @@ def default_database_url() -> str:
 def database_url(cli_value: str | None = None) -> str:
     """The store to use: ``--database``, else ``CONNECT_AUDIT_DATABASE_URL``, else data/audit.db."""
     return cli_value or os.environ.get(DATABASE_ENV) or default_database_url()
+
+
+def writer(value: str | None = None) -> str:
+    """Where the recorder writes: ``value``, else ``CONNECT_AUDIT_WRITER``, else ``thread``."""
+    chosen = (value or os.environ.get(WRITER_ENV) or "thread").strip().lower()
+    if chosen not in WRITERS:
+        source = "writer" if value else WRITER_ENV
+        raise ConfigurationError(f"{source} must be one of {', '.join(WRITERS)}, not {chosen!r}")
+    return chosen

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -44,11 +45,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from collector import chain, files
-from collector.errors import QueueFull, RecorderClosed, StoreUnavailable
+from collector import chain, config, files
+from collector.errors import ConnectAuditError, QueueFull, RecorderClosed, StoreUnavailable
 from collector.events import AuditRecord
 from collector.models import AuditEvent
 from collector.store import Store
+from collector.writer import FIELDS, WriterGone, WriterProcess, answer, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +85,16 @@ class Recorder:
         checkpoint_every: int = 1000,
         instance_id: str | None = None,
         rollup_interval: float | None = 1.0,
+        writer: str | None = None,
     ) -> None:
         if when_full not in WHEN_FULL:
             raise ValueError(f"when_full must be one of {WHEN_FULL}, not {when_full!r}")
         if queue_size < 1 or batch_size < 1 or checkpoint_every < 1:
             raise ValueError("queue_size, batch_size and checkpoint_every must be positive")
         self.store = store
+        # "thread": the store work runs on a thread of this process; "process": in a writer
+        # process of its own (collector/writer.py), off this process's GIL.
+        self.writer = config.writer(writer)
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -127,6 +133,10 @@ class Recorder:
         self._unsigned = 0  # events we wrote since our last checkpoint
         self._stats = {"written": 0, "spilled": 0, "reingested": 0, "batches": 0, "checkpoints": 0}
         self._last_error: str | None = None
+        self._process: WriterProcess | None = None
+        self._child_seen: dict[str, Any] = {}  # the running writer process's last counters
+        self._in_process_writes = False
+        self._writing = self.writer  # where the writing runs: "thread" after a fallback
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -179,7 +189,7 @@ class Recorder:
             self._settle(len(leftover))
         if thread is None or not thread.is_alive():
             self._final_checkpoint()
-            if thread is not None:
+            if thread is not None and self._in_process_writes:
                 self._maybe_fold_rollups(force=True)
         self._close_spill()
         with contextlib.suppress(Exception):
@@ -248,9 +258,19 @@ class Recorder:
         return AuditEvent(**row)
 
     def stats(self) -> dict[str, Any]:
-        """Counters for monitoring: queued, written, spilled, reingested, batches, last_error."""
+        """Counters for monitoring: queued, written, spilled, reingested, batches, checkpoints,
+        last_error, and where the writing runs (``writer``: thread or process, ``writer_pid``)."""
         with self._lock:
-            return {"queued": len(self._buf), **self._stats, "last_error": self._last_error}
+            process = self._process
+            pid = None if process is None else process.pid
+            return {"queued": len(self._buf), **self._stats, "last_error": self._last_error,
+                    "writer": self._writing, "writer_pid": pid}
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's pid while one runs (``writer="process"``), else None."""
+        process = self._process
+        return None if process is None else process.pid
 
     # ------------------------------------------------------------------ writer thread
 
@@ -270,28 +290,102 @@ class Recorder:
             return batch
 
     def _write_loop(self) -> None:
-        self._reingest_spills()
-        sqlite = self.store.dialect == "sqlite"
+        process = self._start_process() if self.writer == "process" else None
+        if process is None:
+            self._reingest_spills()  # (a writer process does this itself when it starts)
         while True:
             records = self._next_batch()
             if records is None:
-                return
-            batch: list[chain.Prepared] = []
-            for rec in records:
-                try:
-                    batch.append(chain.prepare_record(rec, self.instance_id, sqlite=sqlite))
-                except Exception as exc:  # noqa: BLE001  (one unstorable record must not stop the others)
-                    self._note_error(exc)
-                    log.error("connect-audit recorder: event %s cannot be stored: %s", rec.event_id, exc)
-                    self._settle(1)
+                break
+            if process is not None:
+                process = self._deliver(process, records)
+                if process is not None:
+                    continue
+            self._write_records(records)
+        if process is not None:
+            self._absorb(process.stop(timeout=30.0))
+            with self._lock:
+                self._process = None
+
+    def _write_records(self, records: list[AuditRecord]) -> None:
+        """The store work for one batch, in this process."""
+        self._in_process_writes = True
+        sqlite = self.store.dialect == "sqlite"
+        batch: list[chain.Prepared] = []
+        for rec in records:
             try:
-                self._write_batch(batch)
-            except BaseException as exc:  # noqa: BLE001  (the writer must never die with events in hand)
+                batch.append(chain.prepare_record(rec, self.instance_id, sqlite=sqlite))
+            except Exception as exc:  # noqa: BLE001  (one unstorable record must not stop the others)
                 self._note_error(exc)
-                with contextlib.suppress(Exception):
-                    self._spill([_unlinked(p.row) for p in batch])
-            self._settle(len(batch))
-            self._maybe_fold_rollups()  # after the acknowledgement: flush() never waits for it
+                log.error("connect-audit recorder: event %s cannot be stored: %s", rec.event_id, exc)
+                self._settle(1)
+        try:
+            self._write_batch(batch)
+        except BaseException as exc:  # noqa: BLE001  (the writer must never die with events in hand)
+            self._note_error(exc)
+            with contextlib.suppress(Exception):
+                self._spill([_unlinked(p.row) for p in batch])
+        self._settle(len(batch))
+        self._maybe_fold_rollups()  # after the acknowledgement: flush() never waits for it
+
+    # ------------------------------------------------------------------ writer process
+
+    def _start_process(self) -> WriterProcess | None:
+        """A running writer process, or None (and a logged reason): then this process writes."""
+        process = WriterProcess(entry="collector.recorder:run_writer_process", config={
+            "store": self.store.reopen_args(),
+            "recorder": {
+                "queue_size": max(self.queue_size, self.batch_size), "batch_size": self.batch_size,
+                "flush_interval": self.flush_interval, "spill_dir": self.spill_dir,
+                "checkpoint_every": self.checkpoint_every, "instance_id": self.instance_id,
+                "rollup_interval": self.rollup_interval,
+            },
+        })
+        try:
+            process.start()
+        except WriterGone as exc:
+            self._note_error(exc)
+            log.warning("connect-audit recorder: %s; writing in this process instead", exc)
+            self._writing = "thread"
+            return None
+        with self._lock:
+            self._process, self._child_seen = process, {}
+        return process
+
+    def _deliver(self, process: WriterProcess, records: list[AuditRecord]) -> WriterProcess | None:
+        """Hand a batch to the writer process, restarting it once if it died; None: write here.
+
+        A batch is settled only on the child's answer, so a child killed mid-batch loses
+        nothing: the batch goes again to its successor (or is written here), and events the
+        dead child had already committed are recognised by their event_id and not doubled.
+        """
+        for attempt in (1, 2):
+            try:
+                self._absorb(process.write(records))
+            except WriterGone as exc:
+                self._note_error(exc)
+                replacement = self._start_process() if attempt == 1 and not self._closed else None
+                if replacement is None:
+                    log.warning("connect-audit recorder: %s; writing in this process from now on", exc)
+                    with self._lock:
+                        self._process, self._writing = None, "thread"
+                    return None
+                process = replacement
+                continue
+            self._settle(len(records))
+            return process
+        return None
+
+    def _absorb(self, counters: dict[str, Any] | None) -> None:
+        """Add what the writer process reports since its last answer to this recorder's counters."""
+        if not counters:
+            return
+        with self._lock:
+            for key in self._stats:
+                self._stats[key] += counters.get(key, 0) - self._child_seen.get(key, 0)
+            if counters.get("last_error") and counters["last_error"] != self._child_seen.get("last_error"):
+                self._last_error = counters["last_error"]
+            self._child_seen = counters
 
     def _settle(self, n: int) -> None:
         with self._lock:
@@ -474,6 +568,56 @@ class Recorder:
         return count
 
 
+# ---------------------------------------------------------------------- the writer process's side
+
+
+def run_writer_process() -> int:
+    """The writer process (see :mod:`collector.writer`): open the store, then write every
+    batch the parent sends with an ordinary in-process recorder, answering each when durable."""
+    answers = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # a stray print() must never corrupt the answers
+    source = sys.stdin.buffer.raw if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
+    logging.basicConfig(level=logging.WARNING, format=f"connect-audit writer[{os.getpid()}]: %(message)s")
+    try:
+        settings = read_frame(source)
+    except WriterGone:
+        return 0  # the parent went away before saying anything
+    try:
+        store = Store.open(create=False, **settings["store"])
+        recorder = Recorder(store, writer="thread", **settings["recorder"]).start()
+    except (ConnectAuditError, OSError) as exc:
+        answer(answers, ("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+        return 2
+    answer(answers, ("ready", os.getpid()))
+    try:
+        _write_what_arrives(source, answers, recorder)
+    finally:
+        recorder.close()
+        store.close()
+    with contextlib.suppress(OSError):
+        answer(answers, ("closed", recorder.stats()))
+    return 0
+
+
+def _write_what_arrives(source: Any, answers: Any, recorder: Recorder) -> None:
+    event_id_at = FIELDS.index("event_id")
+    while True:
+        try:
+            batch = read_frame(source)
+        except WriterGone:
+            return  # end of input: the parent closed the pipe (or exited)
+        for values in batch:
+            try:
+                recorder.record(AuditRecord(*values))
+            except (TypeError, ValueError) as exc:  # one unstorable record must not stop the others
+                log.error("connect-audit writer: event %s cannot be stored: %s", values[event_id_at], exc)
+        recorder.flush()
+        try:
+            answer(answers, ("ok", recorder.stats()))
+        except OSError:
+            return  # the parent is gone; what it sent is written, the rest was never sent
+
+
 # ---------------------------------------------------------------------- helpers
 
 
@@ -562,6 +706,8 @@ def _after_fork_in_child() -> None:
     # not its thread: start afresh with an empty queue (the parent writes its own events)
     # and new database connections.
     for recorder in list(_live):
+        if recorder._process is not None:
+            recorder._process.forget()  # the parent's writer process is the parent's
         recorder._reset_state()
         with contextlib.suppress(Exception):
             recorder.store.engine.dispose(close=False)

@@ -40,6 +40,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -89,6 +90,7 @@ class Store:
         self.home = home or key_dir
         self.durability = durability
         self.read_only = read_only
+        self._opened_with: dict[str, Any] = {"url": url, "durability": durability, "lock_timeout": None}
         # The same pool, but every transaction begins as a writer (SQLite BEGIN IMMEDIATE),
         # so a transaction never has to upgrade its lock half-way (the cause of most
         # "database is locked" errors under concurrency).
@@ -141,7 +143,15 @@ class Store:
         except BaseException:
             store.close()
             raise
+        # Kept so that a writer process can open the same store the same way (the URL may
+        # hold a password: it is handed over a pipe, never shown or put on a command line).
+        store._opened_with = {"url": config.database_url(url), "durability": durability,
+                              "lock_timeout": lock_timeout}
         return store
+
+    def reopen_args(self) -> dict[str, Any]:
+        """The arguments of :meth:`open` that open this store again, in another process."""
+        return dict(self._opened_with)
 
     # ------------------------------------------------------------------ transactions
 

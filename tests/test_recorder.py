@@ -59,8 +59,9 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:
     return predicate()
 
 
-def test_recorded_events_are_written_in_batches_and_chained(store):
-    with Recorder(store, batch_size=50) as rec:
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_recorded_events_are_written_in_batches_and_chained(store, writer):
+    with Recorder(store, batch_size=50, writer=writer) as rec:
         for r in records(240):
             rec.record(r)
         assert rec.flush(timeout=30)
@@ -131,11 +132,12 @@ def test_full_queue_with_block_policy_resumes_when_the_writer_catches_up(store):
     assert count(store) == 30
 
 
-def test_unreachable_store_spills_and_the_next_start_reingests_once(database_url, tmp_path):
-    store = Store.open(database_url, lock_timeout=0.1)
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_unreachable_store_spills_and_the_next_start_reingests_once(database_url, tmp_path, writer):
+    store = Store.open(database_url, lock_timeout=0.1)  # (a writer process opens it the same way)
     try:
         with write_lock_held(store):
-            rec = Recorder(store).start()
+            rec = Recorder(store, writer=writer).start()
             for r in records(25):
                 rec.record(r)
             assert rec.flush(timeout=30)  # durable: in the spill file
@@ -175,14 +177,15 @@ def test_spilled_events_come_home_as_soon_as_the_store_answers_again(sqlite_url)
         assert chain.verify(store).ok
 
 
-def test_postgresql_going_away_spills_and_reingests(pg_url):
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_postgresql_going_away_spills_and_reingests(pg_url, writer):
     admin = sa.create_engine(
         sa.engine.make_url(pg_url).set(database="postgres"), isolation_level="AUTOCOMMIT"
     )
     name = sa.engine.make_url(pg_url).database
     store = Store.open(pg_url)
     try:
-        with Recorder(store) as rec:
+        with Recorder(store, writer=writer) as rec:
             rec.record(record(0, event_id="before"))
             assert rec.flush(10)
             with admin.connect() as conn:
@@ -222,8 +225,9 @@ def test_close_spills_what_cannot_be_written_in_time(sqlite_url):
         assert chain.verify(store).ok
 
 
-def test_a_duplicate_event_id_is_stored_once(store):
-    with Recorder(store) as rec:
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_duplicate_event_id_is_stored_once(store, writer):
+    with Recorder(store, writer=writer) as rec:
         rec.record(record(1, event_id="dup"))
         assert rec.flush(10)
         rec.record(record(2, event_id="dup"))
@@ -272,7 +276,8 @@ def test_events_are_flushed_at_interpreter_exit(sqlite_url, tmp_path):
         assert chain.verify(store).ok
 
 
-def test_the_writer_keeps_the_rollups_current(database_url):
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_the_writer_keeps_the_rollups_current(database_url, writer):
     # Issue 6: rollups are maintained at ingest, so the dashboard never meets a backlog.
     from collector import query
     from collector.events import AuditRecord
@@ -281,7 +286,7 @@ def test_the_writer_keeps_the_rollups_current(database_url):
 
     store = Store.open(database_url)
     try:
-        with Recorder(store, rollup_interval=0.0) as recorder:
+        with Recorder(store, rollup_interval=0.0, writer=writer) as recorder:
             for i in range(250):
                 recorder.record(AuditRecord(direction="incoming", outcome="allowed", path=f"/p/{i}"))
             recorder.flush()
