@@ -319,16 +319,6 @@ class Prepared:
         return row
 
 
-def _prepared(before: dict[str, Any], after: dict[str, Any], ts: datetime, *, sqlite: bool) -> Prepared:
-    """``before``/``after`` hold the canonical values (``after["ts"]`` the canonical text)."""
-    text = after["ts"]
-    prefix = hashlib.sha256(("{" + _encode_row(before)[1:-1] + ',"prev_hash":').encode())
-    suffix = ("," + _encode_row(after)[1:-1] + "}").encode()
-    # SQLite: the exact text SQLAlchemy's DATETIME stores; PostgreSQL: the aware datetime.
-    after["ts"] = f"{text[:10]} {text[11:26]}" if sqlite else ts
-    return Prepared(tuple(before.values()), tuple(after.values()), ts, prefix, suffix)
-
-
 _B_TEXT = tuple(n for n in _BEFORE_PREV if n in _TEXT_FIELDS)
 _A_TEXT = tuple(n for n in _AFTER_PREV if n in _TEXT_FIELDS)
 _b_text_of = operator.attrgetter(*_B_TEXT)
