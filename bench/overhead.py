@@ -1,33 +1,47 @@
 """Request-path overhead: what the collector adds to every request of the app it wraps.
 
-Two stacks serve the same request (a Confluence page load: ``GET /panel?...`` with the
-host's JWT in the ``Authorization`` header), called in-process as a WSGI server calls them,
-interleaved in rounds so that a noisy neighbour hits both:
+Stacks serve the same request (a Confluence page load: ``GET /panel?...`` with the host's
+JWT in the ``Authorization`` header), called in-process as a WSGI server calls them,
+interleaved in rounds (A B C D, A B C D ...) so that a noisy neighbour hits all of them:
 
 * **floor**: the app behind a minimal middleware that does only a bare PyJWT HS256
   ``jwt.decode`` of the token (signature and ``exp``; no qsh, no install lookup, nothing
   recorded), what "verify a Connect JWT" costs at the least;
-* **collector**: the same app behind :meth:`ConnectAudit.wsgi_middleware` with recording on:
-  strict verification (qsh included), the install registry, and one audit event per request
-  queued to the recorder, whose background writer inserts it into a real SQLite store
-  (WAL, ``synchronous=FULL``) in a temporary directory.
+* **collector, writer thread**: the same app behind :meth:`ConnectAudit.wsgi_middleware`
+  with recording on: strict verification (qsh included), the install registry, and one
+  audit event per request queued to the recorder, whose background writer thread inserts
+  it into a real SQLite store (WAL, ``synchronous=FULL``) in a temporary directory (the
+  default, ``CONNECT_AUDIT_WRITER=thread``);
+* **collector, writer process**: the same with ``writer="process"``: the store work runs in a
+  writer process beside this one (``CONNECT_AUDIT_WRITER=process``);
+* **collector, writer held back until idle**: the writer thread waits until the round is
+  over, as if it worked only in a server's idle time: the request thread's own cost.
+
+Between stacks every writer is left to finish its work (the rollup fold after a burst
+included), so that no stack is timed while another's writer is busy. A stack's figure for a
+round is its time over the floor's in the same round; the report gives the median over the
+rounds and the spread.
 
 Two apps are measured: ``flask`` (a small Flask view, the shape of the example app) and
 ``bare`` (a WSGI callable that does nothing, so the ratio is the collector against PyJWT
-alone, the harshest view). The goal (issue 6) is collector/floor <= 1.3.
+alone, the harshest view). The goal (issues 6 and 14) is collector/floor <= 1.3.
 
 It then shows where the time goes and that recording is off the request thread:
 
-* the request thread's CPU time per request (``time.thread_time``) against the recorder
-  writer thread's CPU time per event (from ``/proc/self/task/<tid>/stat``);
+* the request thread's CPU time per request (``time.thread_time``) against the writer's CPU
+  time per event (the writer thread's from ``/proc/self/task/<tid>/stat``, the writer
+  process's from ``/proc/<pid>/stat``);
 * ``Recorder.record()`` alone (the only recording work on the request thread), the verifier
   alone, and the backlog the writer still had when the timed loop ended;
+* ``--against REV``: the same measurement of this tree and of a git revision's collector
+  (for example the previous release), each run in a process of its own, alternately
+  (A B A B), ``--repeat`` times (default 3), with the median and spread over the runs;
 * ``--profile``: a cProfile of the collector stack's request thread, to find hot spots.
 * ``--gil-probe``: the floor alone, beside a thread busy outside the GIL, and beside one
   busy inside it: what a background thread's Python work costs a back-to-back loop.
 
     python bench/overhead.py [--requests 3000] [--rounds 5] [--app flask|bare|both] [--profile]
-                             [--gil-probe]
+                             [--gil-probe] [--against REV [--repeat 3]]
 """
 
 from __future__ import annotations
