@@ -247,6 +247,29 @@ def install_changes(flt: EventFilter, *, limit: int = 10) -> list[dict[str, Any]
     return wanted[:limit]
 
 
+def highlights(flt: EventFilter, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """What is worth a look in the filter's range (:mod:`collector.highlights`), most severe and
+    newest first, narrowed to its tenant and platform; each with the Activity page's parameters."""
+    from collector import highlights as hl
+
+    now = now or datetime.now(UTC)
+    until = min(flt.until, now) if flt.until else now
+    since = flt.since or until - timedelta(hours=24)
+    sites = {key: ui_site for key, url in tenant_sites().items() if (ui_site := _host(url))}
+    found = hl.find(store(), since=since, now=until, names=sites)
+    keep = [h for h in found
+            if (not flt.tenant or h.tenant in (None, flt.tenant) or sites.get(h.tenant or "") == flt.tenant)
+            and (not flt.platform or h.platform in (None, flt.platform))]
+    return [{**h.as_dict(), "first_seen": h.first_seen, "last_seen": h.last_seen,
+             "params": h.filter.to_params()} for h in keep]
+
+
+def _host(url: str | None) -> str:
+    from urllib.parse import urlsplit
+
+    return (urlsplit(url).hostname or "") if url else ""
+
+
 # --------------------------------------------------------------------------- activity
 
 

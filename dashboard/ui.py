@@ -316,11 +316,13 @@ def time_zone_choice() -> None:
 _MD_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 
 
-def md_escape(text: str) -> str:
+def md_escape(text: str, longest: int | None = None) -> str:
     """``text`` for a widget label or option, which Streamlit renders as Markdown: every ASCII
     punctuation character backslash-escaped (CommonMark), so a value cannot become a link, an
-    image, emphasis, a directive or math; control characters become spaces."""
-    return _MD_PUNCTUATION.sub(r"\\\1", narrate.clean(text))
+    image, emphasis, a directive or math; control characters become spaces; clipped at
+    ``longest`` characters (default: a table cell's)."""
+    clean = narrate.clean(text) if longest is None else narrate.clean(text, longest)
+    return _MD_PUNCTUATION.sub(r"\\\1", clean)
 
 
 # --------------------------------------------------------------------------- errors
@@ -535,7 +537,12 @@ def _range_widget(state: dict[str, str]) -> dict[str, str]:
         end = _as_date(state.get("until"), end=True) or today
         st.session_state.setdefault("f_dates", (start, end))
         picked = st.date_input("From / to (UTC, inclusive)", key="f_dates")
-        if isinstance(picked, tuple | list) and len(picked) == 2:
+        if isinstance(picked, tuple | list) and tuple(picked) == (start, end) and state.get("since"):
+            # A link to an exact window (a highlight's hour) keeps its times until the dates change.
+            out["since"] = state["since"]
+            if state.get("until"):
+                out["until"] = state["until"]
+        elif isinstance(picked, tuple | list) and len(picked) == 2:
             out["since"] = picked[0].isoformat()
             out["until"] = picked[1].isoformat()
         elif isinstance(picked, tuple | list) and len(picked) == 1:

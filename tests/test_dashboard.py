@@ -704,6 +704,50 @@ def test_overview_counts_open_the_page_and_filters_that_produced_them(hostile_ur
 
 
 @pytest.fixture(scope="module")
+def highlights_url(tmp_path_factory) -> str:
+    from highlightkit import fill
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('highlights') / 'audit.db'}"
+    fill(url, anomalies=True).close()
+    return url
+
+
+def test_the_overview_shows_the_highlights_first_each_opening_its_events(highlights_url, monkeypatch):
+    from urllib.parse import parse_qsl
+
+    from highlightkit import ACME
+
+    at = _signed_in(highlights_url, monkeypatch)
+    _open(at, "overview", range="30d")
+    assert at.subheader[0].value == "Highlights"
+    labels = [_unescaped(link.proto.label) for link in at.get("page_link")]
+    assert labels[0].startswith("HIGH: ")  # most severe first
+    storm = next(link.proto for link in at.get("page_link")
+                 if "incoming tokens rejected" in _unescaped(link.proto.label))
+    # (no install in this store names the site: its key stands in)
+    assert "key-acme (connect): 41 of 51 incoming tokens rejected" in _unescaped(storm.label)
+    assert _unescaped(storm.label).endswith("over the previous 7 days")  # the whole sentence
+    params = dict(parse_qsl(storm.query_string))
+    assert storm.page == "activity" and params["outcome"] == "rejected" and params["tenant"] == ACME
+    _open(at, "activity", **params)
+    assert at.caption[0].value.startswith("41 matching events"), at.caption[0].value
+    _open(at, "overview", range="30d")
+    lower = [e for e in at.expander if "of lower severity" in e.label]
+    assert len(lower) == 1  # first endpoints and routine lifecycle callbacks wait in there
+    _open(at, "overview", range="30d", tenant="key-globex")
+    shown = [_unescaped(link.proto.label) for link in at.get("page_link")]
+    assert shown and all("key-globex" in label for label in shown if label.startswith("HIGH"))
+    assert not any("key-acme" in label for label in shown)
+
+
+def test_a_range_with_nothing_unusual_says_so(empty_url, monkeypatch):
+    at = _signed_in(empty_url, monkeypatch)
+    _open(at, "overview", range="24h")
+    assert at.subheader[0].value == "Highlights"
+    assert any("Nothing unusual in this range" in c.value for c in at.caption)
+
+
+@pytest.fixture(scope="module")
 def demo_url(tmp_path_factory) -> str:
     from collector.cli import main
 

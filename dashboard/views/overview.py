@@ -10,6 +10,26 @@ with ui.guard():
     data = queries.overview(flt)
     sites = queries.tenant_sites()
     changes = queries.install_changes(flt)
+    found = queries.highlights(flt)
+
+# What is worth a look comes first: rates above their baseline, first uses, lifecycle changes.
+SEVERITY_ICONS = {
+    "high": ":material/priority_high:", "medium": ":material/warning:", "low": ":material/info:",
+}
+pressing = [h for h in found if h["severity"] != "low"]
+st.subheader("Highlights")
+if not found:
+    st.caption("Nothing unusual in this range: no failure rate above its baseline, no first use, "
+               "no lifecycle change.")
+for h in pressing[:8]:
+    st.page_link("views/activity.py", label=ui.md_escape(f"{h['severity'].upper()}: {h['summary']}", 400),
+                 icon=SEVERITY_ICONS[h["severity"]], query_params=h["params"])
+rest = pressing[8:] + [h for h in found if h["severity"] == "low"]
+if rest:
+    with st.expander(f"{len(rest)} more, of lower severity"):
+        for h in rest:
+            st.page_link("views/activity.py", label=ui.md_escape(f"{h['severity']}: {h['summary']}", 400),
+                         icon=SEVERITY_ICONS[h["severity"]], query_params=h["params"])
 
 summary = data["summary"]
 counts = summary["outcomes"]
