@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -74,6 +74,7 @@ class Rules:
 
     baseline_hours: int = 7 * 24  # the hours before an hour that make its baseline
     min_baseline_hours: int = 12  # hours with traffic needed before a baseline is trusted
+    min_baseline_days: int = 4  # and days, for the daily look
     mads: float = 3.0  # how many scaled median absolute deviations above the median
     min_rise: float = 0.10  # and at least this much above the median share (10 points)
     min_count: int = 10  # events in the hour, at the least
@@ -219,7 +220,12 @@ class _Window:
         found = []
         for (tenant, platform), hours in series.items():
             for kind, (_, _, what, extra) in measures.items():
-                for first, last, count, total, usual in self._spikes(hours, kind):
+                # An hour's burst (a storm), and a slower rise over whole days (a missing scope
+                # until an admin approves it) that no single hour of a quiet site shows.
+                hourly = self._spikes(hours, kind, 1)
+                daily = [d for d in self._spikes(hours, kind, 24)
+                         if not any(h[0] <= d[1] and d[0] <= h[1] for h in hourly)]
+                for first, last, count, total, usual in hourly + daily:
                     share = count / total if total else 0.0
                     begin, end = self.span(first, last)
                     severity = "high" if share >= 0.5 or count >= 100 else "medium"
@@ -240,29 +246,34 @@ class _Window:
         return found
 
     def _spikes(
-        self, hours: Mapping[int, Mapping[str, int]], kind: str
-    ) -> Iterable[tuple[int, int, int, int, float]]:
-        """Runs of flagged hours: (first hour, last hour, count, total, the usual share)."""
+        self, hours: Mapping[int, Mapping[str, int]], kind: str, step: int
+    ) -> list[tuple[int, int, int, int, float]]:
+        """Runs of flagged buckets of ``step`` hours (1: hours, 24: UTC days), each as
+        (first hour, last hour, count, total, the usual share)."""
         rules = self.rules
-        flagged: list[tuple[int, int, int, float]] = []
         of = f"{kind}_of"
-        for hour in range(self.first_hour, self.last_hour + 1):
-            now = hours.get(hour)
-            if not now or now[kind] < rules.min_count or not now[of]:
+        buckets: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        for hour, counts in hours.items():
+            bucket = buckets[hour // step]
+            bucket[0] += counts[kind]
+            bucket[1] += counts[of]
+        baseline = rules.baseline_hours // step
+        enough = rules.min_baseline_hours if step == 1 else rules.min_baseline_days
+        flagged: list[tuple[int, int, int, float]] = []
+        for b in range(self.first_hour // step, self.last_hour // step + 1):
+            count, total = buckets.get(b, (0, 0))
+            if count < rules.min_count or not total:
                 continue
-            shares = [
-                h[kind] / h[of]
-                for k in range(hour - rules.baseline_hours, hour)
-                if (h := hours.get(k)) and h[of]
-            ]
-            if len(shares) < rules.min_baseline_hours:
+            shares = [c / t for k in range(b - baseline, b) if (ct := buckets.get(k)) and (t := ct[1])
+                      for c in (ct[0],)]
+            if len(shares) < enough:
                 continue  # too little history to call anything unusual
             usual = statistics.median(shares)
             spread = 1.4826 * statistics.median(abs(s - usual) for s in shares)
-            share = now[kind] / now[of]
-            if share > usual + max(rules.mads * spread, rules.min_rise):
-                flagged.append((hour, now[kind], now[of], usual))
-        return _runs(flagged)
+            if count / total > usual + max(rules.mads * spread, rules.min_rise):
+                flagged.append((b, count, total, usual))
+        return [(first * step, last * step + step - 1, count, total, usual)
+                for first, last, count, total, usual in _runs(flagged)]
 
     # -- first uses -----------------------------------------------------------------------
 
@@ -715,6 +726,13 @@ def _when(value: datetime) -> str:
 def _between(first: datetime, last: datetime) -> str:
     if last - first <= timedelta(hours=1):
         return f"in the hour from {_when(first)}"
+    if first.hour == last.hour == 0 and first.minute == last.minute == 0:  # whole UTC days
+        days = (last - first).days
+        start = first.astimezone(UTC).strftime("%a %d %b")
+        if days == 1:
+            return f"on {start} (UTC)"
+        end = (last - timedelta(days=1)).astimezone(UTC).strftime("%a %d %b")
+        return f"from {start} to {end} (UTC days)"
     return f"from {_when(first)} to {last.astimezone(UTC).strftime('%a %d %b %H:%M UTC')}"
 
 

@@ -88,12 +88,13 @@ def planted(day: datetime):
     yield lifecycle(t.replace(hour=11), GLOBEX, "uninstalled")
 
 
-def fill(url: str, *, anomalies: bool) -> Store:
+def fill(url: str, *, anomalies: bool, extra: tuple[AuditRecord, ...] = ()) -> Store:
     store = Store.open(url)
     start = NOW - timedelta(days=DAYS)
     records = list(steady(start, DAYS * 24))
     if anomalies:
         records += list(planted(DAY))
+    records += extra
     records.sort(key=lambda r: r.ts)
     with Recorder(store, rollup_interval=None, batch_size=2000, queue_size=100_000) as rec:
         for r in records:

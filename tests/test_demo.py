@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from collector import chain
+from collector import chain, highlights
 from collector.cli import main
 from collector.simulator.traffic import plan
 from collector.store import Store
@@ -97,6 +97,15 @@ def test_demo_records_a_month_with_its_incidents_and_an_intact_chain(sqlite_url,
     assert len(rows) > 900 and f"Recorded {len(rows):,} events" in out
     with Store.open(sqlite_url, create=False) as store:
         assert chain.verify(store).ok
+        # The month's incidents and changes are highlights: the storm among them, on its day.
+        found = highlights.find(store, since=min(ts_of(r) for r in rows), now=max(ts_of(r) for r in rows))
+    kinds = {h.kind for h in found}
+    assert kinds >= {"rejections_above_baseline", "first_write", "first_scope", "first_endpoint", "lifecycle",
+                     "first_acted_as_user"}
+    assert "chain" not in kinds
+    storm = [h for h in found if h.kind == "rejections_above_baseline"]
+    assert any(h.first_seen.date() == storm_day[0] and h.severity == "high" for h in storm)
+    assert any(h.kind == "lifecycle" and "uninstalled the app" in h.summary for h in found)
 
 
 @pytest.mark.slow

@@ -106,7 +106,7 @@ def test_documented_json_fields_are_the_report_fields():
         installs=StaticInstalls({"6f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9": "wrong-secret"}),
         now=1767225660,
     )
-    table = section("cli").split("With `--json` the object has these fields:", 1)[1]
+    table = section("cli").split("With `--json` the object has these fields:", 1)[1].split("\n#", 1)[0]
     documented = set()
     for cell in re.findall(r"^\| ([^|]+) \|", table, flags=re.M):
         documented.update(re.findall(r"`([a-z_]+)`", cell))

@@ -8,7 +8,7 @@ import sys
 from datetime import timedelta
 
 import pytest
-from highlightkit import ACME, GLOBEX, NOW, SITES, fill, incoming
+from highlightkit import ACME, DAY, GLOBEX, NOW, SITES, call, fill, incoming
 from storekit import env_for_child, tamper
 
 from collector import events as ev
@@ -69,6 +69,20 @@ def test_each_planted_anomaly_is_found_as_its_kind(database_url):
                                      "count", "summary", "filter"} for h in found)
 
 
+def test_a_slow_rise_that_no_single_hour_shows_is_found_over_its_day(sqlite_url):
+    # Three more 403s an hour on Acme all morning: under the hourly minimum, plain over the day.
+    slow = tuple(call(DAY + timedelta(hours=h, minutes=30, seconds=i), ACME, status=403, outcome=ev.DENIED,
+                      reason="scope") for h in range(12) for i in range(3))
+    with fill(sqlite_url, anomalies=False, extra=slow) as store:
+        [rise] = highlights.find(store, since=NOW - timedelta(hours=24), now=NOW, names=SITES)
+    assert rise.kind == "denials_above_baseline" and rise.tenant == ACME
+    assert rise.count == 12 * 4 and rise.first_seen == DAY
+    # The day so far: it ends at "now", noon.
+    day = DAY.strftime("%a %d %b")
+    assert f"from {day} 00:00 UTC to {day} 12:00 UTC" in rise.summary
+    assert "48 of 216 calls refused with 403 (22%)" in rise.summary and "usual 7%" in rise.summary
+
+
 def test_a_quiet_site_does_not_alarm_on_a_few_events(sqlite_url):
     with fill(sqlite_url, anomalies=False) as store:
         with Recorder(store, rollup_interval=None) as rec:
@@ -89,7 +103,8 @@ def test_a_cut_or_rewritten_chain_is_a_high_highlight(sqlite_url):
         tamper(store, "UPDATE audit_events SET path = '/evil' WHERE seq = :s", s=cp)
         # The hash column still matches: the checkpoint vouches for the hash, and a rewrite
         # that recomputes it is what this catches.
-        tamper(store, "UPDATE audit_events SET hash = 'f' || substr(hash, 2) WHERE seq = :s", s=cp)
+        tamper(store, "UPDATE audit_events SET hash = CASE WHEN substr(hash, 1, 1) = 'f' THEN 'e' "
+                      "ELSE 'f' END || substr(hash, 2) WHERE seq = :s", s=cp)  # another first digit
         [rewritten] = highlights.find(store, since=NOW - timedelta(hours=24), now=NOW, names=SITES)
         assert rewritten.kind == "chain" and rewritten.severity == "high" and "rewritten" in rewritten.summary
         tamper(store, "DELETE FROM audit_events WHERE seq >= :s", s=cp)
