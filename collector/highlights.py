@@ -239,7 +239,7 @@ class _Window:
                             end,
                             count,
                             f"{self.site(tenant)} ({platform}): {count:,} of {total:,} {what} ({share:.0%}) "
-                            f"{_between(begin, end)}, against a usual {usual:.0%} over the previous 7 days",
+                            f"{_between(begin, end)}; usually {usual:.0%}",
                             self.activity(tenant, begin, end, platform=platform, **extra),
                         )
                     )
@@ -512,8 +512,8 @@ class _Window:
                         begin,
                         end,
                         count,
-                        f"{self.site(tenant)}: {count:,} calls as users {_between(begin, end)}, "
-                        f"against a usual {usual:,.0f} an hour over the previous 7 days",
+                        f"{self.site(tenant)}: {count:,} calls as users {_between(begin, end)}; "
+                        f"usually {usual:,.0f} an hour",
                         self.activity(tenant, begin, end, direction=ev.OUTGOING, identity_kind=ev.USER),
                     )
                 )

@@ -726,7 +726,7 @@ def test_the_overview_shows_the_highlights_first_each_opening_its_events(highlig
                  if "incoming tokens rejected" in _unescaped(link.proto.label))
     # (no install in this store names the site: its key stands in)
     assert "key-acme (connect): 41 of 51 incoming tokens rejected" in _unescaped(storm.label)
-    assert _unescaped(storm.label).endswith("over the previous 7 days")  # the whole sentence
+    assert _unescaped(storm.label).endswith("; usually 9%")  # the whole sentence
     params = dict(parse_qsl(storm.query_string))
     assert storm.page == "activity" and params["outcome"] == "rejected" and params["tenant"] == ACME
     _open(at, "activity", **params)
