@@ -54,7 +54,7 @@ from urllib.parse import urlsplit
 
 from collector import events as ev
 from collector.errors import ConfigurationError
-from collector.highlights import KINDS, SEVERITIES, Highlight, find
+from collector.highlights import KINDS, SEVERITIES, Highlight, find, site_names
 
 log = logging.getLogger(__name__)
 
@@ -402,12 +402,7 @@ def _already(store: Any, event_id: str) -> bool:
 
 
 def _sites(store: Any) -> dict[str, str]:
-    import sqlalchemy as sa
-
     from collector.database import reading
-    from collector.models import Install
 
-    table = Install.__table__
     with reading(store) as conn:
-        rows = conn.execute(sa.select(table.c.client_key, table.c.base_url)).all()
-    return {key: urlsplit(url).hostname or url for key, url in rows if url}
+        return site_names(conn)

@@ -128,7 +128,7 @@ def find(
     since = since or now - timedelta(hours=24)
     found: list[Highlight] = []
     with reading(source) as conn:
-        sites = dict(names) if names is not None else _site_names(conn)
+        sites = dict(names) if names is not None else site_names(conn)
         window = _Window(since, now, sites, rules)
         found += window.rates(conn)
         found += window.first_uses(conn)
@@ -667,7 +667,8 @@ def _platform(auth_method: str | None) -> str:
     return ev.FORGE if auth_method in FORGE_AUTH else ev.CONNECT
 
 
-def _site_names(conn: sa.Connection) -> dict[str, str]:
+def site_names(conn: sa.Connection) -> dict[str, str]:
+    """clientKey -> the site as people name it (its baseUrl's host), from the installs."""
     from urllib.parse import urlsplit
 
     rows = conn.execute(sa.select(INSTALLS.c.client_key, INSTALLS.c.base_url)).all()
