@@ -171,6 +171,9 @@ sa.Index("ix_audit_events_tenant_ts", _events.tenant_client_key, _events.ts)
 sa.Index("ix_audit_events_account_ts", _events.account_id, _events.ts)
 sa.Index("ix_audit_events_outcome_ts", _events.outcome, _events.ts)
 sa.Index("ix_audit_events_reason_ts", _events.reason, _events.ts)
+# The tool's own events (purges, exports, alerts) by type: a few a day, found without a scan.
+sa.Index("ix_audit_events_internal_type", _events.event_type, _events.seq,
+         sqlite_where=_events.direction == "internal", postgresql_where=_events.direction == "internal")
 
 
 class RollupDimensions(SQLModel):

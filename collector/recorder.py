@@ -46,6 +46,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from collector import chain, config, files
+from collector import retention as retention_mod
 from collector.errors import ConnectAuditError, QueueFull, RecorderClosed, StoreUnavailable
 from collector.events import AuditRecord
 from collector.models import AuditEvent
@@ -86,6 +87,9 @@ class Recorder:
         instance_id: str | None = None,
         rollup_interval: float | None = 1.0,
         writer: str | None = None,
+        retention: Any = "environment",
+        retention_interval: float = 86_400.0,
+        retention_delay: float = 60.0,
     ) -> None:
         if when_full not in WHEN_FULL:
             raise ValueError(f"when_full must be one of {WHEN_FULL}, not {when_full!r}")
@@ -95,6 +99,11 @@ class Recorder:
         # "thread": the store work runs on a thread of this process; "process": in a writer
         # process of its own (collector/writer.py), off this process's GIL.
         self.writer = config.writer(writer)
+        # The retention policy this recorder applies (on a thread of its own, in steps, once a
+        # day, first retention_delay seconds after it starts); None: none.
+        self.retention = retention_mod.RetentionPolicy.from_env() if retention == "environment" else retention
+        self.retention_interval = retention_interval
+        self.retention_delay = retention_delay
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -131,12 +140,16 @@ class Recorder:
         self._store_down_until = 0.0
         self._retry_interval = 0.5
         self._unsigned = 0  # events we wrote since our last checkpoint
-        self._stats = {"written": 0, "spilled": 0, "reingested": 0, "batches": 0, "checkpoints": 0}
+        self._stats = {"written": 0, "spilled": 0, "reingested": 0, "batches": 0, "checkpoints": 0,
+                       "retained": 0}
         self._last_error: str | None = None
         self._process: WriterProcess | None = None
         self._child_seen: dict[str, Any] = {}  # the running writer process's last counters
         self._in_process_writes = False
         self._writing = self.writer  # where the writing runs: "thread" after a fallback
+        self._retention_stop = threading.Event()
+        self._retention_thread: threading.Thread | None = None
+        self._last_retention: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -174,6 +187,7 @@ class Recorder:
             if self._closed:
                 return True
             self._closing = True
+            self._retention_stop.set()
             self._not_empty.notify_all()
             self._not_full.notify_all()
             thread = self._thread
@@ -293,6 +307,7 @@ class Recorder:
         process = self._start_process() if self.writer == "process" else None
         if process is None:
             self._reingest_spills()  # (a writer process does this itself when it starts)
+            self._start_retention()  # (and applies the retention policy itself)
         while True:
             records = self._next_batch()
             if records is None:
@@ -328,6 +343,42 @@ class Recorder:
         self._settle(len(batch))
         self._maybe_fold_rollups()  # after the acknowledgement: flush() never waits for it
 
+    # ------------------------------------------------------------------ retention
+
+    def _start_retention(self) -> None:
+        if self.retention is None or self._retention_thread is not None:
+            return
+        self._retention_thread = threading.Thread(
+            target=self._retention_loop, name="connect-audit-retention", daemon=True)
+        self._retention_thread.start()
+
+    def _retention_loop(self) -> None:
+        wait = self.retention_delay
+        while not self._retention_stop.wait(wait):
+            wait = self.retention_interval
+            self.apply_retention()
+
+    def apply_retention(self) -> retention_mod.PolicyRun | None:
+        """Apply the retention policy now (the recorder also does it daily by itself)."""
+        if self.retention is None:
+            return None
+        started = datetime.now(UTC)
+        try:
+            # Short steps with a pause between them: this recorder's batches (and any other
+            # writer's) take the lock in between, so a large first purge never holds them up.
+            run = retention_mod.apply_policy(self.store, self.retention, instance_id=self.instance_id,
+                                             checkpoint_key=self._key(), pause=0.02)
+        except Exception as exc:  # noqa: BLE001  (retried at the next interval; never costs an event)
+            self._note_error(exc)
+            return None
+        with self._lock:
+            self._stats["retained"] += run.removed
+            self._last_retention = {"at": started, "removed": run.removed, "purges": len(run.purges)}
+        if run.removed:
+            log.info("connect-audit recorder: retention removed %d events (%s)", run.removed,
+                     self.retention.describe())
+        return run
+
     # ------------------------------------------------------------------ writer process
 
     def _start_process(self) -> WriterProcess | None:
@@ -338,7 +389,8 @@ class Recorder:
                 "queue_size": max(self.queue_size, self.batch_size), "batch_size": self.batch_size,
                 "flush_interval": self.flush_interval, "spill_dir": self.spill_dir,
                 "checkpoint_every": self.checkpoint_every, "instance_id": self.instance_id,
-                "rollup_interval": self.rollup_interval,
+                "rollup_interval": self.rollup_interval, "retention": self.retention,
+                "retention_interval": self.retention_interval, "retention_delay": self.retention_delay,
             },
         })
         try:

@@ -571,7 +571,39 @@ def integrity() -> dict[str, Any]:
         "checkpoints": checkpoints or 0,
         "last_checkpoint": dict(last._mapping) if last else None,
         "unfolded": q.rollup_lag(s),
+        "retention": retention_state(),
     }
+
+
+def retention_state(limit: int = 5) -> dict[str, Any]:
+    """The retention policy this process is configured with (``CONNECT_AUDIT_RETENTION_*``; the
+    recorders apply theirs) and the last purges, newest first, with what each removed and archived.
+    A mistake in the configuration is shown as its sentence, not raised."""
+    import sqlalchemy as sa
+
+    from collector import retention
+
+    try:
+        policy = retention.RetentionPolicy.from_env()
+        configured, problem = (policy.describe() if policy else None), None
+    except ConnectAuditError as exc:
+        configured, problem = None, str(exc)
+    e = q.EVENTS.c
+    # The literal condition lets the partial index of the tool's own events answer this.
+    stmt = (sa.select(e.ts, e.detail, e.extra)
+            .where(sa.text("direction = 'internal'"), e.event_type == "purge")
+            .order_by(e.seq.desc()).limit(limit))
+    with q.reading(store(), PAGE_TIME_LIMIT) as conn:
+        rows = conn.execute(stmt).all()
+    purges = []
+    for ts, detail, extra in rows:
+        doc = json.loads(extra) if extra else {}
+        archive = doc.get("archive") or {}
+        purges.append({"time": ts, "removed": doc.get("removed"), "up to seq": doc.get("anchor_seq"),
+                       "by": "policy" if doc.get("policy") else "command",
+                       "archive": archive.get("file"), "archive sha256": archive.get("sha256"),
+                       "detail": detail})
+    return {"policy": configured, "problem": problem, "purges": purges}
 
 
 def verify_chain() -> dict[str, Any]:

@@ -944,3 +944,28 @@ def test_every_chart_says_what_to_look_for_and_its_time_axis_names_the_zone(host
     specs = [json.loads(c.proto.spec) for c in charts]
     assert [s["title"] for s in specs] == [looks_for]
     assert specs[0]["encoding"]["x"]["title"] == "time (Asia/Kolkata)"
+
+
+def test_integrity_shows_the_retention_policy_and_what_the_last_purges_removed(tmp_path, monkeypatch):
+    from collector import synthetic
+    from collector.retention import RetentionPolicy, apply_policy
+
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    with Store.open(url) as store:
+        synthetic.generate(store, 1_500, tenants=3, days=60, seed=5)
+        run = apply_policy(store, RetentionPolicy(days=30, archive_dir=tmp_path / "archive"), chunk=400)
+    assert run.removed > 0
+    monkeypatch.setenv("CONNECT_AUDIT_RETENTION_DAYS", "30")
+    monkeypatch.setenv("CONNECT_AUDIT_RETENTION_ARCHIVE", str(tmp_path / "archive"))
+    at = _signed_in(url, monkeypatch)
+    _open(at, "integrity")
+    shown = "\n".join(_texts(at))
+    assert f"Policy: keep 30 days; archive what goes to {tmp_path / 'archive'}" in shown
+    [purges] = [f.value for f in at.dataframe if "archive sha256" in f.value.columns]
+    assert len(purges) == min(5, len(run.purges)) and set(purges["by"]) == {"policy"}
+    newest = run.archives[-1]
+    assert purges["archive"].iloc[0] == newest["file"]
+    assert purges["archive sha256"].iloc[0] == newest["sha256"]
+    monkeypatch.setenv("CONNECT_AUDIT_RETENTION_DAYS", "forever")
+    _open(at, "integrity")
+    assert any("misconfigured" in e.value and "must be a number of days" in e.value for e in at.error)

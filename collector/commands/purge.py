@@ -33,8 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "last event it removed."
         ),
     )
-    parser.add_argument(
-        "--older-than", metavar="DAYS", type=_days, required=True, help="age in days (e.g. 180)"
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--older-than", metavar="DAYS", type=_days, help="age in days (e.g. 180)")
+    which.add_argument(
+        "--policy",
+        action="store_true",
+        help="apply the retention policy (CONNECT_AUDIT_RETENTION_DAYS, _MAX_EVENTS, _ARCHIVE)",
     )
     add_database_option(parser)
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -50,15 +54,35 @@ def run(args: argparse.Namespace) -> int:
     from collector.errors import ConfigurationError
     from collector.store import Store
 
-    older_than = timedelta(days=args.older_than)
+    policy = None
+    if args.policy:
+        policy = retention.RetentionPolicy.from_env()
+        if policy is None:
+            raise ConfigurationError(
+                f"no retention policy: set {retention.DAYS_ENV} and/or "
+                f"{retention.MAX_EVENTS_ENV} (and {retention.ARCHIVE_ENV} to archive)"
+            )
+    older_than = timedelta(days=args.older_than) if policy is None else None
     with Store.open(args.database, create=False) as store, database_errors(f"purging {store.url}"):
-        plan = retention.plan(store, older_than)
+        plan = retention.plan(store, older_than) if policy is None else retention.policy_plan(store, policy)
+        why = (
+            f"are older than {args.older_than:g} days"
+            if policy is None
+            else f"go by the policy ({policy.describe()})"
+        )
         if not plan.removed:
-            print(f"nothing to purge: no event in {store.url} is older than {args.older_than:g} days")
+            print(
+                f"nothing to purge: no event in {store.url} "
+                + (
+                    f"is older than {args.older_than:g} days"
+                    if policy is None
+                    else f"goes by the policy ({policy.describe()})"
+                )
+            )
             return 0
         print(
             f"{plan.removed} events from {_when(plan.oldest_removed)} to {_when(plan.newest_removed)} "
-            f"(seq up to {plan.up_to_seq}) are older than {args.older_than:g} days; "
+            f"(seq up to {plan.up_to_seq}) {why}; "
             f"the oldest event kept is from {_when(plan.oldest_kept)}",
             file=sys.stderr,
         )
@@ -71,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
             if answer not in ("y", "yes"):
                 print("purge cancelled", file=sys.stderr)
                 return 1
+        if policy is not None:
+            return _apply(store, policy, plan.removed)
         result = retention.purge(store, older_than)
     if result.event_id is None:
         print("nothing to purge: the events were removed meanwhile")
@@ -79,6 +105,32 @@ def run(args: argparse.Namespace) -> int:
         f"purged {result.plan.removed} events (seq up to {result.plan.up_to_seq}); "
         f"recorded as purge event {result.event_id}"
     )
+    return 0
+
+
+def _apply(store, policy, total: int) -> int:
+    from collector import retention
+    from collector.commands._support import ProgressBar
+
+    bar = ProgressBar("purge", total) if total >= 100_000 else None
+    run = retention.apply_policy(store, policy, progress=bar.update if bar else None)
+    if bar:
+        bar.finish()
+    if not run.removed:
+        print("nothing to purge: the events were removed meanwhile")
+        return 0
+    print(
+        f"purged {run.removed} events in {len(run.purges)} step{'s' if len(run.purges) != 1 else ''} "
+        f"by the policy ({policy.describe()}); recorded as purge events "
+        + ", ".join(p.event_id for p in run.purges[:3])
+        + (" ..." if len(run.purges) > 3 else "")
+    )
+    for archive in run.archives:
+        print(
+            f"archived seq {archive['first_seq']} to {archive['last_seq']} in "
+            f"{policy.archive_dir / archive['file']} "
+            f"(sha256 {archive['sha256']})"
+        )
     return 0
 
 

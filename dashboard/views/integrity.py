@@ -25,6 +25,21 @@ else:
             f"with key {cp['key_id']}")
     st.code(cp["hash"], language=None)
 
+st.subheader("Retention")
+kept = info["retention"]
+if kept["problem"]:
+    st.error(f"The retention policy is misconfigured: {kept['problem']}")
+elif kept["policy"]:
+    st.text(f"Policy: {kept['policy']} (applied daily by the recorder; connect-audit purge --policy now)")
+else:
+    st.caption("No retention policy: everything is kept. Set CONNECT_AUDIT_RETENTION_DAYS (and "
+               "_MAX_EVENTS, _ARCHIVE) for the recorder to apply one daily.")
+if kept["purges"]:
+    st.caption("The last purges, newest first: each is a chained event that names what it removed.")
+    ui.table(kept["purges"], key="purges")
+else:
+    st.caption("Nothing has been purged from this log.")
+
 st.subheader("Hash chain")
 st.caption("Checks every link, hash and checkpoint signature; takes a few seconds per million events.")
 if st.button("Verify the chain now", type="primary", key="verify"):
