@@ -231,7 +231,7 @@ class Alerter:
         now = now or datetime.fromtimestamp(self.clock(), UTC)
         found = find(self.store, since=since or now - timedelta(hours=24), now=now)
         sites = _sites(self.store)
-        out = []
+        pending = []
         for h in found:
             aid = alert_id(h)
             for rule in self.config.rules:
@@ -239,8 +239,9 @@ class Alerter:
                     for name in rule.to:
                         dest = self.config.destinations[name]
                         event_id = f"alert-{aid}-{hashlib.sha256(dest.name.encode()).hexdigest()[:8]}"
-                        out.append(Due(h, rule, dest, aid, event_id, _already(self.store, event_id)))
-        return out
+                        pending.append((h, rule, dest, aid, event_id))
+        sent = _sent_before(self.store, [p[-1] for p in pending])
+        return [Due(*p, sent_before=p[-1] in sent) for p in pending]
 
     def run_once(self, *, since: datetime | None = None, now: datetime | None = None) -> Report:
         """Deliver what the window's highlights call for and has not been delivered yet."""
@@ -392,13 +393,18 @@ def _transport_problem(exc: Exception) -> str:
     return f"the request failed ({type(exc).__name__})"
 
 
-def _already(store: Any, event_id: str) -> bool:
+def _sent_before(store: Any, event_ids: list[str]) -> set[str]:
+    """Which of these delivery events the log holds (by its unique event_id index)."""
     import sqlalchemy as sa
 
     from collector.database import EVENTS, reading
 
+    found: set[str] = set()
     with reading(store) as conn:
-        return conn.execute(sa.select(EVENTS.c.seq).where(EVENTS.c.event_id == event_id)).first() is not None
+        for i in range(0, len(event_ids), 500):
+            chunk = event_ids[i : i + 500]
+            found.update(conn.execute(sa.select(EVENTS.c.event_id).where(EVENTS.c.event_id.in_(chunk))).scalars())
+    return found
 
 
 def _sites(store: Any) -> dict[str, str]:

@@ -129,7 +129,7 @@ def find(
     found: list[Highlight] = []
     with reading(source) as conn:
         sites = dict(names) if names is not None else site_names(conn)
-        window = _Window(since, now, sites, rules)
+        window = _Window(since, now, sites, rules, _first_traffic(conn))
         found += window.rates(conn)
         found += window.first_uses(conn)
         found += window.acting_as_users(conn)
@@ -148,6 +148,7 @@ class _Window:
     now: datetime
     sites: dict[str, str]
     rules: Rules
+    first_traffic: dict[str, int]  # each site's first hour of traffic, read once per find()
 
     @property
     def first_hour(self) -> int:
@@ -279,42 +280,9 @@ class _Window:
 
     def first_uses(self, conn: sa.Connection) -> list[Highlight]:
         r = ROLLUP.c
-        settled = _first_traffic(conn)
-        endpoints = (
-            conn.execute(
-                sa.select(
-                    r.tenant_client_key,
-                    r.method,
-                    r.path_template,
-                    sa.func.min(r.hour).label("first"),
-                    sa.func.max(r.hour).label("last"),
-                    sa.func.sum(r.n).label("n"),
-                    sa.func.max(r.auth_method).label("auth_method"),
-                )
-                .where(r.direction == ev.OUTGOING, r.tenant_client_key != "", r.method != "")
-                .group_by(r.tenant_client_key, r.method, r.path_template)
-                .having(sa.func.min(r.hour) >= self.first_hour)
-            )
-            .mappings()
-            .all()
-        )
-        scopes = (
-            conn.execute(
-                sa.select(
-                    r.tenant_client_key,
-                    r.required_scope,
-                    sa.func.min(r.hour).label("first"),
-                    sa.func.max(r.hour).label("last"),
-                    sa.func.sum(r.n).label("n"),
-                    sa.func.max(r.auth_method).label("auth_method"),
-                )
-                .where(r.direction == ev.OUTGOING, r.tenant_client_key != "", r.required_scope != "")
-                .group_by(r.tenant_client_key, r.required_scope)
-                .having(sa.func.min(r.hour) >= self.first_hour)
-            )
-            .mappings()
-            .all()
-        )
+        settled = self.first_traffic
+        endpoints = self._first_seen(conn, r.method, r.path_template, present=r.method)
+        scopes = self._first_seen(conn, r.required_scope, present=r.required_scope)
         earlier_writes = self._methods_used_before(conn)
         found: list[Highlight] = []
         writes: dict[tuple[str, str], list[Mapping]] = defaultdict(list)
@@ -363,6 +331,19 @@ class _Window:
             )
         return found
 
+    def _first_seen(self, conn: sa.Connection, *keys: sa.ColumnElement, present: sa.ColumnElement) -> list:
+        """Per install and ``keys`` (an endpoint, a scope), the outgoing calls whose first hour
+        falls in the window: their first and last hour, count and an auth method."""
+        r = ROLLUP.c
+        return conn.execute(
+            sa.select(r.tenant_client_key, *keys, sa.func.min(r.hour).label("first"),
+                      sa.func.max(r.hour).label("last"), sa.func.sum(r.n).label("n"),
+                      sa.func.max(r.auth_method).label("auth_method"))
+            .where(r.direction == ev.OUTGOING, r.tenant_client_key != "", present != "")
+            .group_by(r.tenant_client_key, *keys)
+            .having(sa.func.min(r.hour) >= self.first_hour)
+        ).mappings().all()
+
     def _methods_used_before(self, conn: sa.Connection) -> set[tuple[str, str]]:
         r = ROLLUP.c
         rows = conn.execute(
@@ -395,7 +376,7 @@ class _Window:
 
     def acting_as_users(self, conn: sa.Connection) -> list[Highlight]:
         r, e = ROLLUP.c, EVENTS.c
-        settled = _first_traffic(conn)
+        settled = self.first_traffic
         acting = (e.direction == ev.OUTGOING, e.identity_kind == ev.USER)
         # The rollups name the sites where the app acted as users in the window; who it acted
         # as is read from the log by the site's index (the window's calls as users only), and
@@ -535,7 +516,7 @@ class _Window:
             )
             .group_by(r.tenant_client_key)
         ).all()
-        first_traffic = _first_traffic(conn)
+        first_traffic = self.first_traffic
         found = []
         for tenant, first, last in hours:
             rows = (

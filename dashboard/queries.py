@@ -255,19 +255,14 @@ def highlights(flt: EventFilter, *, now: datetime | None = None) -> list[dict[st
     now = now or datetime.now(UTC)
     until = min(flt.until, now) if flt.until else now
     since = flt.since or until - timedelta(hours=24)
-    sites = {key: ui_site for key, url in tenant_sites().items() if (ui_site := _host(url))}
+    with q.reading(store(), PAGE_TIME_LIMIT) as conn:
+        sites = hl.site_names(conn)
     found = hl.find(store(), since=since, now=until, names=sites)
     keep = [h for h in found
             if (not flt.tenant or h.tenant in (None, flt.tenant) or sites.get(h.tenant or "") == flt.tenant)
             and (not flt.platform or h.platform in (None, flt.platform))]
     return [{**h.as_dict(), "first_seen": h.first_seen, "last_seen": h.last_seen,
              "params": h.filter.to_params()} for h in keep]
-
-
-def _host(url: str | None) -> str:
-    from urllib.parse import urlsplit
-
-    return (urlsplit(url).hostname or "") if url else ""
 
 
 # --------------------------------------------------------------------------- activity

@@ -91,6 +91,12 @@ def env_for(receiver: Receiver) -> dict[str, str]:
     }
 
 
+def alerts_once(config, url: str) -> list[str]:
+    """``connect-audit alerts --once`` over the last three days, as a process."""
+    return [sys.executable, "-m", "collector.cli", "alerts", "--config", str(config), "--database", url,
+            "--since", "72h", "--once"]
+
+
 def alerter(store, receiver, **kw) -> Alerter:
     config = AlertConfig.parse(config_text(receiver, rules=kw.pop("rules", "")), env=env_for(receiver))
     sleeps = kw.pop("sleeps", [])
@@ -198,23 +204,7 @@ def test_no_secret_of_a_destination_reaches_the_log_the_store_or_the_output(
     config.write_text(config_text(receiver))
     env = {**env_for_child(tmp_path), **env_for(receiver)}
     cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "collector.cli",
-            "alerts",
-            "--config",
-            str(config),
-            "--database",
-            sqlite_url,
-            "--since",
-            "72h",
-            "--once",
-            "--attempts",
-            "2",
-            "--backoff",
-            "0",
-        ],
+        [*alerts_once(config, sqlite_url), "--attempts", "2", "--backoff", "0"],
         capture_output=True,
         text=True,
         env=env,
@@ -279,19 +269,7 @@ def test_the_command_sends_once_then_reports_what_was_sent_before(sqlite_url, re
     config = tmp_path / "alerts.toml"
     config.write_text(config_text(receiver))
     env = {**env_for_child(tmp_path), **env_for(receiver)}
-    command = [
-        sys.executable,
-        "-m",
-        "collector.cli",
-        "alerts",
-        "--config",
-        str(config),
-        "--database",
-        sqlite_url,
-        "--since",
-        "72h",
-        "--once",
-    ]
+    command = alerts_once(config, sqlite_url)
     first = subprocess.run([*command, "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)

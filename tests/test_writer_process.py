@@ -29,15 +29,6 @@ def rows(store: Store) -> list[dict]:
         return [dict(r._mapping) for r in conn.exec_driver_sql(STORED)]
 
 
-def wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
 def test_the_writer_process_stores_byte_for_byte_what_the_writer_thread_stores(tmp_path):
     batch = records(300)
     batch.append(record(7, event_id="odd", claims={"name": "Zoë \x00 ☃", "lock": threading.Lock()},
