@@ -109,6 +109,7 @@ class ConnectAudit:
         allow_host_moves: bool | None = None,
         trusted_proxies: Iterable[str] | str | None = None,
     ) -> None:
+        from collector.forward import from_env as forward_from_env
         from collector.hosts import HostPolicy
         from collector.installs import InstallRegistry
         from collector.keys import is_local_source, key_source
@@ -151,7 +152,9 @@ class ConnectAudit:
                 app_base_url=self.base_url,
             )
             self.forge_verifier = _forge_verifier(self, forge_keys, leeway, max_token_lifetime)
-            self.recorder = Recorder(self.store, instance_id=instance_id, **dict(recorder_options or {}))
+            options = dict(recorder_options or {})
+            options.setdefault("forward", forward_from_env())  # CONNECT_AUDIT_FORWARD
+            self.recorder = Recorder(self.store, instance_id=instance_id, **options)
             self.recorder.start()
         except BaseException:
             self.store.close()

@@ -162,6 +162,23 @@ class Checkpoint(SQLModel, table=True):
     signature: str  # HMAC-SHA256 with a key kept outside the database
 
 
+class ForwardCursor(SQLModel, table=True):
+    """How far one forwarding destination has been sent (collector.forward): every event up
+    to ``seq`` was accepted by the receiver. ``holder`` leases the destination to one
+    forwarder at a time until ``lease_until``."""
+
+    __tablename__ = "forward_cursors"
+
+    name: str = Field(primary_key=True)  # the destination's URL (it never holds a secret)
+    seq: int = Field(sa_type=sa.BigInteger)
+    forwarded: int = Field(default=0, sa_type=sa.BigInteger)
+    holder: str | None = None
+    lease_until: datetime | None = _ts(default=None, nullable=True)
+    updated_at: datetime = _ts()
+    failing_since: datetime | None = _ts(default=None, nullable=True)
+    last_error: str | None = None
+
+
 # --------------------------------------------------------------------------- read side
 # Added for the dashboard and ``connect-audit export`` (collector.query): the audit log is
 # read by time range plus one selective filter, newest first, so each selective column gets

@@ -39,6 +39,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from collector import chain, config, files
+from collector import forward as forward_mod
 from collector import retention as retention_mod
 from collector.errors import ConnectAuditError, QueueFull, RecorderClosed, StoreUnavailable
 from collector.events import AuditRecord
@@ -90,6 +92,7 @@ class Recorder:
         retention: Any = "environment",
         retention_interval: float = 86_400.0,
         retention_delay: float = 60.0,
+        forward: Iterable[str] = (),
     ) -> None:
         if when_full not in WHEN_FULL:
             raise ValueError(f"when_full must be one of {WHEN_FULL}, not {when_full!r}")
@@ -104,6 +107,11 @@ class Recorder:
         self.retention = retention_mod.RetentionPolicy.from_env() if retention == "environment" else retention
         self.retention_interval = retention_interval
         self.retention_delay = retention_delay
+        # Destinations this recorder forwards the log to (collector.forward), each on a thread
+        # of this process woken after every batch; a malformed URL fails here, at start-up.
+        self.forward = tuple(forward)
+        for url in self.forward:
+            forward_mod.destination(url).close()
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -150,6 +158,7 @@ class Recorder:
         self._retention_stop = threading.Event()
         self._retention_thread: threading.Thread | None = None
         self._last_retention: dict[str, Any] | None = None
+        self._forwarders = [forward_mod.ForwardThread(self.store, url) for url in self.forward]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -169,6 +178,8 @@ class Recorder:
                 target=self._write_loop, name="connect-audit-recorder", daemon=True
             )
             self._thread.start()
+            for forwarder in self._forwarders:
+                forwarder.start()
         atexit.register(self._atexit)
         return self
 
@@ -206,6 +217,8 @@ class Recorder:
             if thread is not None and self._in_process_writes:
                 self._maybe_fold_rollups(force=True)
         self._close_spill()
+        for forwarder in self._forwarders:
+            forwarder.stop(timeout)
         with contextlib.suppress(Exception):
             atexit.unregister(self._atexit)
         return not leftover
@@ -273,12 +286,15 @@ class Recorder:
 
     def stats(self) -> dict[str, Any]:
         """Counters for monitoring: queued, written, spilled, reingested, batches, checkpoints,
-        last_error, and where the writing runs (``writer``: thread or process, ``writer_pid``)."""
+        last_error, where the writing runs (``writer``: thread or process, ``writer_pid``) and,
+        per forwarding destination, what this process sent there and its last failure."""
+        forwarding = [{"destination": f.forwarder.name, "sent": f.forwarder.sent, "last_error": f.last_error}
+                      for f in self._forwarders]
         with self._lock:
             process = self._process
             pid = None if process is None else process.pid
             return {"queued": len(self._buf), **self._stats, "last_error": self._last_error,
-                    "writer": self._writing, "writer_pid": pid}
+                    "writer": self._writing, "writer_pid": pid, "forwarding": forwarding}
 
     @property
     def writer_pid(self) -> int | None:
@@ -391,6 +407,7 @@ class Recorder:
                 "checkpoint_every": self.checkpoint_every, "instance_id": self.instance_id,
                 "rollup_interval": self.rollup_interval, "retention": self.retention,
                 "retention_interval": self.retention_interval, "retention_delay": self.retention_delay,
+                "forward": (),  # (forwarding runs in this process, woken by the child's answers)
             },
         })
         try:
@@ -443,6 +460,8 @@ class Recorder:
         with self._lock:
             self._settled += n
             self._settled_cv.notify_all()
+        for forwarder in self._forwarders:
+            forwarder.wake()
 
     def _write_batch(self, batch: list[chain.Prepared]) -> None:
         if time.monotonic() < self._store_down_until:
