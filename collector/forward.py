@@ -104,10 +104,6 @@ _SEVERITY = {ev.DENIED: (4, 13, "WARN"), ev.REJECTED: (4, 13, "WARN"), ev.ERROR:
 _INFO = (6, 9, "INFO")
 
 
-def _json_field(text: str | None) -> Any:
-    return json.loads(text) if text else None
-
-
 def _event_types(row: Mapping[str, Any]) -> list[str]:
     if row["direction"] == ev.OUTGOING:
         return ["access", "allowed" if row["outcome"] == ev.ALLOWED else "denied"]
@@ -130,12 +126,14 @@ def _message(row: Mapping[str, Any]) -> str:
 
 
 def _prune(doc: dict[str, Any]) -> dict[str, Any]:
-    """Drop empty values at every level, so a document carries only what the event has."""
+    """The document without its empty values (None, "", empty objects), at every level."""
     out = {}
     for key, value in doc.items():
-        if isinstance(value, dict):
+        if type(value) is dict:
             value = _prune(value)
-        if value not in (None, {}, [], ""):
+            if value:
+                out[key] = value
+        elif value is not None and value != "":
             out[key] = value
     return out
 
@@ -143,16 +141,15 @@ def _prune(doc: dict[str, Any]) -> dict[str, Any]:
 def ecs_event(row: Mapping[str, Any]) -> dict[str, Any]:
     """One stored event as an Elastic Common Schema document (nested objects).
 
-    ECS names where ECS has the concept; the rest under ``connect_audit``. The event's chain
-    hash is ``event.hash`` and its place in the chain ``event.sequence``, so a SIEM holds what
-    ``connect-audit verify`` checks.
+    ECS names where ECS has the concept; the rest under ``connect_audit``. A column without a
+    value is left out rather than sent as null. The event's chain hash is ``event.hash`` and
+    its place in the chain ``event.sequence``, so a SIEM holds what ``connect-audit verify``
+    checks; ``claims`` and ``extra`` are the stored objects as they are.
     """
-    ts: datetime = row["ts"]
-    host = urlsplit(row["tenant_base_url"]).hostname if row["tenant_base_url"] else None
-    latency = row["latency_ms"]
-    return _prune(
+    latency, base = row["latency_ms"], row["tenant_base_url"]
+    doc = _prune(
         {
-            "@timestamp": ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "@timestamp": row["ts"].astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "message": _message(row),
             "ecs": {"version": ECS_VERSION},
             "event": {
@@ -173,7 +170,7 @@ def ecs_event(row: Mapping[str, Any]) -> dict[str, Any]:
                 "request": {"method": row["method"], "id": row["request_id"]},
                 "response": {"status_code": row["status"]},
             },
-            "url": {"path": row["path"], "domain": host},
+            "url": {"path": row["path"], "domain": urlsplit(base).hostname if base else None},
             "user": {"id": row["account_id"]},
             "organization": {"id": row["tenant_client_key"]},
             "service": {
@@ -187,18 +184,20 @@ def ecs_event(row: Mapping[str, Any]) -> dict[str, Any]:
                 "auth_method": row["auth_method"],
                 "identity_kind": row["identity_kind"],
                 "outcome": row["outcome"],
-                "tenant": {"client_key": row["tenant_client_key"], "base_url": row["tenant_base_url"]},
+                "tenant": {"client_key": row["tenant_client_key"], "base_url": base},
                 "product": row["product"],
                 "path_template": row["path_template"],
                 "scope": {"required": row["required_scope"], "declared": row["declared_scopes"]},
                 "detail": row["detail"],
                 "token_fingerprint": row["token_fingerprint"],
-                "claims": _json_field(row["claims"]),
-                "extra": _json_field(row["extra"]),
                 "prev_hash": row["prev_hash"],
             },
         }
     )
+    for column in ("claims", "extra"):  # as stored, not pruned: they are the record's own objects
+        if row[column]:
+            doc["connect_audit"][column] = json.loads(row[column])
+    return doc
 
 
 def severity(doc: Mapping[str, Any]) -> tuple[int, int, str]:

@@ -567,7 +567,25 @@ def integrity() -> dict[str, Any]:
         "last_checkpoint": dict(last._mapping) if last else None,
         "unfolded": q.rollup_lag(s),
         "retention": retention_state(),
+        "forwarding": forwarding_state(),
     }
+
+
+def forwarding_state() -> list[dict[str, Any]]:
+    """Each forwarding destination's cursor (``connect-audit forward``, the recorder's option):
+    what it sent, about how many events it is behind the log's head (the seq distance: cheap at
+    any size), and since when and why it fails."""
+    import sqlalchemy as sa
+
+    from collector.models import ForwardCursor
+
+    t = ForwardCursor.__table__
+    with q.reading(store(), PAGE_TIME_LIMIT) as conn:
+        rows = conn.execute(sa.select(t).order_by(t.c.name)).mappings().all()
+        head = conn.execute(sa.select(sa.func.max(q.EVENTS.c.seq))).scalar() or 0
+    return [{"destination": r["name"], "sent": r["forwarded"], "behind": max(head - r["seq"], 0),
+             "updated": r["updated_at"], "failing since": r["failing_since"], "last error": r["last_error"]}
+            for r in rows]
 
 
 def retention_state(limit: int = 5) -> dict[str, Any]:

@@ -969,3 +969,25 @@ def test_integrity_shows_the_retention_policy_and_what_the_last_purges_removed(t
     monkeypatch.setenv("CONNECT_AUDIT_RETENTION_DAYS", "forever")
     _open(at, "integrity")
     assert any("misconfigured" in e.value and "must be a number of days" in e.value for e in at.error)
+
+
+def test_integrity_shows_each_forwarding_destination_and_why_one_fails(tmp_path, monkeypatch):
+    from collector import synthetic
+    from collector.forward import Forwarder, ForwardError
+
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    with Store.open(url) as store:
+        synthetic.generate(store, 300, tenants=2, days=2, seed=3)
+    at = _signed_in(url, monkeypatch)
+    _open(at, "integrity")
+    assert any("Not forwarded anywhere" in c.value for c in at.caption)
+    with Store.open(url) as store:
+        down = Forwarder(store, "syslog+tcp://127.0.0.1:9?facility=local1", batch_size=100)
+        assert down.claim()
+        with pytest.raises(ForwardError):
+            down.forward_available()  # nothing listens on the discard port
+    _open(at, "integrity")
+    [table] = [f.value for f in at.dataframe if "destination" in f.value.columns]
+    assert list(table["destination"]) == ["syslog+tcp://127.0.0.1:9?facility=local1"]
+    assert table["sent"].iloc[0] == 0 and table["behind"].iloc[0] >= 300
+    assert any("has failed since" in e.value and "connection refused" in e.value for e in at.error)

@@ -142,3 +142,17 @@ def test_the_readme_leads_to_every_reference_page_and_every_link_resolves():
                 assert anchor in _anchors(path), f"{doc.name}: no heading for #{anchor} in {path.name}"
             checked += 1
     assert checked > 15
+
+
+def test_every_test_a_document_names_exists():
+    # The reliability and performance pages cite the test behind each promise; a renamed or
+    # deleted test must not leave a promise pointing at nothing.
+    defined = set()
+    for path in (ROOT / "tests").glob("test_*.py"):
+        defined |= set(re.findall(r"^(?:async )?def (test_\w+)", path.read_text(encoding="utf-8"), flags=re.M))
+    missing = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for name in re.findall(r"::(test_\w+)", doc.read_text(encoding="utf-8")):
+            if name not in defined:
+                missing.append(f"{doc.name}: {name}")
+    assert not missing, missing

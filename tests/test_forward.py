@@ -241,6 +241,8 @@ def test_splunk_hec_gets_its_request_shape_and_token_header(sqlite_url, isolated
     assert abs(first["time"] - datetime.fromisoformat(first["event"]["@timestamp"]).timestamp()) < 1e-5
     for text in (str(busy.value), str(refused.value), caplog.text, state.last_error or "", json.dumps(got)):
         assert TOKEN not in text and "not-the-token" not in text
+    for path in tmp_path.rglob("audit.db*"):  # nor anywhere in the store's files
+        assert TOKEN.encode() not in path.read_bytes() and b"not-the-token" not in path.read_bytes()
 
 
 @pytest.mark.slow

@@ -40,6 +40,22 @@ if kept["purges"]:
 else:
     st.caption("Nothing has been purged from this log.")
 
+st.subheader("Forwarding")
+sent = info["forwarding"]
+failing = [d for d in sent if d["failing since"]]
+for d in failing:
+    # The error can quote the receiver's answer: shown as text, never as markdown.
+    st.error(f"Forwarding to {ui.md_escape(d['destination'], 200)} has failed since "
+             f"{d['failing since']:%Y-%m-%d %H:%M} UTC ({d['behind']:,} events waiting): "
+             f"{ui.md_escape(d['last error'] or '', 400)}")
+if sent:
+    st.caption("Each destination's cursor: events up to it were accepted by the receiver; the rest are "
+               "sent, at least once, when it answers again.")
+    ui.table(sent, key="forwarding")
+else:
+    st.caption("Not forwarded anywhere. connect-audit forward --to syslog+tls://... | splunk-hec://... | "
+               "otlp+http://... (or CONNECT_AUDIT_FORWARD for the recorder) sends every event to a SIEM.")
+
 st.subheader("Hash chain")
 st.caption("Checks every link, hash and checkpoint signature; takes a few seconds per million events.")
 if st.button("Verify the chain now", type="primary", key="verify"):
