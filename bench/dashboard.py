@@ -123,12 +123,16 @@ def _raw_questions(path: Path) -> dict[str, callable]:
 
 
 def _app():
+    """A new session of the dashboard's page script, signed in as the admin (not timed)."""
     from streamlit.testing.v1 import AppTest
 
-    from dashboard import auth
-
-    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120)
-    at.session_state[auth.SESSION_KEY] = auth.User("bench", auth.ADMIN, "local")
+    at = AppTest.from_file(str(ROOT / "dashboard" / "main.py"), default_timeout=120)
+    at.run()
+    at.text_input(key="sign_in_name").input("admin")
+    at.text_input(key="sign_in_password").input(os.environ["CONNECT_AUDIT_ADMIN_PASSWORD"])
+    at.button(key="FormSubmitter:sign_in-Sign in").click().run()
+    if at.exception or not at.title:
+        raise SystemExit(f"signing in failed: {[e.value for e in at.exception] or 'no page after sign-in'}")
     at.query_params["range"] = RANGE
     return at
 
@@ -142,6 +146,8 @@ def _render(page: str) -> float:
     elapsed = time.perf_counter() - started
     if at.exception:
         raise SystemExit(f"{page} failed: {at.exception[0].value}")
+    if not at.title:  # a page that rendered nothing must not pass for a fast one
+        raise SystemExit(f"{page} rendered no page")
     if at.warning:
         print(f"  note on {page}: {at.warning[0].value}")
     return elapsed

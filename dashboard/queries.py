@@ -247,22 +247,47 @@ def install_changes(flt: EventFilter, *, limit: int = 10) -> list[dict[str, Any]
     return wanted[:limit]
 
 
+#: A range's highlights are found at most once a minute per server process: a filter change on
+#: the Overview (a tenant, a platform) narrows the same list instead of reading it again.
+HIGHLIGHTS_TTL = 60.0
+_found: dict[tuple[str, datetime, datetime], tuple[float, list[Any], dict[str, str]]] = {}
+
+
 def highlights(flt: EventFilter, *, now: datetime | None = None) -> list[dict[str, Any]]:
     """What is worth a look in the filter's range (:mod:`collector.highlights`), most severe and
-    newest first, narrowed to its tenant and platform; each with the Activity page's parameters."""
-    from collector import highlights as hl
+    newest first, narrowed to its tenant and platform; each with the Activity page's parameters.
 
+    A range that ends now is taken to the minute (rates are hourly, first uses settle over a
+    day), so the list is found once a minute and every filter change within it narrows it."""
     now = now or datetime.now(UTC)
-    until = min(flt.until, now) if flt.until else now
+    until = min(flt.until, now) if flt.until else now.replace(second=0, microsecond=0)
     since = flt.since or until - timedelta(hours=24)
-    with q.reading(store(), PAGE_TIME_LIMIT) as conn:
-        sites = hl.site_names(conn)
-    found = hl.find(store(), since=since, now=until, names=sites)
+    if not flt.until:
+        since = since.replace(second=0, microsecond=0)
+    found, sites = _find_highlights(since, until)
     keep = [h for h in found
             if (not flt.tenant or h.tenant in (None, flt.tenant) or sites.get(h.tenant or "") == flt.tenant)
             and (not flt.platform or h.platform in (None, flt.platform))]
     return [{**h.as_dict(), "first_seen": h.first_seen, "last_seen": h.last_seen,
              "params": h.filter.to_params()} for h in keep]
+
+
+def _find_highlights(since: datetime, until: datetime) -> tuple[list[Any], dict[str, str]]:
+    import time
+
+    from collector import highlights as hl
+
+    key = (config.database_url(), since, until)
+    cached = _found.get(key)
+    if cached and time.monotonic() - cached[0] < HIGHLIGHTS_TTL:
+        return cached[1], cached[2]
+    with q.reading(store(), PAGE_TIME_LIMIT) as conn:
+        sites = hl.site_names(conn)
+    found = hl.find(store(), since=since, now=until, names=sites)
+    for stale in [k for k, v in _found.items() if time.monotonic() - v[0] >= HIGHLIGHTS_TTL]:
+        _found.pop(stale, None)
+    _found[key] = (time.monotonic(), found, sites)
+    return found, sites
 
 
 # --------------------------------------------------------------------------- activity
