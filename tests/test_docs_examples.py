@@ -149,7 +149,8 @@ def test_every_test_a_document_names_exists():
     # deleted test must not leave a promise pointing at nothing.
     defined = set()
     for path in (ROOT / "tests").glob("test_*.py"):
-        defined |= set(re.findall(r"^(?:async )?def (test_\w+)", path.read_text(encoding="utf-8"), flags=re.M))
+        text = path.read_text(encoding="utf-8")
+        defined |= set(re.findall(r"^(?:async )?def (test_\w+)", text, flags=re.M))
     missing = []
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for name in re.findall(r"::(test_\w+)", doc.read_text(encoding="utf-8")):
