@@ -111,6 +111,11 @@ KNOWN: dict[tuple[str, ...], Known] = {
                         "--dry-run"),
                        extra_faults=(("missing-config", ("--config", "gone.toml"), "gone.toml"),
                                      ("bad-every", ("--every", "0"), "--every"))),
+    ("forward",): Known(("--status",), extra_faults=(
+        ("bad-destination", ("--to", "ftp://example.com"), "ftp://example.com"),
+        ("credentials-in-url", ("--to", "syslog+tcp://u:pw@h:514"), "credentials"),
+        ("bad-every", ("--every", "0"), "--every"),
+        ("zero-batch", ("--batch", "0"), "--batch"))),
     ("highlights",): Known((), extra_faults=(("bad-since", ("--since", "last tuesday"), "last tuesday"),)),
     ("export",): Known(()),
     ("verify",): Known(()),

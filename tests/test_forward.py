@@ -420,6 +420,9 @@ def test_a_recorder_forwards_as_it_writes(sqlite_url, isolated_keys, tmp_path, w
                 rec.record(r)
             got = receiver.wait_for(30, timeout=20)
             assert len(got) == 30  # without a flush or a close: woken by the written batch
+            deadline = time.monotonic() + 10  # (the receiver stores a batch before it answers)
+            while rec.stats()["forwarding"][0]["sent"] < 30 and time.monotonic() < deadline:
+                time.sleep(0.02)
             assert rec.stats()["forwarding"][0]["sent"] == 30
             for r in records(5, prefix="last"):
                 rec.record(r)

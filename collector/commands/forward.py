@@ -56,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="where a new destination starts: the first event kept (default) or the "
         "log's head; ignored once it has a cursor",
     )
-    parser.add_argument("--status", action="store_true", help="print every destination's cursor and backlog")
+    parser.add_argument("--status", action="store_true",
+                        help="print every destination's cursor and backlog (with --to: that one's)")
     parser.add_argument("--json", action="store_true", help="print reports as JSON")
     parser.set_defaults(func=run)
 
@@ -70,10 +71,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("--every must be positive and --batch at least 1")
     if not args.status and not args.to:
         raise ConfigurationError("name the destination with --to URL (or ask for --status)")
+    from collector.forward import Forwarder, destination
+
+    only = None
+    if args.to:  # a malformed destination is refused before the store is opened
+        target = destination(args.to)
+        only = target.label
+        target.close()
     with Store.open(args.database, create=False) as store, database_errors(f"forwarding from {store.url}"):
         if args.status:
-            return _status(store, args.json)
-        from collector.forward import Forwarder
+            return _status(store, args.json, only)
 
         forwarder = Forwarder(store, args.to, batch_size=args.batch, start=args.start)
         try:
@@ -163,12 +170,12 @@ def _follow(forwarder, every: float, as_json: bool) -> int:
         time.sleep(backoff or every)
 
 
-def _status(store, as_json: bool) -> int:
+def _status(store, as_json: bool, only: str | None) -> int:
     import json
 
     from collector.forward import cursors
 
-    states = cursors(store)
+    states = [s for s in cursors(store) if only is None or s.name == only]
     if as_json:
         print(json.dumps([s.as_dict() for s in states]))
         return 0
