@@ -149,6 +149,7 @@ class _Window:
     sites: dict[str, str]
     rules: Rules
     first_traffic: dict[str, int]  # each site's first hour of traffic, read once per find()
+    _acted_before_stmt: Any = None
 
     @property
     def first_hour(self) -> int:
@@ -438,21 +439,22 @@ class _Window:
         return found
 
     def _acted_before(self, conn: sa.Connection, tenant: str, account: str) -> bool:
-        e = EVENTS.c
-        return (
-            conn.execute(
+        # One statement for every account (built once per run: this runs per person acted as).
+        if self._acted_before_stmt is None:
+            e = EVENTS.c
+            self._acted_before_stmt = (
                 sa.select(e.seq)
                 .where(
-                    e.account_id == account,
+                    e.account_id == sa.bindparam("account"),
                     e.ts < self.since,
-                    e.tenant_client_key == tenant,
+                    e.tenant_client_key == sa.bindparam("tenant"),
                     e.direction == ev.OUTGOING,
                     e.identity_kind == ev.USER,
                 )
                 .limit(1)
-            ).first()
-            is not None
-        )
+            )
+        found = conn.execute(self._acted_before_stmt, {"account": account, "tenant": tenant}).first()
+        return found is not None
 
     def _user_rate(self, conn: sa.Connection) -> list[Highlight]:
         r = ROLLUP.c
@@ -475,8 +477,10 @@ class _Window:
             flagged = []
             for hour in range(self.first_hour, self.last_hour + 1):
                 n = hours.get(hour, 0)
+                if n < self.rules.min_count:
+                    continue  # (before the baseline: most hours stop here)
                 usual_hours = [v for k, v in hours.items() if hour - self.rules.baseline_hours <= k < hour]
-                if n < self.rules.min_count or len(usual_hours) < self.rules.min_baseline_hours:
+                if len(usual_hours) < self.rules.min_baseline_hours:
                     continue
                 usual = statistics.median(usual_hours)
                 spread = 1.4826 * statistics.median(abs(v - usual) for v in usual_hours)

@@ -10,7 +10,12 @@ with ui.guard():
     data = queries.overview(flt)
     sites = queries.tenant_sites()
     changes = queries.install_changes(flt)
-    found = queries.highlights(flt)
+# The highlights of a long range on a large store can outlast the page's time limit: then the
+# rest of the Overview still shows, and the section says so in one sentence.
+try:
+    found, missed = queries.highlights(flt), None
+except queries.QueryTimeout as exc:
+    found, missed = [], str(exc)
 
 # What is worth a look comes first: rates above their baseline, first uses, lifecycle changes.
 SEVERITY_ICONS = {
@@ -18,7 +23,9 @@ SEVERITY_ICONS = {
 }
 pressing = [h for h in found if h["severity"] != "low"]
 st.subheader("Highlights")
-if not found:
+if missed:
+    st.warning(f"Highlights were not found in time for this range: {missed}")
+elif not found:
     st.caption("Nothing unusual in this range: no failure rate above its baseline, no first use, "
                "no lifecycle change.")
 for h in pressing[:8]:
