@@ -629,6 +629,13 @@ class CursorState:
     last_error: str | None
     behind: int | None = None
 
+    @property
+    def problem(self) -> str | None:
+        """The last failure without the destination's name in front (it is shown beside it)."""
+        if not self.last_error:
+            return None
+        return self.last_error.removeprefix(f"{self.name}: ")
+
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
         for key in ("lease_until", "updated_at", "failing_since"):

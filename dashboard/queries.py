@@ -609,7 +609,8 @@ def forwarding_state() -> list[dict[str, Any]]:
         rows = conn.execute(sa.select(t).order_by(t.c.name)).mappings().all()
         head = conn.execute(sa.select(sa.func.max(q.EVENTS.c.seq))).scalar() or 0
     return [{"destination": r["name"], "sent": r["forwarded"], "behind": max(head - r["seq"], 0),
-             "updated": r["updated_at"], "failing since": r["failing_since"], "last error": r["last_error"]}
+             "updated": r["updated_at"], "failing since": r["failing_since"],
+             "last error": (r["last_error"] or "").removeprefix(f"{r['name']}: ") or None}
             for r in rows]
 
 

@@ -183,7 +183,7 @@ def _status(store, as_json: bool, only: str | None) -> int:
         print("no destination has been forwarded to from this store")
     for s in states:
         failing = (
-            f"; failing since {s.failing_since:%Y-%m-%d %H:%M:%S}Z: {s.last_error}" if s.failing_since else ""
+            f"; failing since {s.failing_since:%Y-%m-%d %H:%M:%S}Z: {s.problem}" if s.failing_since else ""
         )
         print(
             f"{s.name}: {s.forwarded} sent, cursor at seq {s.seq}, {s.behind} behind, "
