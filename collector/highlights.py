@@ -410,16 +410,17 @@ class _Window:
                 )
                 .group_by(e.account_id)
             ).all()
+            # Each person on their own: one first met in the site's first day (not yet settled)
+            # must not hide another first met later.
             new = [
                 (account, _aware(first), _aware(last))
                 for account, first, last in accounts
-                if not self._acted_before(conn, tenant, account)
+                if self._settled(settled, tenant, int(_aware(first).timestamp()) // HOUR)
+                and not self._acted_before(conn, tenant, account)
             ]
             if not new:
                 continue
             first, last = min(n[1] for n in new), max(n[2] for n in new)
-            if not self._settled(settled, tenant, int(first.timestamp()) // HOUR):
-                continue
             who = len(new)
             found.append(
                 Highlight(

@@ -8,7 +8,7 @@ import sys
 from datetime import timedelta
 
 import pytest
-from highlightkit import ACME, DAY, GLOBEX, NOW, SITES, call, fill, incoming
+from highlightkit import ACME, DAY, DAYS, GLOBEX, NOW, SITES, call, fill, incoming
 from storekit import env_for_child, tamper
 
 from collector import events as ev
@@ -134,3 +134,15 @@ def test_the_command_prints_the_highlights_as_json_and_text(sqlite_url, tmp_path
     bad = subprocess.run([sys.executable, "-m", "collector.cli", "highlights", "--database", sqlite_url,
                           "--since", "yesterday-ish"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "yesterday-ish" in bad.stderr
+
+
+def test_a_person_met_on_a_sites_first_day_does_not_hide_one_met_later(sqlite_url):
+    # Over the whole history Ada is met in the sites' first hour (not yet settled, so not a
+    # highlight); Grace, met on Acme three days later, still is.
+    start = NOW - timedelta(days=DAYS)
+    grace = (call(start + timedelta(days=3, minutes=7), ACME, kind=ev.USER, account="grace",
+                  auth=ev.USER_BEARER),)
+    with fill(sqlite_url, anomalies=False, extra=grace) as store:
+        found = highlights.find(store, since=start, now=NOW, names=SITES)
+    [met] = [h for h in found if h.kind == "first_acted_as_user"]
+    assert met.tenant == ACME and met.count == 1 and met.first_seen == grace[0].ts
