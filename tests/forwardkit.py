@@ -234,7 +234,10 @@ class ReceiverProcess:
     def received(self) -> list[dict]:
         if not self.out.exists():
             return []
-        return [json.loads(line) for line in self.out.read_text(encoding="utf-8").splitlines()]
+        text = self.out.read_text(encoding="utf-8")
+        # A line is the receiver's only once it is whole (one being written, or torn by a kill
+        # and dropped at the restart, was never acknowledged).
+        return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
 
     def wait_for(self, n: int, timeout: float = 20.0) -> list[dict]:
         return _wait(self.received, n, timeout)

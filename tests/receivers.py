@@ -117,6 +117,16 @@ class Receiver(BaseHTTPRequestHandler):
             os.fsync(out.fileno())
 
 
+def _drop_torn_tail(path: str) -> None:
+    """A receiver killed while writing leaves half a line it never acknowledged: drop it, as a
+    journal drops an unfinished record, so that the next line does not run into it."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=("hec", "otlp"))
@@ -126,6 +136,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--busy", type=int, default=0)
     parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     args = parser.parse_args(argv)
+    _drop_torn_tail(args.out)
     Receiver.kind, Receiver.out_path, Receiver.token, Receiver.busy = (
         args.kind,
         args.out,
