@@ -191,6 +191,13 @@ sa.Index("ix_audit_events_reason_ts", _events.reason, _events.ts)
 # The tool's own events (purges, exports, alerts) by type: a few a day, found without a scan.
 sa.Index("ix_audit_events_internal_type", _events.event_type, _events.seq,
          sqlite_where=_events.direction == "internal", postgresql_where=_events.direction == "internal")
+# The calls the app made as users, by site, person and time (collector.highlights: whom it
+# acted as in a window, and whether it had before).
+_acting = sa.and_(_events.direction == "outgoing", _events.identity_kind == "user")
+sa.Index("ix_audit_events_acting_as", _events.tenant_client_key, _events.account_id, _events.ts,
+         _events.direction, _events.identity_kind, sqlite_where=_acting, postgresql_where=_acting)
+sa.Index("ix_audit_events_acting_as_ts", _events.tenant_client_key, _events.ts, _events.account_id,
+         _events.direction, _events.identity_kind, sqlite_where=_acting, postgresql_where=_acting)
 
 
 class RollupDimensions(SQLModel):
