@@ -106,6 +106,10 @@ def test_demo_records_a_month_with_its_incidents_and_an_intact_chain(sqlite_url,
     storm = [h for h in found if h.kind == "rejections_above_baseline"]
     assert any(h.first_seen.date() == storm_day[0] and h.severity == "high" for h in storm)
     assert any(h.kind == "lifecycle" and "uninstalled the app" in h.summary for h in found)
+    # The wiki import: an hour of pages created as people, far above acme's usual rate.
+    [burst] = [h for h in found if h.kind == "acting_as_users_above_baseline"]
+    assert "acme.atlassian.net" in burst.summary and burst.count >= 12
+    assert "a team moves its wiki in" in out
 
 
 @pytest.mark.slow

@@ -170,6 +170,7 @@ WHERE = {
     "rotate": "Installs: a reinstall that changed the secret",
     "restrict": "Denials: permission 403s in MKT", "uninstall": "Installs, and inactive_install refusals",
     "skew": "Activity: not_yet_valid refusals and host 401s", "storm": "Activity: expired refusals",
+    "import": "Overview: calls as users above their usual rate; Who acted",
 }
 
 

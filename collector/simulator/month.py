@@ -13,7 +13,9 @@ administrator opens the dashboard to find (:data:`INCIDENTS`):
 - a space locked down on one site (permission 403s from that day on);
 - the app's server clock running slow for a morning (every host token "not yet valid", every
   call the app signs refused by the host);
-- a storm of expired tokens from one site's stale tabs.
+- a storm of expired tokens from one site's stale tabs;
+- a team moving its wiki in: an hour of the app creating pages as its people, far above its
+  usual rate of acting as users.
 
 :func:`play` runs the timeline in time order under a :class:`SimulatedClock` shared by the
 simulator and the collector, so each event is dated when it happened in the story, through
@@ -62,6 +64,8 @@ MIX = {
 SPACES = ("DEV",) * 5 + ("MKT",) * 3 + ("HR",)
 #: Share of the requests that are the scheduled trigger and the expired-token storm.
 SCHEDULE_SHARE, STORM_SHARE = 0.06, 0.04
+#: Share of the requests that are the wiki import's page creations (at least MIN_IMPORT).
+IMPORT_SHARE, MIN_IMPORT = 0.02, 12
 #: When the app's nightly jobs run (seconds after midnight UTC).
 NIGHTLY = 3 * HOUR
 #: The app server's clock error during the skew incident (seconds; slow).
@@ -97,6 +101,8 @@ INCIDENTS = (
     Incident("uninstall", "initech", 13, 14.0, "uninstalls the app; stale tabs call for a day"),
     Incident("skew", "acme", 15, 9.5, "the app server's clock runs 7 minutes slow", hours=3),
     Incident("storm", "acme", 17, 14.0, "stale tabs send a storm of expired tokens", hours=1),
+    Incident("import", "acme", 19, 11.0, "a team moves its wiki in: the app creates pages as its people "
+             "all hour", hours=1),
 )
 
 
@@ -195,13 +201,18 @@ def timeline(n: int, seed: int, *, days: int = 30, end: float | None = None) -> 
     storm = when.get(("storm", "acme"))
     storms = max(2, int(n * STORM_SHARE)) if storm is not None else 0
     schedules = _schedules(rng, start, end, when, int(n * SCHEDULE_SHARE))
-    people = n - storms - len(schedules)
+    imported = when.get(("import", "acme"))
+    imports = max(MIN_IMPORT, int(n * IMPORT_SHARE)) if imported is not None else 0
+    people = n - storms - imports - len(schedules)
     for at in schedules:
         trigger = Action("forge_schedule", _forge_site(at, when), choice=rng.randrange(1 << 30))
         steps.append(Step(at, len(steps), trigger))
     for _ in range(storms):
         at = storm + rng.random() * HOUR
         steps.append(Step(at, len(steps), Action("bad_token", "acme", "expired", rng.randrange(1 << 30))))
+    for _ in range(imports):  # the app acting as the team's people far above its usual rate
+        at = imported + rng.random() * HOUR
+        steps.append(Step(at, len(steps), Action("create_page", "acme", None, rng.randrange(1 << 30))))
     for at, site in _user_times(rng, start, end, when, max(people, 0)):
         steps.append(Step(at, len(steps), _user_action(rng, site)))
     steps.sort()
@@ -320,6 +331,9 @@ class _World:
 
     def _storm(self, site: str, phase: str) -> None:
         pass  # the storm is its requests (expired tokens), placed in its hour by the timeline
+
+    def _import(self, site: str, phase: str) -> None:
+        pass  # the import is its requests (pages created as people), placed by the timeline
 
 
 def play(sim: ConfluenceSimulator, story: Story, clock: SimulatedClock, app_clock: SkewedClock, *,
