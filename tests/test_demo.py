@@ -110,6 +110,9 @@ def test_demo_records_a_month_with_its_incidents_and_an_intact_chain(sqlite_url,
     [burst] = [h for h in found if h.kind == "acting_as_users_above_baseline"]
     assert "acme.atlassian.net" in burst.summary and burst.count >= 12
     assert "a team moves its wiki in" in out
+    # The skew: the app's own sync job signs on the slow clock, and the host answers 401.
+    [refused] = [h for h in found if h.kind == "unauthorized_above_baseline"]
+    assert "acme.atlassian.net" in refused.summary and refused.count >= 12 and refused.severity == "high"
 
 
 @pytest.mark.slow

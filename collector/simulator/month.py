@@ -12,7 +12,7 @@ administrator opens the dashboard to find (:data:`INCIDENTS`):
   approval, two days later);
 - a space locked down on one site (permission 403s from that day on);
 - the app's server clock running slow for a morning (every host token "not yet valid", every
-  call the app signs refused by the host);
+  call the app signs refused by the host: its sync job's calls fail with 401s);
 - a storm of expired tokens from one site's stale tabs;
 - a team moving its wiki in: an hour of the app creating pages as its people, far above its
   usual rate of acting as users.
@@ -66,6 +66,8 @@ SPACES = ("DEV",) * 5 + ("MKT",) * 3 + ("HR",)
 SCHEDULE_SHARE, STORM_SHARE = 0.06, 0.04
 #: Share of the requests that are the wiki import's page creations (at least MIN_IMPORT).
 IMPORT_SHARE, MIN_IMPORT = 0.02, 12
+#: Share of the requests that are the app's own sync job during the skew (at least MIN_JOBS).
+JOB_SHARE, MIN_JOBS = 0.02, 12
 #: When the app's nightly jobs run (seconds after midnight UTC).
 NIGHTLY = 3 * HOUR
 #: The app server's clock error during the skew incident (seconds; slow).
@@ -203,13 +205,18 @@ def timeline(n: int, seed: int, *, days: int = 30, end: float | None = None) -> 
     schedules = _schedules(rng, start, end, when, int(n * SCHEDULE_SHARE))
     imported = when.get(("import", "acme"))
     imports = max(MIN_IMPORT, int(n * IMPORT_SHARE)) if imported is not None else 0
-    people = n - storms - imports - len(schedules)
+    skewed = when.get(("skew", "acme"))
+    jobs = max(MIN_JOBS, int(n * JOB_SHARE)) if skewed is not None else 0
+    people = n - storms - imports - jobs - len(schedules)
     for at in schedules:
         trigger = Action("forge_schedule", _forge_site(at, when), choice=rng.randrange(1 << 30))
         steps.append(Step(at, len(steps), trigger))
     for _ in range(storms):
         at = storm + rng.random() * HOUR
         steps.append(Step(at, len(steps), Action("bad_token", "acme", "expired", rng.randrange(1 << 30))))
+    for _ in range(jobs):  # the app's own sync job, signing on the slow clock: the host refuses it
+        at = skewed + rng.random() * 25 * 60  # every few minutes, in the skew's first clock hour
+        steps.append(Step(at, len(steps), Action("app_job", "acme", None, rng.randrange(1 << 30))))
     for _ in range(imports):  # the app acting as the team's people far above its usual rate
         at = imported + rng.random() * HOUR
         steps.append(Step(at, len(steps), Action("create_page", "acme", None, rng.randrange(1 << 30))))
@@ -338,10 +345,12 @@ class _World:
 
 def play(sim: ConfluenceSimulator, story: Story, clock: SimulatedClock, app_clock: SkewedClock, *,
          forge_from_start: str = "acme", progress: Callable[[int, int], None] | None = None,
-         nightly: Callable[[], object] | None = None) -> Runner:
+         nightly: Callable[[], object] | None = None, job: Callable[[str], object] | None = None) -> Runner:
     """Run the story in time order: set the clock to each step's time, then take the step.
-    ``nightly`` runs once a day, at the first step after 03:00 UTC (the app's daily jobs)."""
-    runner = Runner(sim)
+    ``nightly`` runs once a day, at the first step after 03:00 UTC (the app's daily jobs);
+    ``job(site)`` is the app's own sync job, a call it makes without a request from the host
+    (without one, those steps are page loads)."""
+    runner = Runner(sim, job=job)
     world = _World(sim, runner, app_clock, forge_from_start)
     total, done = story.requests, 0
     last_night = int((story.start - NIGHTLY) // DAY)

@@ -89,14 +89,17 @@ def plan(n: int, seed: int, tenants: list[str]) -> list[Action]:
 
 
 class Runner:
-    def __init__(self, sim: ConfluenceSimulator) -> None:
+    def __init__(self, sim: ConfluenceSimulator, *, job: Callable[[str], object] | None = None) -> None:
         self.sim = sim
+        self.job = job  # job(site): a call the app makes by itself (the demo's sync job)
         self.statuses: Counter[int] = Counter()
         self.failures = 0
         self.moved: set[str] = set()  # sites whose traffic now arrives through Forge
         self._lock = threading.Lock()
 
     def _kind(self, action: Action) -> str:
+        if action.kind == "app_job" and self.job is None:
+            return "page_load"
         on_forge = self.sim.tenant(action.tenant).forge_status == "installed" and self.sim.forge.app
         if action.kind in FORGE_KINDS and not on_forge:
             return "page_load"  # the site has no Forge installation (yet): Connect traffic
@@ -208,6 +211,9 @@ class Runner:
         body = {"eventType": PAGE_EVENT, "atlassianId": self._user(a),
                 "content": {"id": page_id, "type": "page"}, "eventId": f"evt-{a.choice}"}
         return self.sim.forge.deliver(a.tenant, PAGE_EVENT, body)
+
+    def _app_job(self, a: Action):
+        return self.job(a.tenant)
 
     def _forge_schedule(self, a: Action):
         return self.sim.forge.schedule(a.tenant, "hourly-digest")
