@@ -182,23 +182,26 @@ class _Window:
         incoming, outgoing = r.direction == ev.INCOMING, r.direction == ev.OUTGOING
         # kind: (what is counted, out of what, its words, the Activity filter's fields)
         measures = {
+            # Each count is taken from the rows it is a share of: an outgoing 401 is also stored
+            # as rejected, and an outgoing 403 the app passes on also makes its incoming request
+            # denied, so counting across directions gave shares above 100%.
             "rejections_above_baseline": (
-                r.outcome == ev.REJECTED,
+                sa.and_(r.outcome == ev.REJECTED, incoming),
                 incoming,
                 "incoming tokens rejected",
-                {"outcome": ev.REJECTED},
+                {"outcome": ev.REJECTED, "direction": ev.INCOMING},
             ),
             "denials_above_baseline": (
-                r.outcome == ev.DENIED,
+                sa.and_(r.outcome == ev.DENIED, outgoing),
                 outgoing,
                 "calls refused with 403",
-                {"outcome": ev.DENIED},
+                {"outcome": ev.DENIED, "direction": ev.OUTGOING},
             ),
             "unauthorized_above_baseline": (
                 sa.and_(r.status == 401, outgoing),
                 outgoing,
                 "calls answered 401",
-                {"status": "401"},
+                {"status": "401", "direction": ev.OUTGOING},
             ),
         }
         start = self.first_hour - self.rules.baseline_hours

@@ -266,8 +266,13 @@ def test_a_fresh_demo_reads_in_sites_and_people_over_a_month(demo_dashboard, chr
             _shot(page, "demo-overview")
             for title in ("Overview", "Installs", "Activity", "Who acted", "Denials"):
                 _go(page, title)
-                shown = page.inner_text("body") + " ".join(
-                    t.text_content() or "" for t in page.locator("[data-testid='stDataFrame'] table").all())
+                deadline = time.monotonic() + 30
+                while True:  # a grid's accessible table fills once the grid has drawn (slow under load)
+                    grids = page.locator("[data-testid='stDataFrame'] table").all()
+                    shown = page.inner_text("body") + " ".join(t.text_content() or "" for t in grids)
+                    if "atlassian.net" in shown or time.monotonic() > deadline:
+                        break
+                    _idle(page)
                 assert "atlassian.net" in shown, title
                 # The app's own user lookups (collector.people) carry the ids they ask about in
                 # their recorded path: that is the call as made, not an id shown for a person.

@@ -4,6 +4,7 @@ realistic mix into a store; ``--if-empty``; several demos at once on one store."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -110,6 +111,13 @@ def test_demo_records_a_month_with_its_incidents_and_an_intact_chain(sqlite_url,
     [burst] = [h for h in found if h.kind == "acting_as_users_above_baseline"]
     assert "acme.atlassian.net" in burst.summary and burst.count >= 12
     assert "a team moves its wiki in" in out
+    # A rate is a share of the rows it counts: never more of them than there are (an outgoing
+    # 401 is stored as rejected too, and must not count as an incoming rejection).
+    for h in found:
+        if h.kind.endswith("_above_baseline") and h.kind != "acting_as_users_above_baseline":
+            shares = re.search(r"([\d,]+) of ([\d,]+)", h.summary).groups()
+            part, whole = (int(x.replace(",", "")) for x in shares)
+            assert part <= whole, h.summary
     # The skew: the app's own sync job signs on the slow clock, and the host answers 401.
     [refused] = [h for h in found if h.kind == "unauthorized_above_baseline"]
     assert "acme.atlassian.net" in refused.summary and refused.count >= 12 and refused.severity == "high"
