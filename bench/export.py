@@ -100,6 +100,30 @@ def _report(title: str, results: dict[str, list[tuple[float, float]]], sizes: di
     )
 
 
+def _rounds(baseline: list[str], database: str, out: Path, repeat: int, env: dict[str, str] | None = None):
+    """``repeat`` rounds of the baseline then the export, interleaved so that drift hits both
+    alike: each one's (seconds, peak MiB) per round, and the size of what each wrote."""
+    results = {"connect-audit export": [], "raw csv.writer": []}
+    export = [
+        sys.executable,
+        "-m",
+        "collector.cli",
+        "export",
+        "--database",
+        database,
+        "-o",
+        str(out / "export.csv"),
+    ]
+    for _ in range(repeat):
+        results["raw csv.writer"].append(_run([*baseline, str(out / "raw.csv")], env))
+        results["connect-audit export"].append(_run(export, env))
+    sizes = {
+        name: (out / f).stat().st_size
+        for name, f in (("connect-audit export", "export.csv"), ("raw csv.writer", "raw.csv"))
+    }
+    return results, sizes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -115,29 +139,9 @@ def main() -> int:
     ensure_store(path, args.events)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         out = Path(tmp)
-        results = {"connect-audit export": [], "raw csv.writer": []}
-        for _ in range(args.repeat):  # interleaved, so drift hits both alike
-            results["raw csv.writer"].append(
-                _run([sys.executable, "-c", BASELINE, str(path), str(out / "raw.csv")])
-            )
-            results["connect-audit export"].append(
-                _run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "collector.cli",
-                        "export",
-                        "--database",
-                        f"sqlite:///{path}",
-                        "-o",
-                        str(out / "export.csv"),
-                    ]
-                )
-            )
-        sizes = {
-            name: (out / f).stat().st_size
-            for name, f in (("connect-audit export", "export.csv"), ("raw csv.writer", "raw.csv"))
-        }
+        results, sizes = _rounds(
+            [sys.executable, "-c", BASELINE, str(path)], f"sqlite:///{path}", out, args.repeat
+        )
     _report(f"export of {args.events:,} events (SQLite)", results, sizes)
     return 0
 
@@ -174,30 +178,7 @@ def _postgresql(admin_url: str, events: int, repeat: int) -> int:
                 check=True,
             )
             print(f"generated in {time.perf_counter() - started:.0f} s")
-            results = {"connect-audit export": [], "raw csv.writer": []}
-            for _ in range(repeat):
-                results["raw csv.writer"].append(
-                    _run([sys.executable, "-c", PG_BASELINE, libpq_url, str(out / "raw.csv")], env)
-                )
-                results["connect-audit export"].append(
-                    _run(
-                        [
-                            sys.executable,
-                            "-m",
-                            "collector.cli",
-                            "export",
-                            "--database",
-                            sa_url,
-                            "-o",
-                            str(out / "export.csv"),
-                        ],
-                        env,
-                    )
-                )
-            sizes = {
-                n: (out / f).stat().st_size
-                for n, f in (("connect-audit export", "export.csv"), ("raw csv.writer", "raw.csv"))
-            }
+            results, sizes = _rounds([sys.executable, "-c", PG_BASELINE, libpq_url], sa_url, out, repeat, env)
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

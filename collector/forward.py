@@ -293,11 +293,16 @@ def _timeout(p: _Parsed) -> float:
     return value
 
 
-def _tls_context(p: _Parsed) -> ssl.SSLContext:
+def _ca_file(p: _Parsed) -> str | None:
+    """The ``ca=`` file the receiver's certificate is checked against (None: the system's)."""
     ca = p.params.get("ca")
     if ca and not os.path.isfile(ca):
         raise ConfigurationError(f"cannot forward to {p.url!r}: the CA file {ca!r} does not exist")
-    return ssl.create_default_context(cafile=ca or None)
+    return ca or None
+
+
+def _tls_context(p: _Parsed) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=_ca_file(p))
 
 
 def destination(url: str, *, env: Mapping[str, str] | None = None) -> Target:
@@ -469,7 +474,7 @@ class SplunkHecTarget:
             index=p.params.get("index"),
             source=p.params.get("source", "connect-audit"),
             sourcetype=p.params.get("sourcetype", "_json"),
-            verify=p.params.get("ca") or True,
+            verify=_ca_file(p) or True,
             timeout=_timeout(p),
             label=p.url,
         )
@@ -565,10 +570,7 @@ class OtlpTarget:
         _known(p, ("timeout", "ca") if https else ("timeout",))
         path = p.path.rstrip("/") or "/v1/logs"
         endpoint = f"{'https' if https else 'http'}://{_netloc(p.host, p.port or 4318)}{path}"
-        ca = p.params.get("ca")
-        if ca and not os.path.isfile(ca):
-            raise ConfigurationError(f"cannot forward to {p.url!r}: the CA file {ca!r} does not exist")
-        return cls(endpoint, certificate_file=ca, timeout=_timeout(p), label=p.url)
+        return cls(endpoint, certificate_file=_ca_file(p), timeout=_timeout(p), label=p.url)
 
     def _seen(self, response: Any, *args: Any, **kwargs: Any) -> None:
         self._last_status = response.status_code
@@ -629,13 +631,6 @@ class CursorState:
     last_error: str | None
     behind: int | None = None
 
-    @property
-    def problem(self) -> str | None:
-        """The last failure without the destination's name in front (it is shown beside it)."""
-        if not self.last_error:
-            return None
-        return self.last_error.removeprefix(f"{self.name}: ")
-
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
         for key in ("lease_until", "updated_at", "failing_since"):
@@ -643,19 +638,16 @@ class CursorState:
         return out
 
 
-def cursors(store: Any, *, with_backlog: bool = True) -> list[CursorState]:
-    """Every destination's cursor, and how far behind the log's head each is."""
+def cursors(store: Any, name: str | None = None) -> list[CursorState]:
+    """Every destination's cursor (or ``name``'s only), and how far behind the log's head each is."""
     table = ForwardCursor.__table__
+    stmt = sa.select(table).order_by(table.c.name)
+    if name is not None:
+        stmt = stmt.where(table.c.name == name)
     with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(table).order_by(table.c.name)).mappings().all()
+        rows = conn.execute(stmt).mappings().all()
         head = conn.execute(sa.select(sa.func.max(AuditEvent.__table__.c.seq))).scalar() or 0
-        states = []
-        for row in rows:
-            behind = None
-            if with_backlog:
-                behind = _count_after(conn, row["seq"], head)
-            states.append(CursorState(**dict(row), behind=behind))
-    return states
+        return [CursorState(**dict(row), behind=_count_after(conn, row["seq"], head)) for row in rows]
 
 
 def _count_after(conn: sa.Connection, seq: int, head: int) -> int:
@@ -691,6 +683,7 @@ class Forwarder:
         self.batch_size, self.start, self.lease_seconds, self.clock = batch_size, start, lease_seconds, clock
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.sent = 0  # events this forwarder had accepted, since it was made
+        self.holds = False  # whether the last claim() took the lease
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -715,7 +708,8 @@ class Forwarder:
                 )
                 .values(holder=self.holder, lease_until=now + timedelta(seconds=self.lease_seconds))
             ).rowcount
-        return taken == 1
+        self.holds = taken == 1
+        return self.holds
 
     def release(self) -> None:
         """Give the lease up, so that another forwarder can take over at once."""
@@ -804,7 +798,8 @@ class Forwarder:
             try:
                 self.target.send(docs)
             except ForwardError as exc:
-                self._failed(str(exc))
+                # Kept without the destination's name in front: the row is the destination's.
+                self._failed(str(exc).removeprefix(f"{self.target.label}: "))
                 raise
             after = docs[-1]["event"]["sequence"]
             self._advance(after, len(docs))
@@ -854,28 +849,36 @@ class ForwardThread:
         backoff = 0.0
         try:
             while True:
-                wait = self._pass(backoff)
-                backoff = wait if wait > self.poll else 0.0
+                backoff, self.last_error = attempt(self.forwarder, backoff, max_backoff=self.max_backoff,
+                                                   errors=(ForwardError, StoreUnavailable))
+                if self.last_error:
+                    log.warning("connect-audit forward: %s; trying again", self.last_error)
                 if self._stop.is_set():
                     return
-                self._wake.wait(wait)
+                self._wake.wait(backoff or self._idle())
                 self._wake.clear()
         finally:
             self.forwarder.close()
 
-    def _pass(self, backoff: float) -> float:
-        """One claim-and-send; returns how long to wait before the next."""
-        try:
-            if not self.forwarder.claim():
-                return max(self.poll, self.forwarder.lease_seconds / 3)
-            self.forwarder.forward_available()
-        except (ForwardError, StoreUnavailable) as exc:
-            if not isinstance(exc, LeaseLost):
-                self.last_error = str(exc)
-                log.warning("connect-audit forward: %s; trying again", exc)
-                return min(max(backoff * 2, 1.0), self.max_backoff)
-        self.last_error = None
-        return self.poll
+    def _idle(self) -> float:
+        # A forwarder without the lease looks again before it would run out.
+        return self.poll if self.forwarder.holds else max(self.poll, self.forwarder.lease_seconds / 3)
+
+
+def attempt(forwarder: Forwarder, backoff: float, *, max_backoff: float = 60.0,
+            errors: tuple[type[Exception], ...] = (ForwardError,)) -> tuple[float, str | None]:
+    """One claim-and-send: (the back-off before the next try, 0 when none is due; the failure).
+
+    A destination another forwarder holds, or one taken over while sending, is not a failure;
+    one of ``errors`` doubles the back-off, from 1 s up to ``max_backoff``."""
+    try:
+        if forwarder.claim():
+            forwarder.forward_available()
+    except LeaseLost:
+        pass
+    except errors as exc:
+        return min(max(backoff * 2, 1.0), max_backoff), str(exc)
+    return 0.0, None
 
 
 def from_env(env: Mapping[str, str] | None = None) -> list[str]:

@@ -44,7 +44,7 @@ import sqlalchemy as sa
 from collector import events as ev
 from collector.database import EVENTS, ROLLUP, reading
 from collector.filters import EventFilter
-from collector.models import Checkpoint, Install
+from collector.models import ACTING_AS_USERS_SQL, Checkpoint, Install
 
 KINDS = (
     "rejections_above_baseline",
@@ -139,9 +139,8 @@ def find(
     return sorted(found, key=lambda h: (rank[h.severity], -h.last_seen.timestamp(), h.kind, h.tenant or ""))
 
 
-#: The calls the app made as users, as migration 0007's partial index states them: SQLite uses
-#: that index only when a query names the same terms as literals.
-_ACTING_AS_USERS = sa.text(f"direction = '{ev.OUTGOING}' AND identity_kind = '{ev.USER}'")
+#: The calls the app made as users, in the words of their partial indexes (see the model).
+_ACTING_AS_USERS = sa.text(ACTING_AS_USERS_SQL)
 
 # --------------------------------------------------------------------------- the window
 

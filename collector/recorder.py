@@ -108,10 +108,8 @@ class Recorder:
         self.retention_interval = retention_interval
         self.retention_delay = retention_delay
         # Destinations this recorder forwards the log to (collector.forward), each on a thread
-        # of this process woken after every batch; a malformed URL fails here, at start-up.
+        # of this process woken after every batch; a malformed URL fails in _reset_state, here.
         self.forward = tuple(forward)
-        for url in self.forward:
-            forward_mod.destination(url).close()
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval = flush_interval

@@ -250,7 +250,6 @@ def install_changes(flt: EventFilter, *, limit: int = 10) -> list[dict[str, Any]
 #: A range's highlights are found at most once a minute per server process: a filter change on
 #: the Overview (a tenant, a platform) narrows the same list instead of reading it again.
 HIGHLIGHTS_TTL = 60.0
-_found: dict[tuple[str, datetime, datetime], tuple[float, list[Any], dict[str, str]]] = {}
 
 
 def highlights(flt: EventFilter, *, now: datetime | None = None) -> list[dict[str, Any]]:
@@ -273,21 +272,17 @@ def highlights(flt: EventFilter, *, now: datetime | None = None) -> list[dict[st
 
 
 def _find_highlights(since: datetime, until: datetime) -> tuple[list[Any], dict[str, str]]:
-    import time
+    import streamlit as st
 
-    from collector import highlights as hl
+    @st.cache_data(ttl=HIGHLIGHTS_TTL, show_spinner=False, max_entries=32)
+    def cached(url: str, since: datetime, until: datetime) -> tuple[list[Any], dict[str, str]]:
+        from collector import highlights as hl
 
-    key = (config.database_url(), since, until)
-    cached = _found.get(key)
-    if cached and time.monotonic() - cached[0] < HIGHLIGHTS_TTL:
-        return cached[1], cached[2]
-    with q.reading(store(), PAGE_TIME_LIMIT) as conn:
-        sites = hl.site_names(conn)
-    found = hl.find(store(), since=since, now=until, names=sites)
-    for stale in [k for k, v in _found.items() if time.monotonic() - v[0] >= HIGHLIGHTS_TTL]:
-        _found.pop(stale, None)
-    _found[key] = (time.monotonic(), found, sites)
-    return found, sites
+        with q.reading(store(), PAGE_TIME_LIMIT) as conn:
+            sites = hl.site_names(conn)
+        return hl.find(store(), since=since, now=until, names=sites), sites
+
+    return cached(config.database_url(), since, until)
 
 
 # --------------------------------------------------------------------------- activity
@@ -610,7 +605,7 @@ def forwarding_state() -> list[dict[str, Any]]:
         head = conn.execute(sa.select(sa.func.max(q.EVENTS.c.seq))).scalar() or 0
     return [{"destination": r["name"], "sent": r["forwarded"], "behind": max(head - r["seq"], 0),
              "updated": r["updated_at"], "failing since": r["failing_since"],
-             "last error": (r["last_error"] or "").removeprefix(f"{r['name']}: ") or None}
+             "last error": r["last_error"]}
             for r in rows]
 
 

@@ -106,7 +106,36 @@ def certificates(directory: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-class Rsyslog:
+class _Receiver:
+    """A receiver process: started by ``start()``, stopped by ``stop()`` (its ``signal``),
+    a context manager; ``read()`` is what it received, ``wait_for(n)`` waits for n of it."""
+
+    signal = signal.SIGTERM
+    proc: subprocess.Popen | None = None
+
+    def start(self):
+        raise NotImplementedError
+
+    def read(self) -> list[dict]:
+        raise NotImplementedError
+
+    def stop(self, sig: int | None = None) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig or self.signal)
+            self.proc.wait(15)
+        self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def wait_for(self, n: int, timeout: float = 20.0) -> list[dict]:
+        return _wait(self.read, n, timeout)
+
+
+class Rsyslog(_Receiver):
     """rsyslogd in the foreground on a loopback port, writing each message's parsed RFC 5424
     fields (as rsyslog itself parsed them) to one line of a file."""
 
@@ -161,30 +190,18 @@ class Rsyslog:
         wait_listening(self.port)
         return self
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(15)
-        self.proc = None
-
-    def __enter__(self) -> Rsyslog:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def messages(self) -> list[dict]:
+    def read(self) -> list[dict]:
+        """Each message's fields, as rsyslog parsed them."""
         if not self.out.exists():
             return []
         lines = self.out.read_text(encoding="utf-8").splitlines()
         return [dict(zip(FIELDS, line.split("\t", len(FIELDS) - 1), strict=True)) for line in lines]
 
-    def wait_for(self, n: int, timeout: float = 20.0) -> list[dict]:
-        return _wait(self.messages, n, timeout)
 
+class ReceiverProcess(_Receiver):
+    """``tests/receivers.py`` as a process, stopped with SIGKILL: what it acknowledged is ``read()``."""
 
-class ReceiverProcess:
-    """``tests/receivers.py`` as a process: what it acknowledged is in ``received()``."""
+    signal = signal.SIGKILL
 
     def __init__(
         self,
@@ -199,8 +216,6 @@ class ReceiverProcess:
         self.kind, self.token, self.busy, self.tls = kind, token, busy, tls
         self.port = port or free_port()
         self.out = directory / f"{kind}-received.jsonl"
-        self.proc: subprocess.Popen | None = None
-
     def start(self) -> ReceiverProcess:
         cmd = [
             sys.executable,
@@ -219,28 +234,13 @@ class ReceiverProcess:
         assert self.proc.stdout.readline().strip() == b"ready"
         return self
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-    def __enter__(self) -> ReceiverProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.kill()
-
-    def received(self) -> list[dict]:
+    def read(self) -> list[dict]:
         if not self.out.exists():
             return []
         text = self.out.read_text(encoding="utf-8")
         # A line is the receiver's only once it is whole (one being written, or torn by a kill
         # and dropped at the restart, was never acknowledged).
         return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
-
-    def wait_for(self, n: int, timeout: float = 20.0) -> list[dict]:
-        return _wait(self.received, n, timeout)
 
 
 def _wait(read, n: int, timeout: float) -> list:

@@ -276,7 +276,7 @@ def test_a_receiver_killed_mid_run_loses_nothing_and_repeats_at_most_a_batch(
     proc = follow()
     try:
         receiver.wait_for(500, timeout=60)
-        receiver.kill()  # mid-run: the forwarder's next batch fails and waits
+        receiver.stop()  # mid-run: the forwarder's next batch fails and waits
         time.sleep(1.5)
         receiver = ReceiverProcess("hec", tmp_path, token=TOKEN, port=receiver.port).start()
         receiver.wait_for(1500, timeout=60)
@@ -287,7 +287,7 @@ def test_a_receiver_killed_mid_run_loses_nothing_and_repeats_at_most_a_batch(
     finally:
         proc.kill()
         proc.wait(10)
-        receiver.kill()
+        receiver.stop()
     copies = Counter(e["event"]["event"]["id"] for e in got)
     assert set(copies) == set(ids)  # nothing lost
     assert sum(n - 1 for n in copies.values()) <= 2 * 100  # at most the in-flight batch, per kill
@@ -428,7 +428,7 @@ def test_a_recorder_forwards_as_it_writes(sqlite_url, isolated_keys, tmp_path, w
                 rec.record(r)
         finally:
             rec.close()
-        ids = [_attrs(e)["event.id"] for e in receiver.received()]
+        ids = [_attrs(e)["event.id"] for e in receiver.read()]
     assert ids[-5:] == [f"last-{i:07d}" for i in range(5)]  # close() sent the last ones
     assert not any(c.holder for c in cursors(Store.open(sqlite_url)))  # and gave the lease up
 

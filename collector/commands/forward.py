@@ -73,16 +73,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("name the destination with --to URL (or ask for --status)")
     from collector.forward import Forwarder, destination
 
-    only = None
-    if args.to:  # a malformed destination is refused before the store is opened
-        target = destination(args.to)
-        only = target.label
-        target.close()
+    # A malformed destination is refused before the store is opened.
+    target = destination(args.to) if args.to else None
     with Store.open(args.database, create=False) as store, database_errors(f"forwarding from {store.url}"):
         if args.status:
-            return _status(store, args.json, only)
-
-        forwarder = Forwarder(store, args.to, batch_size=args.batch, start=args.start)
+            if target is not None:
+                target.close()
+            return _status(store, args.json, target.label if target else None)
+        forwarder = Forwarder(store, target, batch_size=args.batch, start=args.start)
         try:
             if args.once:
                 return _once(forwarder, args.json)
@@ -97,7 +95,7 @@ def _once(forwarder, as_json: bool) -> int:
 
     if not forwarder.claim():
         return _report(forwarder, 0, "another forwarder holds this destination's lease", as_json)
-    backlog = next((c.behind for c in cursors(forwarder.store) if c.name == forwarder.name), 0) or 0
+    backlog = next((c.behind for c in cursors(forwarder.store, forwarder.name)), 0)
     bar = (
         ProgressBar(f"forwarding to {forwarder.name}", backlog)
         if backlog > 10 * forwarder.batch_size
@@ -118,7 +116,7 @@ def _report(forwarder, sent: int, problem: str | None, as_json: bool) -> int:
 
     from collector.forward import cursors
 
-    state = next((c for c in cursors(forwarder.store) if c.name == forwarder.name), None)
+    state = next(iter(cursors(forwarder.store, forwarder.name)), None)
     cursor, behind = (state.seq, state.behind) if state else (0, None)
     if as_json:
         print(
@@ -147,27 +145,19 @@ def _follow(forwarder, every: float, as_json: bool) -> int:
     import sys
     import time
 
-    from collector.forward import ForwardError, LeaseLost
+    from collector.forward import attempt
 
     backoff = 0.0
     while True:
         before = forwarder.sent
-        try:
-            if forwarder.claim():
-                forwarder.forward_available()
-                backoff = 0.0
-            else:
-                backoff = max(every, forwarder.lease_seconds / 3)
-        except LeaseLost:
-            backoff = every
-        except ForwardError as exc:
-            backoff = min(max(backoff * 2, 1.0), 60.0)
-            print(
-                f"connect-audit forward: {exc}; trying again in {backoff:.0f} s", file=sys.stderr, flush=True
-            )
+        backoff, problem = attempt(forwarder, backoff)
+        if problem:
+            print(f"connect-audit forward: {problem}; trying again in {backoff:.0f} s",
+                  file=sys.stderr, flush=True)
         if forwarder.sent > before:
             _report(forwarder, forwarder.sent - before, None, as_json)
-        time.sleep(backoff or every)
+        # Without the lease, look again before the holder's would run out.
+        time.sleep(backoff or (every if forwarder.holds else max(every, forwarder.lease_seconds / 3)))
 
 
 def _status(store, as_json: bool, only: str | None) -> int:
@@ -175,7 +165,7 @@ def _status(store, as_json: bool, only: str | None) -> int:
 
     from collector.forward import cursors
 
-    states = [s for s in cursors(store) if only is None or s.name == only]
+    states = cursors(store, only)
     if as_json:
         print(json.dumps([s.as_dict() for s in states]))
         return 0
@@ -183,7 +173,7 @@ def _status(store, as_json: bool, only: str | None) -> int:
         print("no destination has been forwarded to from this store")
     for s in states:
         failing = (
-            f"; failing since {s.failing_since:%Y-%m-%d %H:%M:%S}Z: {s.problem}" if s.failing_since else ""
+            f"; failing since {s.failing_since:%Y-%m-%d %H:%M:%S}Z: {s.last_error}" if s.failing_since else ""
         )
         print(
             f"{s.name}: {s.forwarded} sent, cursor at seq {s.seq}, {s.behind} behind, "
