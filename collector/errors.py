@@ -365,3 +365,39 @@ class ForgeTokenExpired(ForgeTokenUnavailable):
     code = "expired"
     fix = ("Forge sends a fresh token with each invocation (valid 2 to 4 hours); cache it no longer "
            "than its exp, or take the token of the current invocation.")
+
+
+# --------------------------------------------------------------------------- imports (collector.imports)
+
+
+class ImportFailed(ConnectAuditError):
+    """Raised when one of Atlassian's audit APIs cannot be read; what was imported stays, and
+    the next run resumes from the last complete page. ``status`` is the HTTP status, if any."""
+
+    code = "import_failed"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SourceUnauthorized(ImportFailed):
+    """Raised when an audit API refuses the source's credential (401): wrong, revoked or expired."""
+
+    code = "unauthorized"
+
+
+class SourceForbidden(ImportFailed):
+    """Raised when an audit API accepts the credential but refuses it the log (403)."""
+
+    code = "forbidden"
+
+
+class SourceRateLimited(ImportFailed):
+    """Raised when an audit API kept answering 429 for longer than the importer waits."""
+
+    code = "rate_limited"
+
+
+class UnknownSource(ConfigurationError):
+    """Raised when no import source has the given name."""

@@ -23,7 +23,10 @@ INCOMING = "incoming"
 OUTGOING = "outgoing"
 LIFECYCLE = "lifecycle"
 INTERNAL = "internal"  # the tool's own acts: export, purge, checkpoint
-DIRECTIONS = (INCOMING, OUTGOING, LIFECYCLE, INTERNAL)
+#: A record of Atlassian's own audit logs, imported (collector.imports): Atlassian's evidence
+#: beside the app's, in the same chain, never counted as the app's activity.
+IMPORTED = "imported"
+DIRECTIONS = (INCOMING, OUTGOING, LIFECYCLE, INTERNAL, IMPORTED)
 
 # auth_method
 APP_JWT = "app_jwt"  # HS256 JWT signed with the shared secret (either direction)
@@ -61,7 +64,8 @@ TOKEN_EXCHANGE_REFUSED = "token_exchange_refused"  # noqa: S105 (a reason word)
 # platform
 CONNECT = "connect"
 FORGE = "forge"
-PLATFORMS = (CONNECT, FORGE)
+ATLASSIAN = "atlassian"  # imported records: what Atlassian's audit logs say
+PLATFORMS = (CONNECT, FORGE, ATLASSIAN)
 
 
 def utcnow() -> datetime:

@@ -162,6 +162,8 @@ class EventFilter:
             column = _ROLLUP_COLUMN.get(name)
             if column is None or column not in dims or (name == "tenant" and _names_site(self.tenant)):
                 out.add(name)
+        if self.direction == ev.IMPORTED or self.platform == ev.ATLASSIAN:
+            out.add("direction" if self.direction else "platform")  # the rollups never count them
         return out
 
 
@@ -223,9 +225,16 @@ def _column_conditions(flt: EventFilter, c: Any) -> list[sa.ColumnElement[bool]]
     conds = [c[name] == getattr(flt, name)
              for name in ("direction", "identity_kind", "account_id", "method", "outcome", "reason")
              if getattr(flt, name)]
-    if flt.platform:
+    has_direction = "direction" in c  # the actor rollup has none (nor any imported row)
+    if flt.platform == ev.ATLASSIAN:
+        conds.append(c.direction == ev.IMPORTED if has_direction else sa.false())
+    elif flt.platform:
         forge = c.auth_method.in_(ev.FORGE_AUTH_METHODS)
         conds.append(forge if flt.platform == ev.FORGE else sa.not_(forge))
+    if flt.direction is None and flt.platform != ev.ATLASSIAN and has_direction:
+        # Atlassian's imported records are not the app's activity: they are read when asked
+        # for by name (direction imported or platform atlassian), as the Atlassian record page does.
+        conds.append(c.direction != ev.IMPORTED)
     if flt.scope:
         conds.append(c.required_scope == flt.scope)
     if flt.status:

@@ -179,6 +179,34 @@ class ForwardCursor(SQLModel, table=True):
     last_error: str | None = None
 
 
+class ImportSource(SQLModel, table=True):
+    """One of Atlassian's audit logs that collector.imports reads into the store: a site's
+    Confluence audit log, an organization's events, or a workspace's events. ``cursor`` is
+    where the next run resumes (the source's own paging state); ``holder`` leases the source
+    to one importer at a time until ``lease_until``, as forwarding does."""
+
+    __tablename__ = "import_sources"
+
+    name: str = Field(primary_key=True)
+    kind: str  # confluence_audit | org_events | workspace_events
+    target: str  # the site's URL, the organization id or the workspace id
+    api_url: str  # where its API answers (the site, or https://api.atlassian.com)
+    username: str | None = None  # the account an API token belongs to (Basic auth), not secret
+    # Fernet ciphertext of the API token or key, as shared secrets are kept (collector.secretbox).
+    credential_enc: str
+    sites: str = ""  # space-separated site URLs whose calls this source is expected to hold
+    cursor: str | None = None  # JSON: the source's paging state after the last complete page
+    covered_since: datetime | None = _ts(default=None, nullable=True)
+    covered_until: datetime | None = _ts(default=None, nullable=True)
+    imported: int = Field(default=0, sa_type=sa.BigInteger)
+    holder: str | None = None
+    lease_until: datetime | None = _ts(default=None, nullable=True)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    failing_since: datetime | None = _ts(default=None, nullable=True)
+    last_error: str | None = None
+
+
 # --------------------------------------------------------------------------- read side
 # Added for the dashboard and ``connect-audit export`` (collector.query): the audit log is
 # read by time range plus one selective filter, newest first, so each selective column gets
@@ -201,6 +229,13 @@ sa.Index("ix_audit_events_acting_as", _events.tenant_client_key, _events.account
          _events.direction, _events.identity_kind, sqlite_where=_acting, postgresql_where=_acting)
 sa.Index("ix_audit_events_acting_as_ts", _events.tenant_client_key, _events.ts, _events.account_id,
          _events.direction, _events.identity_kind, sqlite_where=_acting, postgresql_where=_acting)
+
+# Atlassian's imported records (direction imported) by site and time: a few per call of the
+# app at most, found without reading the app's own rows (collector.reconcile, the highlights).
+IMPORTED_SQL = "direction = 'imported'"
+_imported = sa.text(IMPORTED_SQL)
+sa.Index("ix_audit_events_imported", _events.tenant_client_key, _events.ts, _events.direction,
+         sqlite_where=_imported, postgresql_where=_imported)
 
 
 class RollupDimensions(SQLModel):

@@ -39,7 +39,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -281,6 +281,25 @@ class Recorder:
         with self._lock:
             self._stats["written"] += 1
         return AuditEvent(**row)
+
+    def write_now_many(self, records: list[AuditRecord], *,
+                       within: Callable[[sa.Connection, int], None] | None = None) -> int:
+        """Write ``records`` synchronously in one transaction, leaving out any whose event id is
+        already stored, and run ``within(conn, new)`` in that same transaction (an import moves
+        its cursor there, so a page and its cursor commit together or not at all). Returns how
+        many were new."""
+        rows = [chain.event_row(rec, self.instance_id) for rec in records]
+        with self.store.write_transaction() as conn:
+            rows = _without_existing(conn, rows) if rows else rows
+            if rows:
+                before = chain.head(conn)
+                after = chain.append(conn, rows)
+                self._maybe_checkpoint(conn, before, after)
+            if within is not None:
+                within(conn, len(rows))
+        with self._lock:
+            self._stats["written"] += len(rows)
+        return len(rows)
 
     def stats(self) -> dict[str, Any]:
         """Counters for monitoring: queued, written, spilled, reingested, batches, checkpoints,

@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from collector import events as ev
 from collector.database import ACTORS, DAILY_ROLLUP, EVENTS, ROLLUP, STATE, _engine, reading
 from collector.errors import ConfigurationError
 from collector.models import ROLLUP_DIMENSIONS
@@ -84,6 +85,8 @@ def _fold_statement(
         EVENTS.c.seq > sa.bindparam("lo"),
         EVENTS.c.seq <= sa.bindparam("hi"),
         sa.true() if within is None else within,
+        # Imported records are Atlassian's evidence, not the app's activity: never counted.
+        EVENTS.c.direction != ev.IMPORTED,
     )
     dims = [_dim_expr(d).label(d) for d in rollup.dims]
     target = rollup.table

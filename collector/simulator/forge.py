@@ -425,6 +425,7 @@ class ForgeHost:
             raise HostError(404, "No site at this address")
         site_path = "/" + parts[4]
         user = self._authenticate(environ, tenant)
+        self.sim.identified(tenant, site_path, on_behalf=None if user.is_app else user)
         required = self.sim.scope_map.lookup(method, site_path)
         needed = self.sim.scope_map.oauth_scopes(method, site_path)
         if required is None or needed is None:

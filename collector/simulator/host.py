@@ -47,6 +47,7 @@ import requests
 from collector import signing
 from collector.errors import TokenRejected
 from collector.scopes import ScopeMap, normalise_scopes, satisfies
+from collector.simulator.audit import ApiError, AtlassianRecord
 from collector.simulator.forge import FORGE_API, ForgeHost, forge_ids
 from collector.simulator.server import ServerThread
 from collector.simulator.site import HostError, Site, User
@@ -226,6 +227,8 @@ class ConfluenceSimulator:
         self.stats: Counter[str] = Counter()
         #: Forge's side: the JWKS, invocations of the app's remote, the apiBaseUrl REST API.
         self.forge = ForgeHost(self)
+        #: Atlassian's own record of what this host served, and its audit APIs (.audit).
+        self.record = AtlassianRecord(self, clock)
 
     # ------------------------------------------------------------------ running
 
@@ -278,6 +281,7 @@ class ConfluenceSimulator:
         with self._lock:
             found = set(self._credentials)
         found.update(t.shared_secret for t in self.tenants.values())
+        found.update(self.record.credentials())
         return frozenset(found)
 
     def _remember(self, *values: str | None) -> None:
@@ -343,9 +347,11 @@ class ConfluenceSimulator:
         if misbehave is None:
             caps = tenant.spec.scopes if granted is None else tuple(granted)
             tenant.granted = tuple(s for s in app.scopes if caps is None or s in caps)
+        again = tenant.status in ("installed", "enabled")
         response = self._lifecycle(tenant, "installed", misbehave=misbehave)
         if response.ok and misbehave is None:
             tenant.status = "installed"
+            self.record.note_lifecycle(tenant, "updated" if again else "installed")
         return response
 
     def rotate_secret(self, name: str) -> None:
@@ -368,6 +374,7 @@ class ConfluenceSimulator:
         response = self._lifecycle(tenant, event, misbehave=misbehave)
         if response.ok and misbehave is None:
             tenant.status = event
+            self.record.note_lifecycle(tenant, event)
         return response
 
     def lifecycle_payload(self, tenant: Tenant, event: str) -> dict[str, Any]:
@@ -506,6 +513,23 @@ class ConfluenceSimulator:
             response = self.http.request(method, target, data=data, headers=out_headers, timeout=10)
         return response
 
+    def script_call(self, name: str, method: str, path: str, *, params: Mapping[str, str] | None = None,
+                    json_body: Any = None) -> requests.Response:
+        """A call to the site's REST API signed with the install's shared secret by something
+        that is not the app: a script holding a leaked secret. The host serves it as the app's
+        (and Atlassian's record holds it); the app's collector never sees it."""
+        tenant = self.tenant(name)
+        app = self._app()
+        query = urlencode(list((params or {}).items()), quote_via=quote)
+        public = f"{tenant.base_url}{path}" + (f"?{query}" if query else "")
+        token = signing.app_token(app_key=app.key, shared_secret=tenant.shared_secret, method=method,
+                                  url=public, base_url=tenant.base_url, now=self.clock())
+        self._remember(token)
+        target = f"{self.url}/t/{tenant.name}/wiki{path}" + (f"?{query}" if query else "")
+        data = json.dumps(json_body).encode() if json_body is not None else None
+        headers = {"Authorization": f"JWT {token}", "Content-Type": "application/json"}
+        return self.http.request(method, target, data=data, headers=headers, timeout=10)
+
     def request_token(self, tenant: Tenant, method: str, url: str, *, user: str | None = None,
                       context: bool = False, misbehave: str | None = None) -> str | None:
         """A host-to-app token for ``method url``, spoilt as ``misbehave`` says."""
@@ -568,6 +592,7 @@ class ConfluenceSimulator:
         path = environ.get("PATH_INFO", "/")
         method = environ.get("REQUEST_METHOD", "GET").upper()
         extra: list[tuple[str, str]] = []
+        self._local.caller = None
         try:
             if path == "/oauth2/token":
                 if method != "POST":
@@ -579,6 +604,8 @@ class ConfluenceSimulator:
                 status, body = 200, self.forge.jwks()
             elif path.startswith("/ex/confluence/"):
                 status, body = self.forge.rest(environ, method, path)
+            elif path.startswith("/admin/v1/orgs/"):
+                status, body, extra = self.record.org_api(environ, method, path)
             elif method == "GET" and path.count("/") == 1 and path != "/":
                 return self._public_key(path[1:], start_response)
             else:
@@ -588,10 +615,26 @@ class ConfluenceSimulator:
         except HostError as exc:
             status, body = exc.status, {"statusCode": exc.status, "message": exc.message}
             extra = list(exc.headers)
+        except ApiError as exc:
+            status, body, extra = exc.status, exc.body, list(exc.headers)
+        self._note_call(method, status)
         payload = b"" if body is None else json.dumps(body).encode()
         start_response(f"{status} {_REASONS.get(status, 'Status')}",
                        [("Content-Type", "application/json"), ("Content-Length", str(len(payload))), *extra])
         return [payload]
+
+    def _note_call(self, method: str, status: int) -> None:
+        """Atlassian's record of a REST call: kept when the host could tell who made it."""
+        caller = getattr(self._local, "caller", None)
+        if caller is not None:
+            self._local.caller = None
+            self.record.note_call(caller["tenant"], method, caller["path"], status, caller)
+
+    def identified(self, tenant: Tenant, path: str, *, on_behalf: User | None = None,
+                   auth_type: str | None = None) -> None:
+        """Note who the REST call being served comes from (the Connect and Forge sides)."""
+        person = (on_behalf.account_id, on_behalf.display_name) if on_behalf else None
+        self._local.caller = {"tenant": tenant, "path": path, "auth_type": auth_type, "on_behalf": person}
 
     def _public_key(self, kid: str, start_response: Callable) -> Iterable[bytes]:
         if kid != self.kid:
@@ -664,7 +707,12 @@ class ConfluenceSimulator:
         if tenant is None or not rest.startswith("wiki/"):
             raise HostError(404, "No site at this address")
         site_path = "/" + rest  # /wiki/rest/api/...
+        if site_path.rstrip("/") == "/wiki/rest/api/audit" and method == "GET" and \
+                environ.get("HTTP_AUTHORIZATION", "").lower().startswith("basic "):
+            return 200, self.record.confluence_audit(tenant, environ)  # a site admin's API token
         user, scopes = self._authenticate(environ, tenant, method)
+        self.identified(tenant, site_path, on_behalf=None if user.is_app else user,
+                        auth_type="connect-token" if user.is_app else "auth-token-for-2LO")
         required = self.scope_map.lookup(method, site_path)
         if required is None:
             raise HostError(404, f"No API at {site_path} for {method}")

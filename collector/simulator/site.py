@@ -137,6 +137,8 @@ class Site:
             self.users[user.account_id] = user
         self.users[self.app_user.account_id] = self.app_user
         admin = next(iter(self.users))
+        #: Who administers the site (the author of its audit log's records).
+        self.admin_name = self.users[admin].display_name
         self.spaces = {
             "DEV": Space("DEV", "Engineering"),
             "MKT": Space("MKT", "Marketing <b>& Sales</b>" if hostile else "Marketing"),
