@@ -24,6 +24,9 @@ Kinds (a public contract, like the rejection codes; ``docs/cli.md`` lists them):
   as users far above the site's usual hours (the same robust rule, on counts).
 * ``lifecycle``: an install, reinstall, baseUrl change (high: a site moving), secret rotation,
   disable, enable or uninstall.
+* ``atlassian_only`` (high): calls Atlassian's imported record holds with the app's identity
+  that the app never recorded (collector.reconcile): a leaked shared secret, a forgotten
+  script, a second deployment. One highlight per site and window.
 * ``chain``: the newest signed checkpoint names an event that is missing or has another hash
   (the log was cut or rewritten after it was signed), or events have gone unsigned for longer
   than :attr:`Rules.unsigned_events` (the recorder cannot sign: a missing checkpoint key?).
@@ -56,6 +59,7 @@ KINDS = (
     "first_acted_as_user",
     "acting_as_users_above_baseline",
     "lifecycle",
+    "atlassian_only",
     "chain",
 )
 SEVERITIES = ("high", "medium", "low")
@@ -134,6 +138,7 @@ def find(
         found += window.first_uses(conn)
         found += window.acting_as_users(conn)
         found += window.lifecycle(conn)
+        found += window.atlassian_only(conn)
         found += _chain(conn, now, rules)
     rank = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(found, key=lambda h: (rank[h.severity], -h.last_seen.timestamp(), h.kind, h.tenant or ""))
@@ -586,6 +591,37 @@ class _Window:
             f"{self.site(tenant)} ({row['platform']}): {what} {_when(ts)}",
             self.activity(tenant, ts, ts, direction=ev.LIFECYCLE),
         )
+
+
+    # -- Atlassian's record ---------------------------------------------------------------
+
+    def atlassian_only(self, conn: sa.Connection) -> list[Highlight]:
+        from collector.reconcile import ATLASSIAN_ONLY, reconcile
+
+        result = reconcile(conn, since=self.since, until=self.now, calls_only=True)
+        by_site: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
+        for row in result.rows:
+            if row["kind"] == ATLASSIAN_ONLY:
+                by_site[row["tenant"]].append(row)
+        found = []
+        for tenant, rows in by_site.items():
+            first, last = (datetime.fromisoformat(rows[i]["ts"].replace("Z", "+00:00")) for i in (0, -1))
+            where = self.site(tenant) if tenant else (rows[0]["site"] or "a site with no install")
+            found.append(
+                Highlight(
+                    "atlassian_only",
+                    "high",
+                    tenant,
+                    ev.ATLASSIAN,
+                    first,
+                    last,
+                    len(rows),
+                    f"{where}: {len(rows):,} calls with the app's identity in Atlassian's record that the app "
+                    f"never made {_between(first, last)} (a leaked shared secret or another deployment?)",
+                    self.activity(tenant, first, last, direction=ev.IMPORTED),
+                )
+            )
+        return found
 
 
 # --------------------------------------------------------------------------- the chain

@@ -44,6 +44,7 @@ DEFAULT_TOLERANCE = 5.0
 #: end of what a source has read is not judged yet (the next import may still bring its record).
 DEFAULT_SETTLE = 60.0
 DEFAULT_WINDOW = timedelta(hours=24)
+_TICK = timedelta(microseconds=1)  # an EventFilter's until is exclusive
 MATCHED, ATLASSIAN_ONLY, APP_ONLY = "matched", "atlassian_only", "app_only"
 _COLUMNS = (
     EVENTS.c.event_id,
@@ -98,8 +99,12 @@ def reconcile(
     settle: float = DEFAULT_SETTLE,
     now: datetime | None = None,
     time_limit_s: float | None = None,
+    calls_only: bool = False,
 ) -> Reconciliation:
-    """Reconcile ``[since, until)`` (default: the 24 hours before now) on every site or ``tenant``."""
+    """Reconcile ``[since, until)`` (default: the 24 hours before now) on every site or ``tenant``.
+
+    ``calls_only`` judges Atlassian's calls alone (no ``app_only``), reading the app's events
+    only around them: the cheap look the highlights take on every page."""
     until = until or now or datetime.now(UTC)
     since = since or until - DEFAULT_WINDOW
     slack = timedelta(seconds=tolerance)
@@ -110,10 +115,8 @@ def reconcile(
             for r in _rows(conn, EventFilter(since=since, until=until, tenant=tenant, direction=ev.IMPORTED))
             if _is_app_call(r, apps)
         ]
-        ours = _rows(
-            conn, EventFilter(since=since - slack, until=until + slack, tenant=tenant, direction=ev.OUTGOING)
-        )
-        coverage = _coverage(conn, since, until, timedelta(seconds=settle))
+        coverage = [] if calls_only else _coverage(conn, since, until, timedelta(seconds=settle))
+        ours = _ours(conn, calls, coverage, since, until, tenant, slack, calls_only)
     result = _match(calls, ours, slack, since, until, coverage)
     result.window = {
         "since": _iso(since),
@@ -128,8 +131,10 @@ def reconcile(
 # --------------------------------------------------------------------------- reading
 
 
-def _rows(conn: sa.Connection, flt: EventFilter) -> list[dict[str, Any]]:
+def _rows(conn: sa.Connection, flt: EventFilter, *, site: str | None = None) -> list[dict[str, Any]]:
     query = sa.select(*_COLUMNS).where(where_clause(flt)).order_by(EVENTS.c.ts, EVENTS.c.seq)
+    if site is not None:
+        query = query.where(EVENTS.c.tenant_client_key == site)
     if flt.direction == ev.IMPORTED:
         # The imported-records index is partial: SQLite uses it only when the query states its
         # condition as this literal text.
@@ -140,6 +145,42 @@ def _rows(conn: sa.Connection, flt: EventFilter) -> list[dict[str, Any]]:
         item["ts"] = _aware(item["ts"])
         item["extra"] = json.loads(item["extra"]) if item["extra"] else {}
         out.append(item)
+    return out
+
+
+def _ours(
+    conn: sa.Connection,
+    calls: list[dict[str, Any]],
+    coverage: list[_Covered],
+    since: datetime,
+    until: datetime,
+    tenant: str | None,
+    slack: timedelta,
+    calls_only: bool,
+) -> list[dict[str, Any]]:
+    """The app's outgoing events the matching needs: on the sites with Atlassian calls or an
+    organization source's coverage, and with ``calls_only`` only around those calls (by the
+    tenant-and-time index, never the whole window of a busy log)."""
+    spans: dict[str | None, tuple[datetime, datetime]] = {}
+    for call in calls:
+        lo, hi = spans.get(call["tenant_client_key"], (call["ts"], call["ts"]))
+        spans[call["tenant_client_key"]] = (min(lo, call["ts"]), max(hi, call["ts"]))
+    if not calls_only:
+        for covered in coverage:
+            for site in covered.tenants:
+                spans[site] = (since, until)
+    out: list[dict[str, Any]] = []
+    for site, (lo, hi) in spans.items():
+        if site is None:
+            continue  # Atlassian named a site the app has no install on: nothing of ours is there
+        flt = EventFilter(
+            since=max(lo - slack, since - slack),
+            until=min(hi + slack, until + slack) + _TICK,
+            tenant=tenant,
+            direction=ev.OUTGOING,
+        )
+        out += _rows(conn, flt, site=site)
+    out.sort(key=lambda r: r["ts"])
     return out
 
 

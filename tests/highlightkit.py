@@ -70,9 +70,9 @@ def planted(day: datetime):
     for i in range(25):
         yield call(t.replace(hour=6, minute=30) + timedelta(seconds=i), GLOBEX, status=403,
                    outcome=ev.DENIED, reason="permission")
-    # Acme answering 401 at 07:00.
+    # Acme answering 401 at 07:00 (stored as the client stores one: rejected, no reason code).
     for i in range(15):
-        yield call(t.replace(hour=7, minute=10) + timedelta(seconds=i), ACME, status=401, outcome=ev.ALLOWED)
+        yield call(t.replace(hour=7, minute=10) + timedelta(seconds=i), ACME, status=401, outcome=ev.REJECTED)
     # Globex: a first DELETE, needing a scope never needed there before.
     yield call(t.replace(hour=8, minute=1), GLOBEX, method="DELETE", scope="DELETE")
     # Acme: the app acts as Grace for the first time, 60 times in an hour.
@@ -86,6 +86,19 @@ def planted(day: datetime):
         "host_moved": True, "secret_rotated": False, "old_product": "confluence",
         "new_product": "confluence"})
     yield lifecycle(t.replace(hour=11), GLOBEX, "uninstalled")
+    # Atlassian's record: three calls as the app on Globex at 08:30 that the app never made.
+    for i in range(3):
+        yield imported_call(t.replace(hour=8, minute=30) + timedelta(seconds=10 * i), GLOBEX, f"leak-{i}")
+
+
+def imported_call(ts, tenant, source_id, *, path="/wiki/rest/api/space"):
+    """An app's API call as an organization's audit log holds it (collector.org_events' mapping)."""
+    return AuditRecord(
+        direction=ev.IMPORTED, platform=ev.ATLASSIAN, event_type="org_events", outcome=ev.ALLOWED,
+        identity_kind=ev.APP_USER, ts=ts, tenant_client_key=tenant, tenant_base_url=f"https://{SITES[tenant]}/wiki",
+        method="GET", path=path, status=200,
+        extra={"source": "org", "kind": "org_events", "source_id": source_id, "api_request": True, "app": None},
+    )
 
 
 def fill(url: str, *, anomalies: bool, extra: tuple[AuditRecord, ...] = ()) -> Store:

@@ -155,3 +155,18 @@ def test_bad_reconcile_input_is_one_sentence(sqlite_url, args, message, capsys):
     assert main(["reconcile", "--database", sqlite_url, *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_calls_the_app_never_made_are_a_high_highlight(planted):
+    from collector import highlights
+
+    stack, store = planted
+    acme = stack.sim.tenant("acme")
+    found = [h for h in highlights.find(store, since=datetime.now(UTC) - timedelta(hours=1))
+             if h.kind == "atlassian_only"]
+    assert len(found) == 1
+    (h,) = found
+    assert (h.severity, h.tenant, h.platform, h.count) == ("high", acme.client_key, "atlassian", 3)
+    assert "never made" in h.summary
+    assert h.filter.direction == "imported" and h.filter.tenant == acme.client_key
+    assert found == sorted(found, key=lambda x: x.severity)  # high sorts first with the rest
