@@ -616,8 +616,8 @@ class _Window:
                     first,
                     last,
                     len(rows),
-                    f"{where}: {len(rows):,} calls with the app's identity in Atlassian's record that the app "
-                    f"never made {_between(first, last)} (a leaked shared secret or another deployment?)",
+                    f"{where}: {len(rows):,} calls with the app's identity in Atlassian's record that the "
+                    f"app never made {_between(first, last)} (a leaked shared secret or another deployment?)",
                     self.activity(tenant, first, last, direction=ev.IMPORTED),
                 )
             )
