@@ -97,7 +97,8 @@ def imported_call(ts, tenant, source_id, *, path="/wiki/rest/api/space"):
         direction=ev.IMPORTED, platform=ev.ATLASSIAN, event_type="org_events", outcome=ev.ALLOWED,
         identity_kind=ev.APP_USER, ts=ts, tenant_client_key=tenant,
         tenant_base_url=f"https://{SITES[tenant]}/wiki", method="GET", path=path, status=200,
-        extra={"source": "org", "kind": "org_events", "source_id": source_id, "api_request": True, "app": None},
+        extra={"source": "org", "kind": "org_events", "source_id": source_id, "api_request": True,
+               "app": None},
     )
 
 
