@@ -605,23 +605,38 @@ class _Window:
                 by_site[row["tenant"]].append(row)
         found = []
         for tenant, rows in by_site.items():
-            first, last = (datetime.fromisoformat(rows[i]["ts"].replace("Z", "+00:00")) for i in (0, -1))
             where = self.site(tenant) if tenant else (rows[0]["site"] or "a site with no install")
-            found.append(
-                Highlight(
-                    "atlassian_only",
-                    "high",
-                    tenant,
-                    ev.ATLASSIAN,
-                    first,
-                    last,
-                    len(rows),
-                    f"{where}: {len(rows):,} calls with the app's identity in Atlassian's record that the "
-                    f"app never made {_between(first, last)} (a leaked shared secret or another deployment?)",
-                    self.activity(tenant, first, last, direction=ev.IMPORTED),
-                )
-            )
+            # The app did make a call that it recorded minutes away: a clock is off, not a leak.
+            never = [r for r in rows if r.get("clock_gap_s") is None]
+            skewed = [r for r in rows if r.get("clock_gap_s") is not None]
+            if never:
+                first, last = _row_span(never)
+                found.append(self._atlassian_only(
+                    tenant, never, "high",
+                    f"{where}: {len(never):,} calls with the app's identity in Atlassian's record that "
+                    f"the app never made {_between(first, last)} (a leaked shared secret or another "
+                    "deployment?)"))
+            if skewed:
+                first, last = _row_span(skewed)
+                gap = statistics.median(r["clock_gap_s"] for r in skewed)
+                found.append(self._atlassian_only(
+                    tenant, skewed, "medium",
+                    f"{where}: {len(skewed):,} calls in Atlassian's record that the app recorded "
+                    f"{abs(gap):,.0f} s {'later' if gap > 0 else 'earlier'} {_between(first, last)}: is the "
+                    "app server's clock off?"))
         return found
+
+
+    def _atlassian_only(self, tenant: str | None, rows: list[dict[str, Any]], severity: str,
+                        summary: str) -> Highlight:
+        first, last = _row_span(rows)
+        return Highlight("atlassian_only", severity, tenant, ev.ATLASSIAN, first, last, len(rows), summary,
+                         self.activity(tenant, first, last, direction=ev.IMPORTED))
+
+
+def _row_span(rows: list[dict[str, Any]]) -> tuple[datetime, datetime]:
+    """The first and last time of reconciliation rows (in time order, ISO text)."""
+    return tuple(datetime.fromisoformat(rows[i]["ts"].replace("Z", "+00:00")) for i in (0, -1))  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- the chain

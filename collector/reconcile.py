@@ -45,6 +45,9 @@ DEFAULT_TOLERANCE = 5.0
 DEFAULT_SETTLE = 60.0
 DEFAULT_WINDOW = timedelta(hours=24)
 _TICK = timedelta(microseconds=1)  # an EventFilter's until is exclusive
+#: How far from an unmatched call of Atlassian's the app's same call is looked for, to tell a
+#: clock that is off (the app made the call, minutes away) from a call the app never made.
+CLOCK_SEARCH = timedelta(minutes=15)
 MATCHED, ATLASSIAN_ONLY, APP_ONLY = "matched", "atlassian_only", "app_only"
 _COLUMNS = (
     EVENTS.c.event_id,
@@ -173,9 +176,10 @@ def _ours(
     for site, (lo, hi) in spans.items():
         if site is None:
             continue  # Atlassian named a site the app has no install on: nothing of ours is there
+        reach = max(slack, CLOCK_SEARCH)  # wide enough to tell a clock that is off
         flt = EventFilter(
-            since=max(lo - slack, since - slack),
-            until=min(hi + slack, until + slack) + _TICK,
+            since=lo - reach,
+            until=hi + reach + _TICK,
             tenant=tenant,
             direction=ev.OUTGOING,
         )
@@ -251,6 +255,7 @@ def _match(
     used: set[str] = set()
     sites: dict[str, dict[str, int]] = defaultdict(lambda: {MATCHED: 0, ATLASSIAN_ONLY: 0, APP_ONLY: 0})
     rows: list[dict[str, Any]] = []
+    pending: list[tuple[dict[str, Any], dict[str, Any]]] = []
     matched = 0
     for call in calls:
         site = call["tenant_client_key"]
@@ -270,6 +275,9 @@ def _match(
             continue
         sites[label][ATLASSIAN_ONLY] += 1
         rows.append(_row(ATLASSIAN_ONLY, call, nearest=_nearest(candidates, stamps, call["ts"])))
+        pending.append((call, rows[-1]))
+    for call, row in pending:
+        row["clock_gap_s"] = _clock_gap(call, by_site.get(call["tenant_client_key"], []), used)
     app_only = 0
     for row in ours:
         if row["event_id"] in used or not (since <= row["ts"] < until) or not _expected(row, coverage):
@@ -279,6 +287,18 @@ def _match(
         rows.append(_row(APP_ONLY, row))
     rows.sort(key=lambda r: (r["ts"], r["kind"]))
     return Reconciliation(matched, len(rows) - app_only, app_only, {}, rows, dict(sites))
+
+
+def _clock_gap(call: Mapping[str, Any], candidates: list[dict[str, Any]], used: set[str]) -> float | None:
+    """Seconds from Atlassian's time of an unmatched call to the nearest unmatched event of the
+    app that is the same call, within :data:`CLOCK_SEARCH`: set, it says the app did make the
+    call and one of the two clocks is off (None: the app has no such call near it)."""
+    near = [c for c in candidates if c["event_id"] not in used and _same_call(call, c)
+            and abs(c["ts"] - call["ts"]) <= CLOCK_SEARCH]
+    if not near:
+        return None
+    best = min(near, key=lambda c: abs((c["ts"] - call["ts"]).total_seconds()))
+    return round((best["ts"] - call["ts"]).total_seconds(), 3)
 
 
 def _same_call(call: Mapping[str, Any], ours: Mapping[str, Any]) -> bool:
