@@ -117,7 +117,8 @@ def to_record(
     auth = _mapping(actor.get("auth"))
     on_behalf = _mapping(actor.get("onBehalfOf"))
     app = _mapping(actor.get("app"))
-    as_app = auth.get("authType") == CONNECT_TOKEN and not on_behalf
+    # The app acting as itself: its Connect JWT, or an app named with no person it acted for.
+    as_app = not on_behalf and (auth.get("authType") == CONNECT_TOKEN or bool(app))
     account = _text(on_behalf.get("id")) or _text(actor.get("id"))
     site, cloud_id = _site(attributes.get("container"))
     client_key, base_url = sites.resolve(site, cloud_id)

@@ -3,6 +3,7 @@ realistic mix into a store; ``--if-empty``; several demos at once on one store."
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -55,7 +56,7 @@ def test_demo_records_a_month_with_its_incidents_and_an_intact_chain(sqlite_url,
     assert out.startswith("Recorded ") and "from 900 requests" in out and "(seed 11)" in out
     assert "100.0% 900/900 requests" in err
     rows = event_rows(sqlite_url)
-    assert {r["direction"] for r in rows} == {"incoming", "outgoing", "lifecycle"}
+    assert {r["direction"] for r in rows} == {"incoming", "outgoing", "lifecycle", "imported"}
     assert {"allowed", "denied", "rejected"} <= {r["outcome"] for r in rows}
     reasons = {r["reason"] for r in rows}
     assert {"scope", "permission", "inactive_install", "expired", "not_yet_valid"} <= reasons
@@ -95,7 +96,8 @@ def test_demo_records_a_month_with_its_incidents_and_an_intact_chain(sqlite_url,
     assert "By platform:" in out and f"forge      {len(forge):>7,}" in out
     moved = [r for r in forge if r["direction"] == "lifecycle"]
     assert len({r["tenant_client_key"] for r in moved}) == 2  # acme from its install, globex mid-month
-    assert len(rows) > 900 and f"Recorded {len(rows):,} events" in out
+    recorded = [r for r in rows if r["direction"] != "imported"]  # the app's, not Atlassian's record
+    assert len(recorded) > 900 and f"Recorded {len(recorded):,} events" in out
     with Store.open(sqlite_url, create=False) as store:
         assert chain.verify(store).ok
         # The month's incidents and changes are highlights: the storm among them, on its day.
@@ -121,6 +123,18 @@ def test_demo_records_a_month_with_its_incidents_and_an_intact_chain(sqlite_url,
     # The skew: the app's own sync job signs on the slow clock, and the host answers 401.
     [refused] = [h for h in found if h.kind == "unauthorized_above_baseline"]
     assert "acme.atlassian.net" in refused.summary and refused.count >= 12 and refused.severity == "high"
+    # Atlassian's record, imported by the demo: the leaked script's calls are the calls the app
+    # never made, and every other call of the month is matched.
+    assert "a script holding Acme's leaked shared secret" in out
+    [leak] = [h for h in found if h.kind == "atlassian_only"]
+    assert leak.severity == "high" and leak.count == 14 and "acme.atlassian.net" in leak.summary
+    for window in ([], ["--since", "30d"]):
+        assert main(["reconcile", "--database", sqlite_url, *window, "--json"]) == 1
+        report = json.loads(capsys.readouterr().out)
+        assert (report["atlassian_only"], report["app_only"]) == (14, 0), window
+        assert {(r["site"], r["identity_kind"]) for r in report["rows"]} == {
+            ("https://acme.atlassian.net/wiki", "app_user")}
+        assert report["matched"] > (500 if window else 10)
 
 
 @pytest.mark.slow

@@ -122,8 +122,10 @@ def run(args: argparse.Namespace) -> int:
                 play(sim, story, clock, app_clock, forge_from_start=FORGE_FROM_START, progress=bar.update,
                      nightly=people.refresh, job=lambda site: _sync_job(audit, sim, site))
                 bar.finish()
-            audit.flush()
+                audit.flush()
+                record = _import_record(audit.store, sim, story, clock)
             summary = _summary(audit.store, instance_id)
+            summary["record"] = record
         finally:
             audit.close()
     _print_summary(summary, story, sim, time.monotonic() - started, audit.store.url, seed)
@@ -134,6 +136,36 @@ def _sync_job(audit, sim, site: str):
     """The app's own sync job: a call as the app user that no host request asked for, signed on
     the app server's clock (so, during the skew, refused by the host with a 401)."""
     return audit.client(sim.tenant(site).client_key).as_app().get("/rest/api/space")
+
+
+def _import_record(store, sim, story, clock) -> dict:
+    """Atlassian's record of the month, read as a user reads it (``connect-audit import``): the
+    organization's audit log and each site's Confluence audit log, through the same importers,
+    then reconciled with the app's log over the story's last day."""
+    import time
+    from datetime import UTC, datetime
+
+    from collector import imports
+    from collector.reconcile import reconcile
+
+    now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731 (the story's clock)
+    start = datetime.fromtimestamp(story.start, UTC)
+    sim.record.rate_limit = None  # the demo reads its whole month at once
+    imports.add_source(store, "demo-org", imports.ORG_EVENTS, sim.record.org_id, sim.record.org_key,
+                       since=start, now=now())
+    email, token = sim.record.admin_credentials()
+    for name, tenant in sim.tenants.items():
+        imports.add_source(store, f"demo-{name}-audit", imports.CONFLUENCE_AUDIT, tenant.site_url, token,
+                           username=email, since=start, now=now())
+    time.sleep(0.5)  # Atlassian's record serves an event once it is processed (0.4 s here)
+    runs = [imports.Importer(store, s.name, adapter=sim.transport(), clock=now, min_interval=0.0).run()
+            for s in imports.source_states(store) if s.name.startswith("demo-")]
+    for run in runs:
+        if run.error:
+            raise RuntimeError(f"the demo's import of {run.source} failed: {run.error}")
+    result = reconcile(store, until=now())
+    return {"imported": sum(r.imported for r in runs), "sources": len(runs), "matched": result.matched,
+            "atlassian_only": result.atlassian_only, "app_only": result.app_only}
 
 
 def _existing_events(url: str) -> int:
@@ -177,6 +209,7 @@ WHERE = {
     "restrict": "Denials: permission 403s in MKT", "uninstall": "Installs, and inactive_install refusals",
     "skew": "Activity: not_yet_valid refusals and host 401s", "storm": "Activity: expired refusals",
     "import": "Overview: calls as users above their usual rate; Who acted",
+    "leak": "Overview: calls the app never made; Atlassian record; connect-audit reconcile",
 }
 
 
@@ -219,4 +252,10 @@ def _print_summary(summary: dict, story, sim, seconds: float, store_url: str, se
     for name, at in installed.items():
         count = summary["tenants"].get(sim.tenant(name).base_url, 0)
         out.write(f"  {site(name):<34} {count:>7,} events, installed {day(at)}\n")
+    record = summary["record"]
+    out.write(f"Atlassian's record: {record['imported']:,} records imported from {record['sources']} sources "
+              "(the organization's audit log, each site's Confluence audit log).\n")
+    out.write(f"  Its last day reconciled with the app's log: {record['matched']:,} calls matched, "
+              f"{record['atlassian_only']:,} atlassian_only, {record['app_only']:,} app_only "
+              "(see: connect-audit reconcile).\n")
     out.write("\nBrowse them with: make run   (or: .venv/bin/python -m dashboard.serve)\n")

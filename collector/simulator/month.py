@@ -15,7 +15,9 @@ administrator opens the dashboard to find (:data:`INCIDENTS`):
   call the app signs refused by the host: its sync job's calls fail with 401s);
 - a storm of expired tokens from one site's stale tabs;
 - a team moving its wiki in: an hour of the app creating pages as its people, far above its
-  usual rate of acting as users.
+  usual rate of acting as users;
+- on the last day, a script holding Acme's leaked shared secret calling its REST API outside
+  the app: calls in Atlassian's record (:mod:`.audit`) that the app's log lacks.
 
 :func:`play` runs the timeline in time order under a :class:`SimulatedClock` shared by the
 simulator and the collector, so each event is dated when it happened in the story, through
@@ -68,6 +70,9 @@ SCHEDULE_SHARE, STORM_SHARE = 0.06, 0.04
 IMPORT_SHARE, MIN_IMPORT = 0.02, 12
 #: Share of the requests that are the app's own sync job during the skew (at least MIN_JOBS).
 JOB_SHARE, MIN_JOBS = 0.02, 12
+#: A script holding Acme's leaked shared secret calls its REST API this long before the story's
+#: end (inside the last day, so that ``connect-audit reconcile``'s default window holds it).
+LEAK_BEFORE_END, LEAK_CALLS = 5 * HOUR, 14
 #: When the app's nightly jobs run (seconds after midnight UTC).
 NIGHTLY = 3 * HOUR
 #: The app server's clock error during the skew incident (seconds; slow).
@@ -193,6 +198,10 @@ def timeline(n: int, seed: int, *, days: int = 30, end: float | None = None) -> 
     start = end - days * DAY
     happened = sorted(((incident_time(start, i), i) for i in INCIDENTS), key=lambda pair: pair[0])
     happened = [(t, i) for t, i in happened if t < end]  # a shorter story keeps what fits
+    leak = end - LEAK_BEFORE_END
+    happened = sorted([*happened, (leak, Incident(
+        "leak", "acme", 0, 0.0, "a script holding Acme's leaked shared secret reads its spaces and pages, "
+        "outside the app (Atlassian's record holds its calls; the app's log does not)"))], key=lambda p: p[0])
     when = {(i.name, i.site): t for t, i in happened}
     steps: list[Step] = []
     for at, incident in happened:
@@ -207,7 +216,11 @@ def timeline(n: int, seed: int, *, days: int = 30, end: float | None = None) -> 
     imports = max(MIN_IMPORT, int(n * IMPORT_SHARE)) if imported is not None else 0
     skewed = when.get(("skew", "acme"))
     jobs = max(MIN_JOBS, int(n * JOB_SHARE)) if skewed is not None else 0
-    people = n - storms - imports - jobs - len(schedules)
+    leaks = LEAK_CALLS if n >= 10 * LEAK_CALLS else 0
+    people = n - storms - imports - jobs - leaks - len(schedules)
+    for i in range(leaks):  # every minute or so for a quarter of an hour
+        steps.append(Step(leak + i * 65 + rng.random() * 20, len(steps),
+                          Action("leaked_script", "acme", None, rng.randrange(1 << 30))))
     for at in schedules:
         trigger = Action("forge_schedule", _forge_site(at, when), choice=rng.randrange(1 << 30))
         steps.append(Step(at, len(steps), trigger))
@@ -341,6 +354,9 @@ class _World:
 
     def _import(self, site: str, phase: str) -> None:
         pass  # the import is its requests (pages created as people), placed by the timeline
+
+    def _leak(self, site: str, phase: str) -> None:
+        pass  # the leak is its requests (a script's calls), placed by the timeline
 
 
 def play(sim: ConfluenceSimulator, story: Story, clock: SimulatedClock, app_clock: SkewedClock, *,

@@ -215,6 +215,13 @@ class Runner:
     def _app_job(self, a: Action):
         return self.job(a.tenant)
 
+    def _leaked_script(self, a: Action):
+        """Not the app: a script signing with the site's leaked shared secret, calling the site's
+        REST API directly. The host serves it as the app's; the app's collector never sees it."""
+        if a.choice % 3 == 0:
+            return self.sim.script_call(a.tenant, "GET", f"/rest/api/content/{self._page_id(a)}")
+        return self.sim.script_call(a.tenant, "GET", "/rest/api/space", params={"limit": "50"})
+
     def _forge_schedule(self, a: Action):
         return self.sim.forge.schedule(a.tenant, "hourly-digest")
 
