@@ -26,7 +26,8 @@ from collector.tokens import StaticInstalls
 
 ROOT = Path(__file__).parent.parent
 ECHO_STATUS = '; echo "exit $?"'
-PAGES = ("cli", "debugging", "integrating", "dashboard", "reliability", "performance", "architecture")
+PAGES = ("cli", "debugging", "integrating", "dashboard", "reliability", "performance", "architecture",
+         "atlassian-record")
 
 
 def section(name: str) -> str:
