@@ -123,6 +123,17 @@ KNOWN: dict[tuple[str, ...], Known] = {
                       extra_faults=(("negative-days", ("--older-than", "-3"), "older-than"),)),
     ("generate",): Known(("--events", "3", "--tenants", "2", "--days", "1"), creates_store=True,
                          extra_faults=(("zero-events", ("--events", "0"), "events"),)),
+    # The credential is read from the variable --credential-env names: any set variable will do.
+    ("import", "add"): Known(("s1", "--kind", "org_events", "--target", "org-1", "--credential-env", "PATH"),
+                             creates_store=True,
+                             extra_faults=(("bad-site", ("--site", "not a url"), "not a url"),
+                                           ("bad-since", ("--since", "someday"), "someday"))),
+    ("import", "list"): Known(()),
+    ("import", "run"): Known((), extra_faults=(("bad-every", ("--every", "0"), "--every"),)),
+    # A healthy store has no source to remove: the answer is the one-sentence error.
+    ("import", "remove"): Known(("nope",), ok_exit=2),
+    ("reconcile",): Known((), extra_faults=(("negative-tolerance", ("--tolerance", "-1"), "--tolerance"),
+                                            ("bad-until", ("--until", "soon"), "soon"))),
     ("demo",): Known(("--events", "3"), creates_store=True,
                      extra_faults=(("zero-events", ("--events", "0"), "events"),)),
 }
