@@ -12,6 +12,9 @@ from collector.simulator.month import (
     DAY,
     HOUR,
     INCIDENTS,
+    LEAK,
+    LEAK_BEFORE_END,
+    LEAK_CALLS,
     SITES,
     SimulatedClock,
     SkewedClock,
@@ -45,8 +48,11 @@ def test_it_has_exactly_n_requests_in_time_order_within_its_days(story):
 
 
 def test_every_incident_happens_on_a_working_day_of_its_site_and_inside_the_month(story):
-    assert [i for _, i in story.happened] == sorted(INCIDENTS, key=lambda i: incident_time(story.start, i))
+    planned = [i for _, i in story.happened if i is not LEAK]
+    assert planned == sorted(INCIDENTS, key=lambda i: incident_time(story.start, i))
     for at, incident in story.happened:
+        if incident is LEAK:
+            continue
         assert local(at, incident.site).weekday() < 5, incident
         assert story.start < at < story.end
 
@@ -87,9 +93,18 @@ def test_changes_that_last_have_an_end(story):
     assert changes[("install", "start")] == 4 and changes[("install", "end")] == 0
 
 
+def test_the_leak_is_a_quarter_hour_of_script_calls_on_the_last_day(story):
+    [at] = [at for at, i in story.happened if i is LEAK]
+    assert at == story.end - LEAK_BEFORE_END
+    calls = [s for s in story.steps if s.action and s.action.kind == "leaked_script"]
+    assert len(calls) == LEAK_CALLS and {s.action.tenant for s in calls} == {"acme"}
+    assert all(at <= s.at < at + 20 * 60 for s in calls)
+
+
 def test_a_shorter_story_keeps_what_fits():
     short = timeline(200, 1, days=7, end=END)
-    assert short.requests == 200 and {i.name for _, i in short.happened} < {i.name for i in INCIDENTS}
+    assert short.requests == 200
+    assert {i.name for _, i in short.happened} < {i.name for i in (*INCIDENTS, LEAK)}
     assert all(short.start <= s.at < short.end for s in short.steps)
 
 

@@ -93,6 +93,11 @@ class Incident:
     until: tuple[int, float] | None = None  # ...or until this working day and local hour
 
 
+#: Placed by the story's end, not by its start (see LEAK_BEFORE_END), on whatever day that is:
+#: a script does not keep office hours.
+LEAK = Incident("leak", "acme", 0, 0.0, "a script holding Acme's leaked shared secret reads its spaces and "
+                "pages, outside the app (Atlassian's record holds its calls; the app's log does not)")
+
 INCIDENTS = (
     Incident("install", "acme", 0, 9.2, "installs the app (Connect, and on Forge)"),
     Incident("install", "globex", 1, 10.7, "installs the app (its admin approved READ, not WRITE)"),
@@ -199,9 +204,7 @@ def timeline(n: int, seed: int, *, days: int = 30, end: float | None = None) -> 
     happened = sorted(((incident_time(start, i), i) for i in INCIDENTS), key=lambda pair: pair[0])
     happened = [(t, i) for t, i in happened if t < end]  # a shorter story keeps what fits
     leak = end - LEAK_BEFORE_END
-    happened = sorted([*happened, (leak, Incident(
-        "leak", "acme", 0, 0.0, "a script holding Acme's leaked shared secret reads its spaces and pages, "
-        "outside the app (Atlassian's record holds its calls; the app's log does not)"))], key=lambda p: p[0])
+    happened = sorted([*happened, (leak, LEAK)], key=lambda pair: pair[0])
     when = {(i.name, i.site): t for t, i in happened}
     steps: list[Step] = []
     for at, incident in happened:
