@@ -168,10 +168,11 @@ def _ours(
     for call in calls:
         lo, hi = spans.get(call["tenant_client_key"], (call["ts"], call["ts"]))
         spans[call["tenant_client_key"]] = (min(lo, call["ts"]), max(hi, call["ts"]))
-    if not calls_only:
+    if not calls_only:  # app_only is judged inside what a source has read: read no further
         for covered in coverage:
             for site in covered.tenants:
-                spans[site] = (since, until)
+                lo, hi = spans.get(site, (covered.since, covered.until))
+                spans[site] = (min(lo, covered.since), max(hi, covered.until))
     out: list[dict[str, Any]] = []
     for site, (lo, hi) in spans.items():
         if site is None:
@@ -233,7 +234,9 @@ def _coverage(conn: sa.Connection, since: datetime, until: datetime, settle: tim
             .distinct()
         )
         tenants.update(conn.execute(seen).scalars())
-        out.append(_Covered(max(begin, since), min(end - settle, until), frozenset(t for t in tenants if t)))
+        span = (max(begin, since), min(end - settle, until))
+        if span[0] < span[1]:  # the source has read some of the window
+            out.append(_Covered(*span, frozenset(t for t in tenants if t)))
     return out
 
 

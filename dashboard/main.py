@@ -31,6 +31,8 @@ PAGES = [
     st.Page("views/who_acted.py", title="Who acted", icon=":material/group:",
             url_path="who-acted"),
     st.Page("views/denials.py", title="Denials", icon=":material/block:", url_path="denials"),
+    st.Page("views/atlassian_record.py", title="Atlassian record", icon=":material/fact_check:",
+            url_path="atlassian-record"),
     st.Page("views/token_debugger.py", title="Token debugger", icon=":material/key:",
             url_path="token-debugger"),
     st.Page("views/export.py", title="Export", icon=":material/download:", url_path="export"),

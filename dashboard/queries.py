@@ -388,6 +388,264 @@ def denials(flt: EventFilter) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- the Atlassian record
+
+#: How far either side of an unmatched call the link to Activity looks for the app's own events.
+AROUND = timedelta(minutes=2)
+#: A window's reconciliation is read at most this often per server process (in seconds), unless
+#: an import run has added records since: a click on the page (a row, a page of records) reuses it.
+RECONCILE_TTL = 30.0
+#: The most unmatched calls of each kind the page lists (the newest); the counts cover them all.
+UNMATCHED_SHOWN = 500
+#: The filter fields an imported record answers (no platform, direction, reason or scope: the
+#: page reads imported records only, and Atlassian's record names neither reason nor scope).
+IMPORTED_FIELDS = ("range", "tenant", "identity_kind", "outcome", "status", "method", "account_id",
+                   "path_contains", "text")
+_IMPORTED_COLUMNS = (*q.LIST_COLUMNS, "detail", "extra")
+
+
+def import_sources() -> list[dict[str, Any]]:
+    """The import sources (``connect-audit import``), by name: what each reads, how many records
+    it brought, up to when its record is complete, and since when and why it fails. Never a
+    credential (:func:`collector.imports.source_states` does not read one)."""
+    from collector.imports import source_states
+
+    now = datetime.now(UTC)
+    return [
+        {
+            "name": s.name,
+            "kind": s.kind,
+            "target": s.target,
+            "sites": " ".join(s.sites),
+            "imported": s.imported,
+            "complete_from": s.covered_since,
+            "complete_to": s.covered_until,
+            "updated": s.updated_at,
+            "reading_now": bool(s.lease_until and s.lease_until > now),
+            "failing_since": s.failing_since,
+            "last_error": s.last_error,
+        }
+        for s in source_states(store())
+    ]
+
+
+def imported_filter(flt: EventFilter) -> EventFilter:
+    """``flt`` over Atlassian's imported records only, whatever its direction and platform said."""
+    return flt.replace(direction=ev.IMPORTED, platform=None)
+
+
+def _imported_where(flt: EventFilter) -> Any:
+    import sqlalchemy as sa
+
+    from collector.models import IMPORTED_SQL
+
+    # The partial index of imported records is used only when the condition is stated as its text.
+    return sa.and_(q.where_clause(imported_filter(flt)), sa.text(IMPORTED_SQL))
+
+
+def imported_page(flt: EventFilter, after: Cursor | None = None, limit: int = 50) -> Page:
+    """One page of Atlassian's imported records under ``flt`` (forced to direction imported),
+    newest first, and the cursor of the next page. Each row has the event's listing columns, its
+    message (``detail``) and, from its stored extra, ``action`` (the organization event's action,
+    or the Confluence audit record's category), ``actor`` (the name the record gives), ``source``,
+    ``source_id`` and ``sha256``; not the verbatim record (:func:`imported_record` has it)."""
+    import sqlalchemy as sa
+
+    limit = max(1, min(int(limit), 1000))
+    e = q.EVENTS.c
+    cond = _imported_where(flt)
+    if after is not None:
+        cond = sa.and_(cond, sa.or_(e.ts < after.ts, sa.and_(e.ts == after.ts, e.seq < after.seq)))
+    stmt = (sa.select(*(e[name] for name in _IMPORTED_COLUMNS)).where(cond)
+            .order_by(e.ts.desc(), e.seq.desc()).limit(limit + 1))
+    with q.reading(store(), PAGE_TIME_LIMIT) as conn:
+        rows = [dict(r._mapping) for r in conn.execute(stmt)]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = Cursor(rows[-1]["ts"], rows[-1]["seq"]) if more and rows else None
+    return Page([_imported_row(row) for row in rows], nxt)
+
+
+def imported_count_label(flt: EventFilter, cap: int = 10_000) -> str:
+    """How many imported records match ``flt``: "1,234", or "more than 10,000" past ``cap``."""
+    import sqlalchemy as sa
+
+    inner = sa.select(q.EVENTS.c.seq).where(_imported_where(flt)).limit(cap + 1).subquery()
+    with q.reading(store(), PAGE_TIME_LIMIT) as conn:
+        n = conn.execute(sa.select(sa.func.count()).select_from(inner)).scalar() or 0
+    return f"{n:,}" if n <= cap else f"more than {cap:,}"
+
+
+def _extra(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    try:
+        doc = json.loads(value) if value else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _actor(record: Any) -> str | None:
+    """The acting party's name as the record gives it: an organization event's actor (and whom
+    it acted for), or a Confluence audit record's author."""
+    if not isinstance(record, dict):
+        return None
+    attributes = record.get("attributes")
+    if isinstance(attributes, dict) and isinstance(attributes.get("actor"), dict):
+        actor = attributes["actor"]
+        name = actor.get("name") if isinstance(actor.get("name"), str) else None
+        behalf = actor.get("onBehalfOf")
+        if isinstance(behalf, dict) and isinstance(behalf.get("name"), str) and behalf["name"]:
+            return f"{name or 'the app'} for {behalf['name']}"
+        return name or None
+    author = record.get("author")
+    if isinstance(author, dict):
+        for key in ("displayName", "publicName"):
+            if isinstance(author.get(key), str) and author[key]:
+                return author[key]
+    return None
+
+
+def _imported_row(row: dict[str, Any]) -> dict[str, Any]:
+    extra = _extra(row.pop("extra", None))
+    return {
+        **row,
+        "action": extra.get("action") or extra.get("category") or row.get("event_type"),
+        "actor": _actor(extra.get("record")),
+        "source": extra.get("source"),
+        "source_id": extra.get("source_id"),
+        "sha256": extra.get("sha256"),
+    }
+
+
+def imported_record(event_id: str) -> dict[str, Any] | None:
+    """One imported record: its event's fields (``event``), the record as its source sent it
+    (``record``, less any credential-looking field, named in ``removed``), the stored ``sha256``
+    and whether the stored record still hashes to it (``verified``); None for an event that is
+    not an imported record."""
+    from collector.sources import stored_record
+
+    row = q.get_event(store(), event_id)
+    if row is None or row.get("direction") != ev.IMPORTED:
+        return None
+    extra = _extra(row.pop("extra", None))
+    row.pop("claims", None)
+    record = extra.get("record")
+    digest = extra.get("sha256")
+    verified = bool(digest) and record is not None and stored_record(record)[2] == digest
+    return {
+        "event": _imported_row({**row, "extra": extra}),
+        "record": record,
+        "sha256": digest,
+        "verified": verified,
+        "removed": list(extra.get("removed") or []),
+        "kind": extra.get("kind") or row.get("event_type"),
+    }
+
+
+def reconciliation(flt: EventFilter, tolerance: float = 5.0, *,
+                   now: datetime | None = None) -> dict[str, Any]:
+    """Atlassian's record lined up with the app's own (:func:`collector.reconcile.reconcile`) over
+    the filter's time range (all of the log's when it has no start) and tenant.
+
+    Returns the window (``since``, ``until``, ``tolerance_s``), the counts (``matched``,
+    ``atlassian_only``, ``app_only``), ``sites`` (per site: ``site``, the counts and
+    ``matched_share``, matched / (matched + atlassian_only), None without a call of Atlassian's)
+    and the unmatched calls, newest first, at most :data:`UNMATCHED_SHOWN` of each kind:
+    ``atlassian_rows`` and ``app_rows``. Each has ``time``, ``site``, ``tenant``, ``method``,
+    ``path``, ``status``, ``identity_kind``, ``account_id``, ``event_id``, ``activity`` (the
+    Activity page's parameters for the app's outgoing events on that site within :data:`AROUND`
+    of it) and, for Atlassian's, ``source``, ``source_id``, ``app`` and ``nearest`` (the app's
+    outgoing events nearest in time on that site, each ``{"event_id", "activity"}``).
+
+    A range that ends now is taken to the minute, and a window's answer is kept for
+    :data:`RECONCILE_TTL` seconds unless an import run has changed a source since."""
+    now = now or datetime.now(UTC)
+    tolerance = min(max(float(tolerance), 0.0), 3600.0)
+    if flt.until is not None:
+        until = flt.until
+    else:  # the minute after now: the whole present, and one answer a minute
+        until = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    since = flt.since
+    if since is None:
+        oldest = q.bounds(store())["oldest"]
+        since = _utc(oldest) if oldest is not None else until - timedelta(hours=24)
+    if flt.until is None:
+        since = since.replace(second=0, microsecond=0)
+    since = min(since, until - timedelta(seconds=1))
+    version = tuple((s["name"], s["imported"], s["updated"]) for s in import_sources())
+    found = _reconciled(since, until, flt.tenant, tolerance, version)
+    return _reconciliation_view(found, since, until, tolerance)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _reconciled(since: datetime, until: datetime, tenant: str | None, tolerance: float,
+                version: tuple) -> dict[str, Any]:
+    import streamlit as st
+
+    @st.cache_data(ttl=RECONCILE_TTL, show_spinner=False, max_entries=32)
+    def cached(url: str, since: datetime, until: datetime, tenant: str | None, tolerance: float,
+               version: tuple) -> dict[str, Any]:
+        from collector.reconcile import reconcile
+
+        found = reconcile(store(), since=since, until=until, tenant=tenant, tolerance=tolerance,
+                          time_limit_s=PAGE_TIME_LIMIT)
+        return {"matched": found.matched, "atlassian_only": found.atlassian_only,
+                "app_only": found.app_only, "rows": found.rows, "sites": found.sites}
+
+    return cached(config.database_url(), since, until, tenant, tolerance, version)
+
+
+def _around(tenant: str | None, at: datetime, event_id: str | None = None) -> dict[str, str]:
+    """The Activity page's parameters for the app's own calls on ``tenant`` around ``at``."""
+    params = EventFilter(since=at - AROUND, until=at + AROUND, tenant=tenant or None,
+                         direction=ev.OUTGOING).to_params()
+    return {**params, "event": event_id} if event_id else params
+
+
+def _reconciliation_view(found: dict[str, Any], since: datetime, until: datetime,
+                         tolerance: float) -> dict[str, Any]:
+    from collector.reconcile import APP_ONLY, ATLASSIAN_ONLY, MATCHED
+
+    shown: dict[str, list[dict[str, Any]]] = {ATLASSIAN_ONLY: [], APP_ONLY: []}
+    for row in reversed(found["rows"]):  # newest first
+        kept = shown[row["kind"]]
+        if len(kept) >= UNMATCHED_SHOWN:
+            continue
+        at = q.parse_time(row["ts"])
+        tenant = row["tenant"] or row["site"]
+        item = {k: v for k, v in row.items() if k not in ("ts", "nearest")}
+        item["time"] = at
+        if row["kind"] == ATLASSIAN_ONLY:
+            item["activity"] = _around(tenant, at)
+            item["nearest"] = [{"event_id": n, "activity": _around(tenant, at, n)}
+                               for n in row.get("nearest") or []]
+        else:
+            item["activity"] = _around(tenant, at, row["event_id"])
+        kept.append(item)
+    sites = []
+    for label, n in sorted(found["sites"].items()):
+        atlassian = n[MATCHED] + n[ATLASSIAN_ONLY]
+        sites.append({"site": label, "matched": n[MATCHED], "atlassian_only": n[ATLASSIAN_ONLY],
+                      "app_only": n[APP_ONLY],
+                      "matched_share": n[MATCHED] / atlassian if atlassian else None})
+    return {
+        "since": since,
+        "until": until,
+        "tolerance_s": tolerance,
+        "matched": found["matched"],
+        "atlassian_only": found["atlassian_only"],
+        "app_only": found["app_only"],
+        "sites": sites,
+        "atlassian_rows": shown[ATLASSIAN_ONLY],
+        "app_rows": shown[APP_ONLY],
+    }
+
+
 # --------------------------------------------------------------------------- token debugger
 
 

@@ -25,8 +25,8 @@ from collector.store import Store
 from dashboard import auth
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "main.py")
-PAGES = ("overview", "installs", "activity", "who_acted", "denials", "token_debugger", "export",
-         "integrity")
+PAGES = ("overview", "installs", "activity", "who_acted", "denials", "atlassian_record", "token_debugger",
+         "export", "integrity")
 ADMIN_PASSWORD = "correct horse battery staple"
 AUDITOR_PASSWORD = "auditor password 123"
 SECRET_MARK = "do-not-leak"
@@ -991,3 +991,193 @@ def test_integrity_shows_each_forwarding_destination_and_why_one_fails(tmp_path,
     assert list(table["destination"]) == ["syslog+tcp://127.0.0.1:9?facility=local1"]
     assert table["sent"].iloc[0] == 0 and table["behind"].iloc[0] >= 300
     assert any("has failed since" in e.value and "connection refused" in e.value for e in at.error)
+
+
+# --------------------------------------------------------------------------- the Atlassian record
+
+ATLASSIAN_ACTOR = "<script>alert('actor')</script>"
+ATLASSIAN_SUMMARY = '=HYPERLINK("https://evil.example") ![x](http://evil.example/t.png)'
+
+
+def plant_atlassian_record(url: str) -> dict:
+    """Fill the store at ``url`` with Atlassian's record imported from the simulated host: on Acme
+    (installed) a call the app recorded too, one it never made and one of the app's that Atlassian
+    lacks; on the hostile site a call with hostile names; and a source whose key is refused.
+    Returns Acme's clientKey and the unmatched rows by name (leaked, hostile, lost)."""
+    from datetime import timedelta
+
+    from collector import imports
+    from collector.installs import InstallRegistry
+    from collector.reconcile import reconcile
+    from collector.recorder import Recorder
+    from collector.simulator import ConfluenceSimulator
+    from collector.simulator.audit import Entry
+
+    with ConfluenceSimulator() as sim, Store.open(url) as store:
+        sim.record.rate_limit = None
+        acme = sim.tenant("acme")
+        InstallRegistry(store).apply_lifecycle("installed", {
+            "key": "connect-audit-example", "clientKey": acme.client_key, "baseUrl": acme.base_url,
+            "sharedSecret": "s" * 32, "productType": "confluence"})
+        start = time.time() - 300
+        for i, (site, name, summary) in enumerate([("acme", "The app", "GET content 0"),
+                                                    ("acme", "The app", "GET content 1"),
+                                                    ("umbrella", ATLASSIAN_ACTOR, ATLASSIAN_SUMMARY)]):
+            sim.record.add(Entry(
+                id=f"ev-{i}", at=start + 5 * i, site=site, action="third_party_app_confluence_api_request",
+                actor_id="557058:app", actor_name=name, auth_type="connect-token", method="GET",
+                path=f"/wiki/rest/api/content/{i}", status=200, summary=summary,
+                extra={"app": "connect-audit-example"}))
+        with Recorder(store) as rec:  # the app's own calls: content 0 (matched) and 99 (app only)
+            for number, delay in ((0, 1), (99, 12)):
+                rec.write_now(ev.AuditRecord(
+                    direction=ev.OUTGOING, outcome=ev.ALLOWED, auth_method="jwt", identity_kind=ev.APP_USER,
+                    ts=datetime.fromtimestamp(start + delay, UTC), tenant_client_key=acme.client_key,
+                    tenant_base_url=acme.base_url, method="GET", path=f"/wiki/rest/api/content/{number}",
+                    status=200))
+        imports.add_source(store, "org", imports.ORG_EVENTS, sim.record.org_id, sim.record.org_key,
+                           api_url=sim.url, since=datetime.now(UTC) - timedelta(hours=1))
+        imports.add_source(store, "bad-org", imports.ORG_EVENTS, sim.record.org_id, "not-the-key-" + "x" * 20,
+                           api_url=sim.url)
+        for name in ("org", "bad-org"):
+            with imports.Importer(store, name, min_interval=0) as importer:
+                importer.run()
+        found = reconcile(store, since=datetime.now(UTC) - timedelta(hours=1))
+        assert (found.matched, found.atlassian_only, found.app_only) == (1, 2, 1), found.rows
+        only = {r["path"].rsplit("/", 1)[1]: r for r in found.rows}
+    return {"acme": acme.client_key, "leaked": only["1"], "hostile": only["2"], "lost": only["99"]}
+
+
+@pytest.fixture(scope="module")
+def atlassian(tmp_path_factory) -> dict:
+    url = f"sqlite:///{tmp_path_factory.mktemp('atlassian') / 'audit.db'}"
+    planted = plant_atlassian_record(url)
+    accounts = auth.Accounts(Path(url.removeprefix("sqlite:///")).parent / auth.ACCOUNTS_FILE)
+    accounts.set_password("auditor1", AUDITOR_PASSWORD, auth.AUDITOR)
+    return {"url": url, **planted}
+
+
+def _frame(at: AppTest, *columns: str):
+    """The one table that has all of ``columns``."""
+    [frame] = [f.value for f in at.dataframe if set(columns) <= set(f.value.columns)]
+    return frame
+
+
+def test_the_atlassian_record_says_how_to_add_a_source_when_there_is_none(empty_url, monkeypatch):
+    at = _signed_in(empty_url, monkeypatch)
+    _open(at, "atlassian_record", range="all")
+    assert [t.value for t in at.title] == ["Atlassian record"]
+    assert any(i.value.startswith("No import source yet") for i in at.info)
+    commands = "\n".join(c.value for c in at.code)
+    assert "connect-audit import add" in commands and "connect-audit import run" in commands
+    assert {m.label: m.value for m in at.metric} == {"Matched": "0", "Atlassian only": "0", "App only": "0"}
+    assert _blank_cells(at) == []
+
+
+def test_the_atlassian_record_lists_its_sources_and_imported_records_as_text(atlassian, monkeypatch):
+    at = _signed_in(atlassian["url"], monkeypatch, auth.AUDITOR)
+    _open(at, "atlassian_record", range="24h")
+    sources = _frame(at, "name", "complete to (UTC)", "last error")
+    assert list(sources["name"]) == ["bad-org", "org"] and list(sources["imported"]) == [0, 3]
+    assert "HTTP 401" in sources["last error"].iloc[0] and sources["last error"].iloc[1] == "\u2014"
+    assert any("has failed since" in e.value and "HTTP 401" in e.value for e in at.error)
+    records = _frame(at, "action", "actor", "message")
+    assert len(records) == 3 and set(records["source"]) == {"org"}
+    assert set(records["action"]) == {"third_party_app_confluence_api_request"}
+    assert ATLASSIAN_ACTOR in records["actor"].tolist()  # Atlassian's names, verbatim, as text
+    assert ATLASSIAN_SUMMARY in records["message"].tolist()
+    assert any(c.value.startswith("3 imported records; page 1") for c in at.caption)
+    assert "<script>" not in _markdown(at) and "![x]" not in _markdown(at)
+    assert SECRET_MARK not in "\n".join(_texts(at)) and _blank_cells(at) == []
+
+
+def test_an_imported_record_opens_as_its_source_sent_it_with_its_sha256(atlassian, monkeypatch):
+    from dashboard import queries
+
+    monkeypatch.setenv("CONNECT_AUDIT_DATABASE_URL", atlassian["url"])
+    with Store.open(atlassian["url"]) as store:
+        queries.use_store(store)
+        event_id = atlassian["hostile"]["event_id"]
+        digest = queries.event_detail(event_id)["extra"]["sha256"]
+    at = _signed_in(atlassian["url"], monkeypatch)
+    _open(at, "atlassian_record", range="24h", record=event_id)
+    assert "Source record" in [s.value for s in at.subheader]
+    record = at.json[-1].value
+    record = json.loads(record) if isinstance(record, str) else record
+    assert record["id"] == "ev-2" and record["attributes"]["actor"]["name"] == ATLASSIAN_ACTOR
+    assert record["message"]["content"] == ATLASSIAN_SUMMARY
+    assert digest in [c.value for c in at.code]
+    assert "The stored record still hashes to it." in [c.value for c in at.caption]
+    assert "<script>" not in _markdown(at) and "![x]" not in _markdown(at)
+
+
+def test_imported_records_are_read_whatever_the_filter_s_direction_and_page_by_keyset(atlassian, monkeypatch):
+    from dashboard import queries
+
+    monkeypatch.setenv("CONNECT_AUDIT_DATABASE_URL", atlassian["url"])
+    with Store.open(atlassian["url"]) as store:
+        queries.use_store(store)
+        flt = queries.EventFilter(direction="outgoing", platform="connect")
+        first = queries.imported_page(flt, limit=2)
+        second = queries.imported_page(flt, after=first.next_cursor, limit=2)
+        assert queries.imported_count_label(flt) == "3"
+        assert queries.imported_page(queries.EventFilter(tenant=atlassian["acme"])).rows[0]["source"] == "org"
+        assert queries.imported_record(atlassian["lost"]["event_id"]) is None  # the app's own event
+    assert len(first.rows) == 2 and len(second.rows) == 1 and second.next_cursor is None
+    assert [r["source_id"] for r in first.rows + second.rows] == ["ev-2", "ev-1", "ev-0"]  # newest first
+    assert {r["direction"] for r in first.rows + second.rows} == {"imported"}
+
+
+def test_the_atlassian_record_reconciles_each_unmatched_call_a_click_from_the_app_s_events(atlassian,
+                                                                                          monkeypatch):
+    from urllib.parse import parse_qsl
+
+    at = _signed_in(atlassian["url"], monkeypatch)
+    _open(at, "atlassian_record", range="24h")
+    assert {m.label: m.value for m in at.metric} == {"Matched": "1", "Atlassian only": "2", "App only": "1"}
+    sites = _frame(at, "matched %", "atlassian only")
+    acme = sites[sites["site"].str.endswith("/t/acme")].iloc[0]
+    assert (acme["matched %"], acme["matched"], acme["atlassian only"], acme["app only"]) == (50.0, 1, 1, 1)
+    theirs = _frame(at, "account", "source")  # side by side: Atlassian's calls, then the app's
+    assert sorted(theirs["path"]) == ["/wiki/rest/api/content/1", "/wiki/rest/api/content/2"]
+    ours = [f.value for f in at.dataframe if "account" in f.value.columns and "source" not in f.value.columns]
+    assert [list(f["path"]) for f in ours] == [["/wiki/rest/api/content/99"]]
+
+    # A call with the app's identity the app never made: the app's calls around it, and the nearest.
+    leaked = atlassian["leaked"]
+    _open(at, "atlassian_record", range="24h", unmatched=leaked["event_id"])
+    links = [link.proto for link in at.get("page_link")]
+    assert links and all(link.page == "activity" for link in links)
+    around = dict(parse_qsl(links[0].query_string))
+    at_time = datetime.fromisoformat(leaked["ts"].replace("Z", "+00:00"))
+    assert around["tenant"] == atlassian["acme"] and around["direction"] == "outgoing"
+    assert (datetime.fromisoformat(around["since"].replace("Z", "+00:00")), datetime.fromisoformat(
+        around["until"].replace("Z", "+00:00"))) == (at_time - queries_around(), at_time + queries_around())
+    nearest = [dict(parse_qsl(link.query_string))["event"] for link in links[1:]]
+    assert nearest == leaked["nearest"] and len(nearest) == 2
+    record = at.json[-1].value  # and its record as Atlassian sent it, beside
+    assert (json.loads(record) if isinstance(record, str) else record)["id"] == "ev-1"
+    _open(at, "activity", **around)
+    assert at.caption[0].value.startswith("2 matching events"), at.caption[0].value
+
+    # One of the app's calls Atlassian's record lacks: its link opens that very event.
+    _open(at, "atlassian_record", range="24h", unmatched=atlassian["lost"]["event_id"])
+    [link] = [link.proto for link in at.get("page_link")]
+    _open(at, "activity", **dict(parse_qsl(link.query_string)))
+    assert "Event detail" in [s.value for s in at.subheader]
+
+    # The hostile site's call: its names are text, its link's label escaped.
+    _open(at, "atlassian_record", range="24h", unmatched=atlassian["hostile"]["event_id"])
+    assert "<script>" not in _markdown(at) and "![x]" not in _markdown(at)
+    assert not any("<" in link.proto.label for link in at.get("page_link"))
+
+    # A wider tolerance is a number away.
+    at.number_input(key="rec_tolerance").set_value(15.0).run()
+    assert not at.exception
+    assert any("within 15 s" in c.value for c in at.caption)
+
+
+def queries_around():
+    from dashboard import queries
+
+    return queries.AROUND

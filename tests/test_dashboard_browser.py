@@ -298,3 +298,64 @@ def test_a_fresh_demo_reads_in_sites_and_people_over_a_month(demo_dashboard, chr
             raise
         finally:
             browser.close()
+
+
+# --------------------------------------------------------------------------- the Atlassian record
+
+
+@pytest.fixture
+def atlassian_dashboard(tmp_path):
+    from test_dashboard import plant_atlassian_record
+
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    planted = plant_atlassian_record(url)
+    env = {"CONNECT_AUDIT_DATABASE_URL": url, "CONNECT_AUDIT_ADMIN_PASSWORD": PASSWORD}
+    with streamlit_dashboard(tmp_path / "streamlit.log", env) as base:
+        yield {"base": base, "url": url, **planted}
+
+
+def test_the_atlassian_record_shows_hostile_names_as_text_and_a_row_opens_the_app_s_calls(
+        atlassian_dashboard, chromium_path):
+    from playwright.sync_api import sync_playwright
+    from test_dashboard import ATLASSIAN_ACTOR
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path, headless=True, args=LAUNCH_ARGS)
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        try:
+            page.goto(atlassian_dashboard["base"] + "/atlassian-record")
+            page.get_by_role("textbox", name="Account").fill("admin")
+            page.get_by_role("textbox", name="Password").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            page.get_by_role("heading", name="Atlassian record", exact=True).wait_for(timeout=30_000)
+            _idle(page)
+            deadline = time.monotonic() + 30
+            while True:  # a grid's accessible table fills once the grid has drawn
+                grids = " ".join(t.text_content() or "" for t in
+                                 page.locator("[data-testid='stDataFrame'] table").all())
+                if ATLASSIAN_ACTOR in grids or time.monotonic() > deadline:
+                    break
+                _idle(page)
+            assert ATLASSIAN_ACTOR in grids  # Atlassian's name for the actor, as text
+            assert page.locator("script:text('alert')").count() == 0
+            _shot(page, "atlassian-record")
+            # The Atlassian-only table, newest first: its second row is the call on Acme the app
+            # never made. A click on it, then on its link, opens the app's own calls around it.
+            grid = page.locator("[data-testid='stDataFrame']").nth(3)
+            grid.scroll_into_view_if_needed()
+            _idle(page)
+            box = grid.bounding_box()
+            page.mouse.click(box["x"] + 18, box["y"] + 35 + 35 + 17)
+            link = page.get_by_role("link", name=re.compile("within 2 minutes of it"))
+            link.wait_for(timeout=30_000)
+            link.scroll_into_view_if_needed()
+            _shot(page, "atlassian-record-unmatched")
+            link.click()
+            page.get_by_role("heading", name="Activity", exact=True).wait_for(timeout=30_000)
+            page.get_by_text("2 matching events").first.wait_for(timeout=30_000)
+            assert "direction=outgoing" in page.url and atlassian_dashboard["acme"] in page.url
+        except BaseException:
+            _shot(page, "atlassian-record-failure")
+            raise
+        finally:
+            browser.close()
