@@ -289,6 +289,7 @@ class Importer:
         max_wait: float = MAX_RETRY_WAIT,
         holder: str | None = None,
         page_limit: int | None = None,
+        instance_id: str | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
@@ -296,6 +297,7 @@ class Importer:
         self.clock = clock
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.page_limit = page_limit
+        self.instance_id = instance_id  # stamped on the imported events (default: host and pid)
         state = source_states(store, name)[0]
         self.reader = reader_for(state.kind)
         pace = getattr(self.reader, "MIN_INTERVAL", 0.0) if min_interval is None else min_interval
@@ -321,7 +323,7 @@ class Importer:
         if not self._claim():
             result.error = "another importer holds this source's lease"
             return result
-        recorder = Recorder(self.store, retention=None, rollup_interval=None)
+        recorder = Recorder(self.store, retention=None, rollup_interval=None, instance_id=self.instance_id)
         try:
             source, cursor = self._load()
             with self.store.engine.connect() as conn:

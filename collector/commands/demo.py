@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                      nightly=people.refresh, job=lambda site: _sync_job(audit, sim, site))
                 bar.finish()
                 audit.flush()
-                record = _import_record(audit.store, sim, story, clock)
+                record = _import_record(audit.store, sim, story, clock, instance_id)
             summary = _summary(audit.store, instance_id)
             summary["record"] = record
         finally:
@@ -138,10 +138,11 @@ def _sync_job(audit, sim, site: str):
     return audit.client(sim.tenant(site).client_key).as_app().get("/rest/api/space")
 
 
-def _import_record(store, sim, story, clock) -> dict:
+def _import_record(store, sim, story, clock, instance_id: str) -> dict:
     """Atlassian's record of the month, read as a user reads it (``connect-audit import``): the
     organization's audit log and each site's Confluence audit log, through the same importers,
-    then reconciled with the app's log over the story's last day."""
+    then reconciled with the app's log over the story's last day. The sources are named after
+    this demo's instance, so two demos into one store each read their own simulator."""
     import time
     from datetime import UTC, datetime
 
@@ -151,15 +152,16 @@ def _import_record(store, sim, story, clock) -> dict:
     now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731 (the story's clock)
     start = datetime.fromtimestamp(story.start, UTC)
     sim.record.rate_limit = None  # the demo reads its whole month at once
-    imports.add_source(store, "demo-org", imports.ORG_EVENTS, sim.record.org_id, sim.record.org_key,
+    names = [f"{instance_id}-org", *(f"{instance_id}-{name}-audit" for name in sim.tenants)]
+    imports.add_source(store, names[0], imports.ORG_EVENTS, sim.record.org_id, sim.record.org_key,
                        since=start, now=now())
     email, token = sim.record.admin_credentials()
-    for name, tenant in sim.tenants.items():
-        imports.add_source(store, f"demo-{name}-audit", imports.CONFLUENCE_AUDIT, tenant.site_url, token,
+    for source, tenant in zip(names[1:], sim.tenants.values(), strict=True):
+        imports.add_source(store, source, imports.CONFLUENCE_AUDIT, tenant.site_url, token,
                            username=email, since=start, now=now())
     time.sleep(0.5)  # Atlassian's record serves an event once it is processed (0.4 s here)
-    runs = [imports.Importer(store, s.name, adapter=sim.transport(), clock=now, min_interval=0.0).run()
-            for s in imports.source_states(store) if s.name.startswith("demo-")]
+    runs = [imports.Importer(store, name, adapter=sim.transport(), clock=now, min_interval=0.0,
+                             instance_id=instance_id).run() for name in names]
     for run in runs:
         if run.error:
             raise RuntimeError(f"the demo's import of {run.source} failed: {run.error}")
@@ -180,9 +182,12 @@ def _existing_events(url: str) -> int:
 def _summary(store, instance_id: str) -> dict:
     import sqlalchemy as sa
 
+    from collector import events
     from collector.models import AuditEvent
 
-    mine = AuditEvent.instance_id == instance_id
+    # The demo's own events: the imported records it stamped with its instance are Atlassian's
+    # record, summed under "record", not what the app recorded.
+    mine = sa.and_(AuditEvent.instance_id == instance_id, AuditEvent.direction != events.IMPORTED)
     count = sa.func.count()
 
     def by(column, *where):
