@@ -613,9 +613,8 @@ class _Window:
                 first, last = _row_span(never)
                 found.append(self._atlassian_only(
                     tenant, never, "high",
-                    f"{where}: {len(never):,} calls with the app's identity in Atlassian's record that "
-                    f"the app never made {_between(first, last)} (a leaked shared secret or another "
-                    "deployment?)"))
+                    f"{where}: {len(never):,} calls in Atlassian's record that the app never made "
+                    f"{_between(first, last)}: a leaked secret?"))
             if skewed:
                 first, last = _row_span(skewed)
                 gap = statistics.median(r["clock_gap_s"] for r in skewed)

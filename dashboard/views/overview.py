@@ -28,15 +28,23 @@ if missed:
 elif not found:
     st.caption("Nothing unusual in this range: no failure rate above its baseline, no first use, "
                "no lifecycle change.")
+
+
+def _highlight_link(h: dict, severity: str) -> None:
+    """One highlight, a click from its events. A link's label does not wrap, so the whole
+    sentence is its tooltip too, for a narrow window."""
+    text = ui.md_escape(f"{severity}: {h['summary']}", 400)
+    st.page_link("views/activity.py", label=text, help=text, icon=SEVERITY_ICONS[h["severity"]],
+                 query_params=h["params"])
+
+
 for h in pressing[:8]:
-    st.page_link("views/activity.py", label=ui.md_escape(f"{h['severity'].upper()}: {h['summary']}", 400),
-                 icon=SEVERITY_ICONS[h["severity"]], query_params=h["params"])
+    _highlight_link(h, h["severity"].upper())
 rest = pressing[8:] + [h for h in found if h["severity"] == "low"]
 if rest:
     with st.expander(f"{len(rest)} more, of lower severity"):
         for h in rest:
-            st.page_link("views/activity.py", label=ui.md_escape(f"{h['severity']}: {h['summary']}", 400),
-                         icon=SEVERITY_ICONS[h["severity"]], query_params=h["params"])
+            _highlight_link(h, h["severity"])
 
 summary = data["summary"]
 counts = summary["outcomes"]
