@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 import sqlalchemy as sa
 
+from collector import csv_lines
 from collector import events as ev
 from collector.query import EVENTS, EventFilter, connect, where_clause
 
@@ -143,6 +144,11 @@ def _columns(dialect: str, *, neutral: bool) -> list[sa.ColumnElement]:
     return cols
 
 
+def _dialect(source: Any) -> str:
+    with connect(source) as conn:
+        return conn.dialect.name
+
+
 class _HashingRaw(io.RawIOBase):
     """The bytes on their way to ``out``: hashed and counted exactly as written."""
 
@@ -174,6 +180,11 @@ class _HashingSink:
     def write(self, text: str) -> None:
         self.text.write(text)
 
+    def write_bytes(self, data: bytes) -> None:
+        """Bytes that are UTF-8 already, after whatever text came before them."""
+        self.text.flush()
+        self.text.buffer.write(data)
+
     def finish(self) -> None:
         """Push everything through to ``out`` (which stays open)."""
         self.text.flush()
@@ -201,6 +212,53 @@ def _stream_chunks(source: Any, flt: EventFilter, *, neutral: bool, batch: int):
             yield from result.partitions(batch)
         finally:
             result.close()
+
+
+def _sqlite_cells() -> list[tuple[str, sa.ColumnElement, sa.ColumnElement, str]]:
+    """Each CSV column for :func:`collector.csv_lines.line_select`: as written, as stored."""
+    cells = []
+    for name, written in zip(CSV_COLUMNS, _columns("sqlite", neutral=True), strict=True):
+        kind = ("real" if name == "latency_ms" else "integer" if name in _NUMERIC
+                else "json" if name in _JSON else "fixed" if name == "timestamp" else "text")
+        cells.append((name, written.element, EVENTS.c[_SOURCE.get(name, name)], kind))
+    return cells
+
+
+def _rewriter(conn: sa.Connection) -> Callable[[list[int]], dict[int, bytes]]:
+    """Lines for the rows the SQLite fast path cannot write exactly, written by ``csv``."""
+    stmt = sa.select(*_columns("sqlite", neutral=True), EVENTS.c.seq.label("_seq")).where(
+        EVENTS.c.seq.in_(sa.bindparam("seqs", expanding=True)))
+
+    def rewrite(seqs: list[int]) -> dict[int, bytes]:
+        fixed = {}
+        for row in conn.execute(stmt, {"seqs": seqs}):
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\r\n").writerow(row[:-1])
+            fixed[row[-1]] = out.getvalue().encode("utf-8")
+        return fixed
+
+    return rewrite
+
+
+def _stream_lines_sqlite(source: Any, flt: EventFilter, *, batch: int):
+    """Batches of CSV lines, joined as bytes, from one read in chain order (see csv_lines)."""
+    with connect(source) as conn:
+        stmt = (csv_lines.line_select(_sqlite_cells(), EVENTS.c.seq)
+                .where(where_clause(flt)).order_by(EVENTS.c.seq.asc()))
+        rewrite = _rewriter(conn)
+        for rows in csv_lines.batches(conn, stmt, batch):
+            yield len(rows), b"".join(csv_lines.lines(rows, rewrite))
+
+
+def _write_csv_lines(batches, sink: _HashingSink, progress: Callable[[int], None] | None) -> int:
+    sink.write(",".join(CSV_COLUMNS) + "\r\n")  # no column name needs quoting
+    n = 0
+    for count, data in batches:
+        sink.write_bytes(data)
+        n += count
+        if progress:
+            progress(n)
+    return n
 
 
 def _write_csv(chunks, sink: _HashingSink, progress: Callable[[int], None] | None) -> int:
@@ -258,8 +316,11 @@ def export(
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use csv or ndjson")
     sink = _HashingSink(out)
-    chunks = _stream_chunks(store, flt, neutral=fmt == "csv", batch=batch)
-    n = (_write_csv if fmt == "csv" else _write_ndjson)(chunks, sink, progress)
+    if fmt == "csv" and _dialect(store) == "sqlite":
+        n = _write_csv_lines(_stream_lines_sqlite(store, flt, batch=batch), sink, progress)
+    else:
+        chunks = _stream_chunks(store, flt, neutral=fmt == "csv", batch=batch)
+        n = (_write_csv if fmt == "csv" else _write_ndjson)(chunks, sink, progress)
     sink.finish()
     out.flush()
     digest = sink.sha.hexdigest()

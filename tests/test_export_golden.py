@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from collector import query as q
 from collector.export import CSV_COLUMNS, export
@@ -95,3 +97,61 @@ def test_golden_rows_cover_what_the_writer_must_get_right():
         assert any(needle in c for c in cells), needle
     assert {r["latency_ms"] for r in ROWS} >= set(LATENCIES)
     assert any(r["ts"].microsecond == 0 for r in ROWS) and any(r["ts"].microsecond for r in ROWS)
+
+
+# -- the SQLite fast path (collector.csv_lines) against csv.writer, on arbitrary cells ----------
+
+# Most cells plain (so that the fast path writes most rows), a few hostile ones per row.
+_PLAIN_CELL = st.one_of(st.none(), st.text("abcXYZ019 /-_.:é日=+@'", max_size=10))
+_HOSTILE_CELL = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=12),
+    st.sampled_from([",", '"', "\r", "\n", "\x00", "a\x00b", "=1,2", '{"a":1,"b":"c"}', "\x00,"]),
+)
+_REAL_CELL = st.one_of(
+    st.none(), st.floats(allow_nan=False), st.integers(-10**6, 10**6).map(lambda i: i / 1000),
+    st.sampled_from([0.0, -0.0, 1e-05, 0.30000000000000004, 1e15, 1e12, 999999999999.999]),
+)
+_TEXT_COLUMNS = [c for c in CSV_COLUMNS if c not in {"timestamp", "status", "latency_ms", "seq"}]
+
+
+@st.composite
+def _rows(draw):
+    rows = []
+    for seq in range(1, draw(st.integers(1, 6)) + 1):
+        row = ROWS[0] | {"seq": seq, "event_id": f"e-{seq}", "latency_ms": draw(_REAL_CELL),
+                         "status": draw(st.one_of(st.none(), st.integers(-2**40, 2**40)))}
+        for name in _TEXT_COLUMNS[1:]:
+            row[name] = draw(_PLAIN_CELL)
+        for name in draw(st.lists(st.sampled_from(_TEXT_COLUMNS[1:]), max_size=2)):
+            row[name] = draw(_HOSTILE_CELL)
+        for name in _TEXT_COLUMNS[1:]:  # NOT NULL columns get text
+            if row[name] is None and not q.EVENTS.c[name].nullable:
+                row[name] = ""
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    store = Store.open(f"sqlite:///{tmp_path_factory.mktemp('fast') / 'audit.db'}")
+    yield store
+    store.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=_rows())
+def test_sqlite_lines_are_exactly_what_csv_writer_writes(scratch, rows):
+    from collector import export as exp
+
+    with scratch.engine.begin() as conn:
+        conn.execute(sa.delete(q.EVENTS))
+        conn.execute(sa.insert(q.EVENTS), rows)
+    slow, fast = io.BytesIO(), io.BytesIO()
+    for out, write in ((slow, "python"), (fast, "sqlite")):
+        sink = exp._HashingSink(out)
+        if write == "python":
+            exp._write_csv(exp._stream_chunks(scratch, q.EventFilter(), neutral=True, batch=4), sink, None)
+        else:
+            exp._write_csv_lines(exp._stream_lines_sqlite(scratch, q.EventFilter(), batch=4), sink, None)
+        sink.finish()
+    assert fast.getvalue() == slow.getvalue()
