@@ -14,3 +14,17 @@ def measure(funcs: dict[str, Callable[[], object]], number: int, rounds: int) ->
             seconds = timeit.timeit(func, number=number)
             samples[name].append(seconds / number * 1e6)
     return samples
+
+
+def ratio_rounds(samples: dict[str, list[float]], product: str, baseline: str) -> tuple[float, float, float]:
+    """The product's time over the baseline's, round by round (each pair ran back to back):
+    the median ratio and its spread (lowest, highest), the figures the README quotes."""
+    import statistics
+
+    ratios = [a / b for a, b in zip(samples[product], samples[baseline], strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def format_ratio(stats: tuple[float, float, float], rounds: int) -> str:
+    median, low, high = stats
+    return f"median {median:.2f}x (spread {low:.2f}x to {high:.2f}x over {rounds} rounds)"
