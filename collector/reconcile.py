@@ -113,11 +113,8 @@ def reconcile(
     slack = timedelta(seconds=tolerance)
     with connect(source) as conn, time_limit(conn, time_limit_s):
         apps = _our_apps(conn)
-        calls = [
-            r
-            for r in _rows(conn, EventFilter(since=since, until=until, tenant=tenant, direction=ev.IMPORTED))
-            if _is_app_call(r, apps)
-        ]
+        imported = EventFilter(since=since, until=until, tenant=tenant, direction=ev.IMPORTED)
+        calls = [r for r in _rows(conn, imported) if _is_app_call(r, apps)] if _any_imported(conn) else []
         coverage = [] if calls_only else _coverage(conn, since, until, timedelta(seconds=settle))
         ours = _ours(conn, calls, coverage, since, until, tenant, slack, calls_only)
     result = _match(calls, ours, slack, since, until, coverage)
@@ -132,6 +129,15 @@ def reconcile(
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def _any_imported(conn: sa.Connection) -> bool:
+    """Whether the store holds any imported record: read from the imported-records index
+    alone. Without it, SQLite reads a window's imported records by the time index, through
+    every event of the window (0.6 s for 30 days of a million events), and a store that
+    imports nothing (most of them) would pay that on every Overview."""
+    query = sa.select(EVENTS.c.seq).where(sa.text("direction = 'imported'")).limit(1)
+    return conn.execute(query).first() is not None
 
 
 def _rows(conn: sa.Connection, flt: EventFilter, *, site: str | None = None) -> list[dict[str, Any]]:
