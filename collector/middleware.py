@@ -105,8 +105,8 @@ class Exchange:
     route: Route
     declared: bool
     request_id: str
+    ts: Any  # when the request arrived, on the collector's injected clock
     started: float = field(default_factory=time.perf_counter)
-    ts: Any = field(default_factory=events.utcnow)
     token: str | None = None
     verified: VerifiedToken | None = None
     context: ConnectContext | None = None
