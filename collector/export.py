@@ -144,11 +144,6 @@ def _columns(dialect: str, *, neutral: bool) -> list[sa.ColumnElement]:
     return cols
 
 
-def _dialect(source: Any) -> str:
-    with connect(source) as conn:
-        return conn.dialect.name
-
-
 class _HashingRaw(io.RawIOBase):
     """The bytes on their way to ``out``: hashed and counted exactly as written."""
 
@@ -316,11 +311,12 @@ def export(
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use csv or ndjson")
     sink = _HashingSink(out)
-    if fmt == "csv" and _dialect(store) == "sqlite":
-        n = _write_csv_lines(_stream_lines_sqlite(store, flt, batch=batch), sink, progress)
-    else:
-        chunks = _stream_chunks(store, flt, neutral=fmt == "csv", batch=batch)
-        n = (_write_csv if fmt == "csv" else _write_ndjson)(chunks, sink, progress)
+    with connect(store) as conn:  # one read; the streams below take it as their source
+        if fmt == "csv" and conn.dialect.name == "sqlite":
+            n = _write_csv_lines(_stream_lines_sqlite(conn, flt, batch=batch), sink, progress)
+        else:
+            chunks = _stream_chunks(conn, flt, neutral=fmt == "csv", batch=batch)
+            n = (_write_csv if fmt == "csv" else _write_ndjson)(chunks, sink, progress)
     sink.finish()
     out.flush()
     digest = sink.sha.hexdigest()
