@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import html
+import json
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -799,6 +800,46 @@ def selected_row(event: Any) -> int | None:
     except AttributeError:
         return None
     return picked[0] if picked else None
+
+
+def picked_id(event: Any, rows: Sequence[Mapping[str, Any]], param: str) -> str | None:
+    """The event id of the table row selected, else the one the URL's ``param`` names."""
+    picked = selected_row(event)
+    chosen = rows[picked]["event_id"] if picked is not None and picked < len(rows) else None
+    return chosen or st.query_params.get(param)
+
+
+# Keyset pagination: a stack of cursors kept in the session, the newest page's cursor in the
+# URL; a changed filter starts again at the newest page (or the URL's cursor, on a link).
+
+
+def page_cursors(prefix: str, param: str) -> list[str]:
+    """This page's stack of cursors (session keys ``{prefix}_signature``/``{prefix}_cursors``)."""
+    signature = json.dumps(st.session_state.get(FILTER_STATE, {}), sort_keys=True)
+    if st.session_state.get(f"{prefix}_signature") != signature:
+        st.session_state[f"{prefix}_signature"] = signature
+        start = st.query_params.get(param)
+        st.session_state[f"{prefix}_cursors"] = [start] if start else []
+    return st.session_state[f"{prefix}_cursors"]
+
+
+def keep_cursor(cursors: list[str], param: str) -> None:
+    """Put the page's cursor in the URL, so that a link opens this page."""
+    if cursors:
+        st.query_params[param] = cursors[-1]
+    elif param in st.query_params:
+        del st.query_params[param]
+
+
+def pager(cursors: list[str], next_cursor: Any, *, newer: str, older: str) -> None:
+    """The Newer and Older buttons under a keyset page."""
+    left, right, _ = st.columns([1, 1, 6])
+    if left.button("Newer", disabled=not cursors, key=newer):
+        cursors.pop()
+        st.rerun()
+    if right.button("Older", disabled=next_cursor is None, key=older):
+        cursors.append(next_cursor.encode())
+        st.rerun()
 
 
 def bar_chart(rows: list[dict[str, Any]], *, x: str, y: str, color: str, title: str,

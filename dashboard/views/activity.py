@@ -1,7 +1,5 @@
 """Activity: the audit log itself, filtered in SQL, newest first, a keyset page at a time."""
 
-import json
-
 import streamlit as st
 
 from dashboard import queries, ui
@@ -11,23 +9,13 @@ PAGE_SIZE = 50
 st.title("Activity")
 flt = ui.filter_bar()
 
-# Keyset pagination: a stack of cursors; a changed filter starts again at the newest page.
-signature = json.dumps(st.session_state.get(ui.FILTER_STATE, {}), sort_keys=True)
-if st.session_state.get("act_signature") != signature:
-    st.session_state["act_signature"] = signature
-    start = st.query_params.get("after")
-    st.session_state["act_cursors"] = [start] if start else []
-cursors: list[str] = st.session_state["act_cursors"]
+cursors = ui.page_cursors("act", "after")
 after = None
 with ui.guard():
     if cursors:
         after = queries.Cursor.decode(cursors[-1])
     page = queries.activity_page(flt, after=after, limit=PAGE_SIZE)
-
-if cursors:
-    st.query_params["after"] = cursors[-1]
-elif "after" in st.query_params:
-    del st.query_params["after"]
+ui.keep_cursor(cursors, "after")
 
 # Facets group the whole range by seven dimensions: opt-in, since over months of a busy
 # log they cost more than the page itself.
@@ -83,17 +71,9 @@ event = ui.table(
         "person", help="The name the product gives the acting user; the account id is in the detail")},
 )
 
-left, right, _ = st.columns([1, 1, 6])
-if left.button("Newer", disabled=not cursors, key="newer"):
-    cursors.pop()
-    st.rerun()
-if right.button("Older", disabled=page.next_cursor is None, key="older"):
-    cursors.append(page.next_cursor.encode())
-    st.rerun()
+ui.pager(cursors, page.next_cursor, newer="newer", older="older")
 
-picked = ui.selected_row(event)
-event_id = rows[picked]["event_id"] if picked is not None and picked < len(rows) else None
-event_id = event_id or st.query_params.get("event")
+event_id = ui.picked_id(event, rows, "event")
 if event_id:
     with ui.guard():
         detail = queries.event_detail(event_id)

@@ -5,7 +5,6 @@ reconciliation of the two per site, each unmatched call a click away from the ap
 Every value of an imported record is Atlassian's or a site's (names, summaries, paths): shown as
 text only, in tables, ``st.text``, ``st.code`` and ``st.json``; link labels are escaped."""
 
-import json
 
 import streamlit as st
 
@@ -69,23 +68,14 @@ else:
 
 st.subheader("Imported records")
 
-# Keyset pagination, as on Activity: a changed filter starts again at the newest page.
-signature = json.dumps(st.session_state.get(ui.FILTER_STATE, {}), sort_keys=True)
-if st.session_state.get("imp_signature") != signature:
-    st.session_state["imp_signature"] = signature
-    start = st.query_params.get("imp_after")
-    st.session_state["imp_cursors"] = [start] if start else []
-cursors: list[str] = st.session_state["imp_cursors"]
+cursors = ui.page_cursors("imp", "imp_after")  # keyset pages, as on Activity
 after = None
 with ui.guard():
     if cursors:
         after = queries.Cursor.decode(cursors[-1])
     page = queries.imported_page(flt, after=after, limit=PAGE_SIZE)
     total = queries.imported_count_label(flt)
-if cursors:
-    st.query_params["imp_after"] = cursors[-1]
-elif "imp_after" in st.query_params:
-    del st.query_params["imp_after"]
+ui.keep_cursor(cursors, "imp_after")
 st.caption(f"{total} imported records; page {len(cursors) + 1}, newest first. Select one for the "
            "record as its source sent it.")
 
@@ -110,17 +100,9 @@ record_table = ui.table(
     select=True,
     height=420 if len(rows) > 10 else "auto",
 )
-left, right, _ = st.columns([1, 1, 6])
-if left.button("Newer", disabled=not cursors, key="imp_newer"):
-    cursors.pop()
-    st.rerun()
-if right.button("Older", disabled=page.next_cursor is None, key="imp_older"):
-    cursors.append(page.next_cursor.encode())
-    st.rerun()
+ui.pager(cursors, page.next_cursor, newer="imp_newer", older="imp_older")
 
-picked = ui.selected_row(record_table)
-record_id = rows[picked]["event_id"] if picked is not None and picked < len(rows) else None
-record_id = record_id or st.query_params.get("record")
+record_id = ui.picked_id(record_table, rows, "record")
 if record_id:
     with ui.guard():
         found = queries.imported_record(record_id)
