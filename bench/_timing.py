@@ -16,13 +16,17 @@ def measure(funcs: dict[str, Callable[[], object]], number: int, rounds: int) ->
     return samples
 
 
-def ratio_rounds(samples: dict[str, list[float]], product: str, baseline: str) -> tuple[float, float, float]:
-    """The product's time over the baseline's, round by round (each pair ran back to back):
-    the median ratio and its spread (lowest, highest), the figures the README quotes."""
+def median_spread(values: list[float]) -> tuple[float, float, float]:
+    """The median of per-round figures and their spread (lowest, highest)."""
     import statistics
 
-    ratios = [a / b for a, b in zip(samples[product], samples[baseline], strict=True)]
-    return statistics.median(ratios), min(ratios), max(ratios)
+    return statistics.median(values), min(values), max(values)
+
+
+def ratio_rounds(samples: dict[str, list[float]], product: str, baseline: str) -> tuple[float, float, float]:
+    """The product's time over the baseline's, round by round (each pair ran back to back):
+    the median ratio and its spread, the figures the README quotes."""
+    return median_spread([a / b for a, b in zip(samples[product], samples[baseline], strict=True)])
 
 
 def format_ratio(stats: tuple[float, float, float], rounds: int) -> str:
