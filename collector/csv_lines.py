@@ -60,17 +60,17 @@ def _real_is_exact(col: sa.ColumnElement) -> sa.ColumnElement[bool]:
         sa.func.typeof(col) == "real", sa.func.abs(col) < 1e12, sa.func.round(col, 3) == col))
 
 
-def line_select(cells: Sequence[tuple[str, sa.ColumnElement, sa.ColumnElement, str]],
+def line_select(cells: Sequence[tuple[sa.ColumnElement, sa.ColumnElement, str]],
                 seq: sa.ColumnElement) -> sa.Select:
-    """``SELECT line, probe, exact, seq`` over ``cells``: (name, written value, stored value,
-    kind) with kind ``text``, ``json``, ``integer``, ``real`` or ``fixed`` (text that is never unsafe:
-    the formatted timestamp). ``probe`` is the stored text cells joined (``||`` keeps a NUL,
+    """``SELECT line, probe, exact, seq`` over ``cells``: (written value, stored value, kind),
+    kind ``text``, ``json``, ``integer``, ``real`` or ``fixed`` (text that is never unsafe: the
+    formatted timestamp). ``probe`` is the stored text cells joined (``||`` keeps a NUL,
     ``printf`` would not); ``exact`` is false when a number or JSON cell needs ``csv.writer``.
     """
     parts: list[sa.ColumnElement[str]] = []
     probe: list[sa.ColumnElement[str]] = []
     exact: list[sa.ColumnElement[bool]] = []
-    for _name, written, stored, kind in cells:
+    for written, stored, kind in cells:
         if kind in ("integer", "real"):
             parts.append(_text(sa.cast(written, sa.String())))
             exact.append(_integer_is_exact(stored) if kind == "integer" else _real_is_exact(stored))

@@ -209,13 +209,13 @@ def _stream_chunks(source: Any, flt: EventFilter, *, neutral: bool, batch: int):
             result.close()
 
 
-def _sqlite_cells() -> list[tuple[str, sa.ColumnElement, sa.ColumnElement, str]]:
+def _sqlite_cells() -> list[tuple[sa.ColumnElement, sa.ColumnElement, str]]:
     """Each CSV column for :func:`collector.csv_lines.line_select`: as written, as stored."""
     cells = []
     for name, written in zip(CSV_COLUMNS, _columns("sqlite", neutral=True), strict=True):
         kind = ("real" if name == "latency_ms" else "integer" if name in _NUMERIC
                 else "json" if name in _JSON else "fixed" if name == "timestamp" else "text")
-        cells.append((name, written.element, EVENTS.c[_SOURCE.get(name, name)], kind))
+        cells.append((written.element, EVENTS.c[_SOURCE.get(name, name)], kind))
     return cells
 
 
