@@ -26,6 +26,7 @@ microseconds), ``latency_ms`` as a float, ``status`` as an integer, ``claims`` a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -34,7 +35,7 @@ import math
 import operator
 import os
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from json.encoder import c_make_encoder, encode_basestring_ascii
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from collector import config, keyfiles
+from collector import config, keyfiles, partitions
 from collector.errors import ConfigurationError
 from collector.events import AuditRecord, new_event_id
 from collector.models import AuditEvent, Checkpoint
@@ -243,7 +244,20 @@ def insert(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql(_SQLITE_INSERT, [_sqlite_values(r) for r in rows])
     else:
-        conn.execute(EVENTS.insert(), rows)
+        partitions.cover(conn, (r["ts"] for r in rows))
+        with _refused_rows_refresh(conn):
+            conn.execute(EVENTS.insert(), rows)
+
+
+@contextlib.contextmanager
+def _refused_rows_refresh(conn: sa.Connection) -> Iterator[None]:
+    """An insert PostgreSQL refused may name a month another process's retention dropped
+    while this one still remembered it: forget the months, so that the retry creates it."""
+    try:
+        yield
+    except sa.exc.IntegrityError:
+        partitions.forget(conn.engine)
+        raise
 
 
 def append(conn: sa.Connection, rows: list[dict[str, Any]]) -> tuple[int, str]:
@@ -415,7 +429,9 @@ def append_prepared(conn: sa.Connection, batch: list[Prepared]) -> tuple[tuple[i
     if batch and conn.dialect.name == "sqlite":
         _sqlite_insert_rows(conn, params)
     elif batch:
-        conn.exec_driver_sql(_PG_INSERT_PREPARED, params)
+        partitions.cover(conn, (item.ts for item in batch))
+        with _refused_rows_refresh(conn):
+            conn.exec_driver_sql(_PG_INSERT_PREPARED, params)
     return before, (seq, prev)
 
 

@@ -46,7 +46,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from collector import chain, config, files
+from collector import chain, config, files, partitions
 from collector import forward as forward_mod
 from collector import retention as retention_mod
 from collector.errors import ConnectAuditError, QueueFull, RecorderClosed, StoreUnavailable
@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 WHEN_FULL = ("block", "raise")
 #: Longest pause between attempts to reach an unavailable store (seconds).
 MAX_RETRY_INTERVAL = 30.0
+#: How often the writer makes sure the coming months have partitions (PostgreSQL).
+PARTITIONS_CHECK_INTERVAL = 3600.0
 #: At most this many events are folded into the rollups per fold, so that a recorder that
 #: meets a large unfolded backlog never holds the write lock for long.
 ROLLUP_FOLD_LIMIT = 50_000
@@ -156,6 +158,7 @@ class Recorder:
         self._retention_stop = threading.Event()
         self._retention_thread: threading.Thread | None = None
         self._last_retention: dict[str, Any] | None = None
+        self._partitions_due = 0.0  # (monotonic) when to make sure the coming months exist
         self._forwarders = [forward_mod.ForwardThread(self.store, url) for url in self.forward]
 
     # ------------------------------------------------------------------ lifecycle
@@ -367,6 +370,7 @@ class Recorder:
                 self._note_error(exc)
                 log.error("connect-audit recorder: event %s cannot be stored: %s", rec.event_id, exc)
                 self._settle(1)
+        self._keep_partitions_ahead()
         try:
             self._write_batch(batch)
         except BaseException as exc:  # noqa: BLE001  (the writer must never die with events in hand)
@@ -479,6 +483,21 @@ class Recorder:
             self._settled_cv.notify_all()
         for forwarder in self._forwarders:
             forwarder.wake()
+
+    def _keep_partitions_ahead(self) -> None:
+        """On a partitioned PostgreSQL store, create this month's partition and the next
+        ones' well before their first event (checked hourly), so no batch waits on DDL."""
+        if self.store.dialect != "postgresql" or time.monotonic() < self._partitions_due:
+            return
+        self._partitions_due = time.monotonic() + PARTITIONS_CHECK_INTERVAL
+        try:
+            with self.store.write_transaction() as conn:
+                made = partitions.keep_ahead(conn, datetime.now(UTC))
+        except Exception as exc:  # noqa: BLE001  (each batch still covers its own months)
+            self._note_error(exc)
+            return
+        if made:
+            log.info("connect-audit recorder: created partitions %s", ", ".join(made))
 
     def _write_batch(self, batch: list[chain.Prepared]) -> None:
         if time.monotonic() < self._store_down_until:

@@ -9,6 +9,10 @@ the last removed event. :func:`collector.chain.verify` accepts an oldest event w
 ``prev_hash`` matches a recorded anchor, and nothing else, so a deletion that is not a
 recorded purge is still caught. Checkpoints of removed events and expired replay keys go
 too.
+
+On PostgreSQL, whose events table is partitioned by month (:mod:`collector.partitions`),
+the months of the prefix that hold nothing else are detached and dropped whole, and only the
+prefix's remaining rows are deleted one by one.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from collector import chain, files
-from collector.errors import ConfigurationError
+from collector import chain, files, partitions
+from collector.errors import ConfigurationError, StoreUnavailable
 from collector.events import INTERNAL, NO_AUTH, AuditRecord
 from collector.models import ReplayKey
 from collector.store import Store
@@ -117,6 +121,10 @@ def _remove(conn: sa.Connection, the_plan: PurgePlan, *, now: datetime, key: cha
     naming its anchor, sign the new head; returns the purge event's id."""
     last = sa.select(EVENTS.c.hash).where(EVENTS.c.seq == the_plan.up_to_seq)
     anchor_hash = conn.execute(last).scalar_one()
+    dropped = _drop_whole_months(conn, the_plan.up_to_seq, the_plan.cutoff)
+    if dropped:
+        extra = {**extra, "dropped_partitions": dropped}
+    # (what the dropped months held is gone already; this takes the prefix's other rows)
     conn.execute(sa.delete(EVENTS).where(EVENTS.c.seq <= the_plan.up_to_seq))
     conn.execute(sa.delete(chain.CHECKPOINTS).where(chain.CHECKPOINTS.c.seq <= the_plan.up_to_seq))
     conn.execute(sa.delete(ReplayKey.__table__).where(ReplayKey.__table__.c.expires_at < now))
@@ -143,6 +151,47 @@ def _remove(conn: sa.Connection, the_plan: PurgePlan, *, now: datetime, key: cha
     # Sign the new head at once: the purge event itself must not be truncatable.
     chain.write_checkpoint(conn, key, new_head, now)
     return row["event_id"]
+
+
+#: How long a month's drop waits for the readers of the events table (seconds). Detaching
+#: a partition takes the table's ACCESS EXCLUSIVE lock, which waits for running queries (an
+#: export, say) and, once waiting, holds new ones back: better to give up and retry later.
+DROP_LOCK_TIMEOUT = 10.0
+
+
+def _drop_whole_months(conn: sa.Connection, up_to: int, cutoff: datetime) -> list[str]:
+    """On a partitioned PostgreSQL store, detach and drop every month partition that ends
+    before ``cutoff`` and holds only events of the prefix being removed; their names.
+
+    A month is dropped whole only when every one of its rows is in the prefix (``seq`` up to
+    ``up_to``): a late or imported row with an old ``ts`` and a new ``seq`` keeps its month
+    until the prefix reaches it, and the prefix's rows in other months are deleted one by one.
+    """
+    if not partitions.is_partitioned(conn):
+        return []
+    months = [p for p in partitions.partitions(conn) if p.upper <= cutoff]
+    whole = [p for p in months if _newest_seq(conn, p) <= up_to]
+    if not whole:
+        return []
+    previous = conn.exec_driver_sql("SHOW lock_timeout").scalar()
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(DROP_LOCK_TIMEOUT * 1000)}ms'")
+    for part in whole:
+        try:
+            partitions.drop(conn, part)
+        except sa.exc.OperationalError as exc:
+            raise StoreUnavailable(
+                f"retention could not drop {part.name}: queries held the events table for more "
+                f"than {DROP_LOCK_TIMEOUT:g} s (a long export?); nothing was removed, and the next "
+                "run tries again"
+            ) from exc
+    conn.execute(sa.text("SELECT set_config('lock_timeout', :v, true)"), {"v": previous})
+    return [p.name for p in whole]
+
+
+def _newest_seq(conn: sa.Connection, part: partitions.Partition) -> int:
+    """The newest seq a partition holds (0 when it is empty)."""
+    newest = conn.exec_driver_sql(f'SELECT max(seq) FROM "{part.name}"').scalar()  # noqa: S608
+    return newest or 0
 
 
 # --------------------------------------------------------------------------- the policy
@@ -240,7 +289,8 @@ def apply_policy(store: Store, policy: RetentionPolicy, *, now: datetime | None 
                 target = _policy_target(conn, policy, cutoff)
             if first is None or target < first:
                 return run
-            the_plan = _plan_up_to(conn, min(target, first + chunk - 1), cutoff)
+            step_end = max(min(target, first + chunk - 1), _whole_month_end(conn, target, cutoff))
+            the_plan = _plan_up_to(conn, step_end, cutoff)
             extra: dict[str, Any] = {"policy": policy.as_dict()}
             if policy.archive_dir is not None:
                 extra["archive"] = _archive(conn, policy.archive_dir, first, the_plan.up_to_seq)
@@ -255,6 +305,21 @@ def apply_policy(store: Store, policy: RetentionPolicy, *, now: datetime | None 
             progress(run.removed)
         if pause:
             time.sleep(pause)
+
+
+def _whole_month_end(conn: sa.Connection, target: int, cutoff: datetime) -> int:
+    """On a partitioned store, the newest seq of the oldest month that can go whole within
+    ``target`` (0: none): a policy step then drops that month instead of deleting ``chunk``
+    of its rows, since a drop costs the same moment of the lock whatever the month holds."""
+    if not partitions.is_partitioned(conn):
+        return 0
+    for part in partitions.partitions(conn):
+        if part.upper > cutoff:
+            return 0
+        newest = _newest_seq(conn, part)
+        if newest:
+            return newest if newest <= target else 0
+    return 0
 
 
 def policy_plan(store: Store, policy: RetentionPolicy, *, now: datetime | None = None) -> PurgePlan:

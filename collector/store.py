@@ -57,9 +57,9 @@ CHAIN_LOCK_KEY = 0x43415544  # "CAUD"
 #: Key of the PostgreSQL advisory lock held while migrating the schema.
 MIGRATION_LOCK_KEY = 0x4341554D  # "CAUM"
 #: The Alembic revision this code expects; open() upgrades older stores to it.
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 #: Revisions this code knows, oldest first (a store at any of them can be upgraded).
-KNOWN_REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
+KNOWN_REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]*@")

@@ -95,3 +95,18 @@ def env_for_child(tmp_path: Path) -> dict[str, str]:
     for name in KEY_ENVS:
         env.pop(name, None)
     return env
+
+
+def migrate(store: Store, target: str, *, down: bool = False) -> None:
+    """Upgrade (or downgrade) ``store`` to revision ``target`` in one locked transaction, as
+    :meth:`Store.migrate` does for the head: how a test makes the store an older release left."""
+    from alembic import command
+    from alembic.config import Config
+
+    from collector import store as store_mod
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(store_mod.MIGRATIONS_DIR))
+    with store.write_transaction() as conn:
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, target)

@@ -13,9 +13,15 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import collector.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from collector import partitions
 
 config = context.config
 target_metadata = SQLModel.metadata
+
+
+def include_name(name, type_, parent_names) -> bool:
+    """Leave out the month partitions: each is a part of audit_events, not a model table."""
+    return not (type_ == "table" and partitions.is_partition_name(name))
 
 
 def run_online(connection) -> None:
@@ -23,6 +29,7 @@ def run_online(connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
+        include_name=include_name,
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():
