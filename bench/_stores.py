@@ -1,4 +1,5 @@
-"""Shared by the scale benchmarks: a SQLite store of N generated events, reused across runs."""
+"""Shared by the scale benchmarks: a SQLite store (or a PostgreSQL database) of N generated
+events, reused across runs."""
 
 from __future__ import annotations
 
@@ -37,3 +38,57 @@ def ensure_store(path: Path, events: int) -> None:
     print(f"generated in {time.perf_counter() - started:.0f} s")
 
 
+
+
+#: Where the PostgreSQL bench stores keep their checkpoint key (CONNECT_AUDIT_DATA_DIR).
+PG_KEYS = ROOT / "data" / "bench-pg-keys"
+
+
+def ensure_pg_store(admin_url: str, events: int, *, days: float = 30) -> str:
+    """The URL of a PostgreSQL database ``connect_audit_bench_<events>`` beside the one
+    ``admin_url`` names (a role that may create databases), filled by ``connect-audit
+    generate`` unless it already holds ``events`` events. It is kept for the next run, as the
+    SQLite stores are kept under data/ (``DROP DATABASE`` it to free the space); its key is
+    under data/bench-pg-keys, which this sets as ``CONNECT_AUDIT_DATA_DIR``."""
+    import os
+
+    import sqlalchemy as sa
+
+    os.environ["CONNECT_AUDIT_DATA_DIR"] = str(PG_KEYS)
+    name = f"connect_audit_bench_{events:_}"
+    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            found = sa.text("SELECT 1 FROM pg_database WHERE datname = :n")
+            exists = conn.execute(found, {"n": name}).first()
+        have = _pg_count(url) if exists else 0
+        if have >= events:
+            print(f"reusing PostgreSQL database {name} ({have:,} events)")
+            return url
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    print(f"generating {events:,} events into PostgreSQL database {name} ...", flush=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "collector.cli", "generate", "--database", url, "--events",
+                    str(events), "--days", str(days)], check=True, cwd=ROOT, env=dict(os.environ))
+    print(f"generated in {time.perf_counter() - started:.0f} s")
+    return url
+
+
+def _pg_count(url: str) -> int:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table("audit_events"):
+                return 0
+            return conn.execute(sa.text("SELECT count(*) FROM audit_events")).scalar()
+    except sa.exc.DBAPIError:
+        return 0
+    finally:
+        engine.dispose()

@@ -10,9 +10,10 @@ under 200 MB whatever the row count.
     .venv/bin/python bench/export.py [--database PATH] [--events N]
     .venv/bin/python bench/export.py --pg-url postgresql+psycopg://USER:PW@HOST/postgres --events N
 
-With ``--pg-url`` the same comparison runs on PostgreSQL: a scratch database is created
-beside the one named (a role that may create databases), filled by ``connect-audit generate``
-and dropped at the end; the baseline reads it with a psycopg server-side cursor.
+With ``--pg-url`` the same comparison runs on PostgreSQL: a database
+``connect_audit_bench_<N>`` beside the one named (a role that may create databases) is filled
+by ``connect-audit generate``, or reused when it holds N events, and kept for the next run;
+the baseline reads it with a psycopg server-side cursor.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _stores import ensure_store  # noqa: E402  (bench/_stores.py)
+from _stores import ensure_pg_store, ensure_store  # noqa: E402  (bench/_stores.py)
 
 BASELINE = """
 import csv, sqlite3, sys
@@ -149,41 +150,12 @@ def main() -> int:
 def _postgresql(admin_url: str, events: int, repeat: int) -> int:
     import sqlalchemy as sa
 
-    name = "connect_audit_bench_export"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(admin_url).set(database=name)
-    sa_url = url.render_as_string(hide_password=False)
-    libpq_url = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp)
-            env = {**os.environ, "CONNECT_AUDIT_DATA_DIR": str(out / "keys")}
-            started = time.perf_counter()
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "collector.cli",
-                    "generate",
-                    "--database",
-                    sa_url,
-                    "--events",
-                    str(events),
-                ],
-                cwd=ROOT,
-                env=env,
-                check=True,
-            )
-            print(f"generated in {time.perf_counter() - started:.0f} s")
-            results, sizes = _rounds([sys.executable, "-c", PG_BASELINE, libpq_url], sa_url, out, repeat, env)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-    _report(f"export of {events:,} events (PostgreSQL)", results, sizes)
+    sa_url = ensure_pg_store(admin_url, events)
+    libpq_url = sa.engine.make_url(sa_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        results, sizes = _rounds([sys.executable, "-c", PG_BASELINE, libpq_url], sa_url, Path(tmp), repeat,
+                                 dict(os.environ))
+    _report(f"export of {events:,} events (PostgreSQL, partitioned by month)", results, sizes)
     return 0
 
 
