@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,3 +93,38 @@ def _pg_count(url: str) -> int:
         return 0
     finally:
         engine.dispose()
+
+
+def pg_template(admin: Any, admin_url: str, name: str, events: int, days: float) -> str:
+    """A database ``name`` of ``events`` generated events over ``days`` days, made once and kept
+    (a template to clone: nothing may stay connected to it)."""
+    import os
+
+    import sqlalchemy as sa
+
+    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+    if exists and _pg_count(url) >= events:
+        print(f"reusing template {name}")
+        return name
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    print(f"generating {events:,} events over {days:g} days into {name} ...", flush=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "collector.cli", "generate", "--database", url, "--events",
+                    str(events), "--days", str(days)], check=True, cwd=ROOT, env=dict(os.environ))
+    print(f"generated in {time.perf_counter() - started:.0f} s")
+    return name
+
+
+def pg_clone(admin: Any, admin_url: str, template: str, tag: str) -> str:
+    """A fresh copy of the template database (``CREATE DATABASE ... TEMPLATE``); its URL."""
+    import sqlalchemy as sa
+
+    name = f"{template}_{tag}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    return sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -33,37 +32,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import sqlalchemy as sa  # noqa: E402
-from _stores import PG_KEYS, _pg_count  # noqa: E402
+from _stores import PG_KEYS, pg_clone, pg_template  # noqa: E402
 from _timing import format_ratio, median_spread  # noqa: E402
 
 from collector import partitions  # noqa: E402
-
-
-def _template(admin: sa.Engine, admin_url: str, events: int, days: float) -> str:
-    name = f"connect_audit_bench_purge_{events:_}"
-    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
-    if exists and _pg_count(url) >= events:
-        print(f"reusing template {name}")
-        return name
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    print(f"generating {events:,} events over {days:g} days into {name} ...", flush=True)
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "collector.cli", "generate", "--database", url, "--events",
-                    str(events), "--days", str(days)], check=True, cwd=ROOT, env=dict(os.environ))
-    print(f"generated in {time.perf_counter() - started:.0f} s")
-    return name
-
-
-def _clone(admin: sa.Engine, admin_url: str, template: str, tag: str) -> str:
-    name = f"{template}_{tag}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    return sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
 def _cutoff(url: str) -> datetime:
@@ -125,14 +97,15 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["CONNECT_AUDIT_DATA_DIR"] = str(PG_KEYS)
     admin = sa.create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
-    template = _template(admin, args.pg_url, args.events, args.days)
+    template = pg_template(admin, args.pg_url, f"connect_audit_bench_purge_{args.events:_}", args.events,
+                           args.days)
     deletes, purges, ratios = [], [], []
     try:
         for r in range(args.rounds):
-            url = _clone(admin, args.pg_url, template, "delete")
+            url = pg_clone(admin, args.pg_url, template, "delete")
             cutoff = _cutoff(url)
             t_delete, n_delete = _delete_rows(url, cutoff)
-            url = _clone(admin, args.pg_url, template, "purge")
+            url = pg_clone(admin, args.pg_url, template, "purge")
             t_purge, n_purge, dropped, ok = _purge(url, cutoff)
             if n_purge != n_delete or not dropped or not ok:
                 raise SystemExit(f"round {r + 1}: purge removed {n_purge:,} (rows deleted: {n_delete:,}), "
