@@ -95,6 +95,19 @@ def partitions(conn: sa.Connection) -> list[Partition]:
     return sorted(found, key=lambda p: p.lower)
 
 
+def sizes(conn: sa.Connection) -> list[tuple[Partition, int]]:
+    """Each month partition with the planner's estimate of its rows (``pg_class.reltuples``,
+    as of the last ANALYZE or autovacuum; 0 for one never analysed): free to read at any size,
+    unlike a count. Empty on SQLite and on an unpartitioned store."""
+    if not is_partitioned(conn):
+        return []
+    found = partitions(conn)
+    estimates = dict(conn.execute(sa.text(
+        "SELECT relname, reltuples::bigint FROM pg_class WHERE relname = ANY(:names)"
+    ), {"names": [p.name for p in found]}).all())
+    return [(p, max(int(estimates.get(p.name) or 0), 0)) for p in found]
+
+
 def create(conn: sa.Connection, month: datetime, *, parent: str = PARENT) -> str:
     """Make and attach the partition for ``month`` (in the caller's transaction); its name.
 

@@ -873,7 +873,7 @@ def retention_state(limit: int = 5) -> dict[str, Any]:
     A mistake in the configuration is shown as its sentence, not raised."""
     import sqlalchemy as sa
 
-    from collector import retention
+    from collector import partitions, retention
 
     try:
         policy = retention.RetentionPolicy.from_env()
@@ -893,9 +893,13 @@ def retention_state(limit: int = 5) -> dict[str, Any]:
         archive = doc.get("archive") or {}
         purges.append({"time": ts, "removed": doc.get("removed"), "up to seq": doc.get("anchor_seq"),
                        "by": "policy" if doc.get("policy") else "command",
+                       "months dropped": ", ".join(doc.get("dropped_partitions") or []) or None,
                        "archive": archive.get("file"), "archive sha256": archive.get("sha256"),
                        "detail": detail})
-    return {"policy": configured, "problem": problem, "purges": purges}
+    with q.reading(store(), PAGE_TIME_LIMIT) as conn:
+        months = [{"month": f"{part.lower:%Y-%m}", "partition": part.name, "events (estimate)": rows}
+                  for part, rows in partitions.sizes(conn)]
+    return {"policy": configured, "problem": problem, "purges": purges, "months": months}
 
 
 def verify_chain() -> dict[str, Any]:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -266,6 +267,7 @@ def test_a_purge_drops_whole_months_and_verify_still_proves_the_kept_chain(pg_ur
         # September holds the late event, written last: its month is not all in the prefix,
         # so it stays (its other rows deleted one by one); August and October go whole.
         assert json.loads(extra)["dropped_partitions"] == ["audit_events_2026_08", "audit_events_2026_10"]
+        assert result.dropped_partitions == ("audit_events_2026_08", "audit_events_2026_10")
         assert "audit_events_2026_10" not in names and "audit_events_2026_09" in names
         kept = _rows(store)
         assert [r[0] for r in kept[:-1]] == [r[0] for r in rows if r[0] > up_to]
@@ -353,3 +355,56 @@ def test_a_month_another_process_dropped_is_made_again_for_a_late_row(pg_url):
             assert conn.exec_driver_sql(
                 "SELECT count(*) FROM audit_events_2026_08 WHERE event_type = 'late'").scalar() == 1
         assert chain.verify(store).ok
+
+
+def test_the_purge_command_says_which_months_went_whole(pg_url, capsys):
+    from collector.cli import main
+
+    with Store.open(pg_url) as store:
+        synthetic.generate(store, 1_000, days=100, seed=6)  # up to now: August to December
+    older_than = (datetime.now(UTC) - _three_months_back()).total_seconds() / 86400
+    code = main(["purge", "--older-than", f"{older_than:.4f}", "--database", pg_url, "--yes"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    dropped = [line for line in out.splitlines() if line.startswith("dropped ")]
+    assert len(dropped) == 1 and dropped[0].startswith("dropped 1 whole month: audit_events_"), out
+    assert main(["verify", "--database", pg_url]) == 0
+
+
+def test_the_integrity_page_shows_the_months_kept_and_what_each_purge_dropped(pg_url, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    with Store.open(pg_url) as store:
+        synthetic.generate(store, 1_000, days=100, seed=6)
+        result = retention.purge(store, datetime.now(UTC) - _three_months_back(), now=datetime.now(UTC))
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE audit_events")
+            # (counted before the sign-in, which records an event of its own)
+            held = dict(conn.exec_driver_sql(
+                "SELECT tableoid::regclass::text, count(*) FROM audit_events GROUP BY 1").all())
+    assert result.dropped_partitions
+    monkeypatch.setenv("CONNECT_AUDIT_DATABASE_URL", pg_url)
+    monkeypatch.setenv("CONNECT_AUDIT_ADMIN_PASSWORD", "integrity page password")
+    monkeypatch.delenv("CONNECT_AUDIT_ACCOUNTS_FILE", raising=False)
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "main.py"),
+                           default_timeout=60)
+    at.run()
+    at.text_input(key="sign_in_name").input("admin")
+    at.text_input(key="sign_in_password").input("integrity page password")
+    at.button(key="FormSubmitter:sign_in-Sign in").click().run()
+    at.switch_page("views/integrity.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    [purges] = [d.value for d in at.dataframe if "months dropped" in d.value.columns]
+    assert purges["months dropped"].iloc[0] == ", ".join(result.dropped_partitions)
+    [months] = [d.value for d in at.dataframe if "partition" in d.value.columns]
+    shown = dict(zip(months["partition"], months["events (estimate)"], strict=True))
+    assert not set(result.dropped_partitions) & set(shown)
+    assert {name for name, n in shown.items() if n} == set(held)  # analysed: the estimates are the counts
+    assert all(shown[name] == n for name, n in held.items())
+
+
+def _three_months_back() -> datetime:
+    month = partitions.month_of(datetime.now(UTC))
+    for _ in range(3):
+        month = partitions.month_of(month - timedelta(days=1))
+    return month

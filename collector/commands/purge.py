@@ -105,7 +105,13 @@ def run(args: argparse.Namespace) -> int:
         f"purged {result.plan.removed} events (seq up to {result.plan.up_to_seq}); "
         f"recorded as purge event {result.event_id}"
     )
+    _say_dropped(result.dropped_partitions)
     return 0
+
+
+def _say_dropped(names) -> None:
+    if names:  # PostgreSQL: months that went whole, as partitions, rather than row by row
+        print(f"dropped {len(names)} whole month{'s' if len(names) != 1 else ''}: {', '.join(names)}")
 
 
 def _apply(store, policy, total: int) -> int:
@@ -125,6 +131,7 @@ def _apply(store, policy, total: int) -> int:
         + ", ".join(p.event_id for p in run.purges[:3])
         + (" ..." if len(run.purges) > 3 else "")
     )
+    _say_dropped([name for p in run.purges for name in p.dropped_partitions])
     for archive in run.archives:
         print(
             f"archived seq {archive['first_seq']} to {archive['last_seq']} in "

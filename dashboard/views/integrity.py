@@ -39,6 +39,10 @@ if kept["purges"]:
     ui.table(kept["purges"], key="purges")
 else:
     st.caption("Nothing has been purged from this log.")
+if kept["months"]:
+    st.caption("Stored by month (PostgreSQL partitions): a purge drops a month whole once every event "
+               "in it goes. Counts are the database's estimates, as of its last ANALYZE.")
+    ui.table(kept["months"], key="months")
 
 st.subheader("Forwarding")
 sent = info["forwarding"]
