@@ -176,6 +176,7 @@ def _remove(conn: sa.Connection, the_plan: PurgePlan, *, now: datetime, key: cha
 #: a partition takes the table's ACCESS EXCLUSIVE lock, which waits for running queries (an
 #: export, say) and, once waiting, holds new ones back: better to give up and retry later.
 DROP_LOCK_TIMEOUT = 10.0
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout that ran out
 
 
 def _drop_whole_months(conn: sa.Connection, up_to: int, cutoff: datetime) -> list[str]:
@@ -198,6 +199,8 @@ def _drop_whole_months(conn: sa.Connection, up_to: int, cutoff: datetime) -> lis
         try:
             partitions.drop(conn, part)
         except sa.exc.OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
             raise StoreUnavailable(
                 f"retention could not drop {part.name}: queries held the events table for more "
                 f"than {DROP_LOCK_TIMEOUT:g} s (a long export?); nothing was removed, and the next "
