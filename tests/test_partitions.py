@@ -361,8 +361,10 @@ def test_the_purge_command_says_which_months_went_whole(pg_url, capsys):
     from collector.cli import main
 
     with Store.open(pg_url) as store:
-        synthetic.generate(store, 1_000, days=100, seed=6)  # up to now: August to December
-    older_than = (datetime.now(UTC) - _three_months_back()).total_seconds() / 86400
+        synthetic.generate(store, 1_000, days=_past_three_months(), seed=6)
+    # A cutoff a minute or so after the month's end (printing the days rounds them, and a
+    # cutoff a second before the end would keep the month)
+    older_than = (datetime.now(UTC) - _three_months_back()).total_seconds() / 86400 - 0.001
     code = main(["purge", "--older-than", f"{older_than:.4f}", "--database", pg_url, "--yes"])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -375,7 +377,7 @@ def test_the_integrity_page_shows_the_months_kept_and_what_each_purge_dropped(pg
     from streamlit.testing.v1 import AppTest
 
     with Store.open(pg_url) as store:
-        synthetic.generate(store, 1_000, days=100, seed=6)
+        synthetic.generate(store, 1_000, days=_past_three_months(), seed=6)
         result = retention.purge(store, datetime.now(UTC) - _three_months_back(), now=datetime.now(UTC))
         with store.engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE audit_events")
@@ -401,6 +403,12 @@ def test_the_integrity_page_shows_the_months_kept_and_what_each_purge_dropped(pg
     assert not set(result.dropped_partitions) & set(shown)
     assert {name for name, n in shown.items() if n} == set(held)  # analysed: the estimates are the counts
     assert all(shown[name] == n for name, n in held.items())
+
+
+def _past_three_months() -> float:
+    """Days from 20 days before the month three months back to now, whatever today is: the
+    month before it then holds 20 days of events, all older than its end."""
+    return (datetime.now(UTC) - _three_months_back()).total_seconds() / 86400 + 20
 
 
 def _three_months_back() -> datetime:
