@@ -56,29 +56,27 @@ def ensure_pg_store(admin_url: str, events: int, *, days: float = 30) -> str:
     import sqlalchemy as sa
 
     os.environ["CONNECT_AUDIT_DATA_DIR"] = str(PG_KEYS)
-    name = f"connect_audit_bench_{events:_}"
-    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as conn:
-            found = sa.text("SELECT 1 FROM pg_database WHERE datname = :n")
-            exists = conn.execute(found, {"n": name}).first()
-        have = _pg_count(url) if exists else 0
-        if have >= events:
-            print(f"reusing PostgreSQL database {name} ({have:,} events)")
-            return url
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        name = pg_template(admin, admin_url, f"connect_audit_bench_{events:_}", events, days)
     finally:
         admin.dispose()
-    print(f"generating {events:,} events into PostgreSQL database {name} ...", flush=True)
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "collector.cli", "generate", "--database", url, "--events",
-                    str(events), "--days", str(days)], check=True, cwd=ROOT, env=dict(os.environ))
-    print(f"generated in {time.perf_counter() - started:.0f} s")
-    _analyze(url)
-    return url
+    return pg_url(admin_url, name)
+
+
+def pg_url(admin_url: str, name: str) -> str:
+    """The URL of database ``name`` on the server ``admin_url`` names."""
+    import sqlalchemy as sa
+
+    return sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def pg_exists(admin: Any, name: str) -> bool:
+    import sqlalchemy as sa
+
+    found = sa.text("SELECT 1 FROM pg_database WHERE datname = :n")
+    with admin.connect() as conn:
+        return conn.execute(found, {"n": name}).first() is not None
 
 
 def _analyze(url: str) -> None:
@@ -108,26 +106,26 @@ def _pg_count(url: str) -> int:
 
 
 def pg_template(admin: Any, admin_url: str, name: str, events: int, days: float) -> str:
-    """A database ``name`` of ``events`` generated events over ``days`` days, made once and kept
-    (a template to clone: nothing may stay connected to it)."""
+    """A database ``name`` of ``events`` events generated over ``days`` days and analysed, made
+    once and kept (reused while it holds them; also a template to clone); its name."""
     import os
 
     import sqlalchemy as sa
 
-    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
-    if exists and _pg_count(url) >= events:
-        print(f"reusing template {name}")
+    url = pg_url(admin_url, name)
+    have = _pg_count(url) if pg_exists(admin, name) else 0
+    if have >= events:
+        print(f"reusing PostgreSQL database {name} ({have:,} events)")
         return name
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    print(f"generating {events:,} events over {days:g} days into {name} ...", flush=True)
+    print(f"generating {events:,} events over {days:g} days into PostgreSQL database {name} ...", flush=True)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "collector.cli", "generate", "--database", url, "--events",
                     str(events), "--days", str(days)], check=True, cwd=ROOT, env=dict(os.environ))
     print(f"generated in {time.perf_counter() - started:.0f} s")
+    _analyze(url)
     return name
 
 
@@ -139,4 +137,23 @@ def pg_clone(admin: Any, admin_url: str, template: str, tag: str) -> str:
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    return sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    return pg_url(admin_url, name)
+
+
+def pg_clone_rounds(admin: Any, admin_url: str, template: str, rounds: int, tags: tuple[str, ...],
+                    run_round: Any) -> list[Any]:
+    """``rounds`` times, a fresh clone of the template per tag (made before the round, not
+    timed) handed to ``run_round(round_number, *urls)``; what each round returned. The clones
+    are dropped at the end, and ``admin`` disposed of."""
+    import sqlalchemy as sa
+
+    results = []
+    try:
+        for r in range(rounds):
+            results.append(run_round(r + 1, *(pg_clone(admin, admin_url, template, tag) for tag in tags)))
+    finally:
+        with admin.connect() as conn:
+            for tag in tags:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{template}_{tag}" WITH (FORCE)'))
+        admin.dispose()
+    return results

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import sqlalchemy as sa  # noqa: E402
-from _stores import PG_KEYS, pg_clone, pg_template  # noqa: E402
+from _stores import PG_KEYS, pg_clone, pg_clone_rounds, pg_exists, pg_template  # noqa: E402
 from _timing import format_ratio, median_spread  # noqa: E402
 
 from collector import chain  # noqa: E402
@@ -40,9 +40,7 @@ from collector.store import Store  # noqa: E402
 def _template_0008(admin: sa.Engine, admin_url: str, events: int, days: float) -> str:
     """The generated store taken back to revision 0008 once (its downgrade), kept."""
     name = f"connect_audit_bench_0008_{events:_}"
-    with admin.connect() as conn:
-        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
-    if exists:
+    if pg_exists(admin, name):
         print(f"reusing template {name}")
         return name
     source = pg_template(admin, admin_url, f"connect_audit_bench_{events:_}", events, days)
@@ -104,21 +102,17 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "tests"))
     admin = sa.create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
     template = _template_0008(admin, args.pg_url, args.events, args.days)
-    rewrites, converts, ratios = [], [], []
-    try:
-        for r in range(args.rounds):
-            t_rewrite = _rewrite(pg_clone(admin, args.pg_url, template, "rewrite"))
-            t_convert, n = _convert(pg_clone(admin, args.pg_url, template, "convert"))
-            rewrites.append(t_rewrite)
-            converts.append(t_convert)
-            ratios.append(t_convert / t_rewrite)
-            print(f"  round {r + 1}: {n:,} events: rewrite {t_rewrite:.1f} s, conversion {t_convert:.1f} s "
-                  "(verify ok)", flush=True)
-    finally:
-        with admin.connect() as conn:
-            for tag in ("rewrite", "convert"):
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{template}_{tag}" WITH (FORCE)'))
-        admin.dispose()
+
+    def one_round(r: int, rewrite_url: str, convert_url: str) -> tuple[float, float]:
+        t_rewrite = _rewrite(rewrite_url)
+        t_convert, n = _convert(convert_url)
+        print(f"  round {r}: {n:,} events: rewrite {t_rewrite:.1f} s, conversion {t_convert:.1f} s "
+              "(verify ok)", flush=True)
+        return t_rewrite, t_convert
+
+    timed = pg_clone_rounds(admin, args.pg_url, template, args.rounds, ("rewrite", "convert"), one_round)
+    rewrites, converts = [t[0] for t in timed], [t[1] for t in timed]
+    ratios = [b / a for a, b in timed]
     w, c = median_spread(rewrites), median_spread(converts)
     print(f"conversion to monthly partitions: rewrite the table {w[0]:.1f} s ({w[1]:.1f} to {w[2]:.1f}), "
           f"connect-audit {c[0]:.1f} s ({c[1]:.1f} to {c[2]:.1f}); conversion / rewrite "

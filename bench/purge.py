@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import sqlalchemy as sa  # noqa: E402
-from _stores import PG_KEYS, pg_clone, pg_template  # noqa: E402
+from _stores import PG_KEYS, pg_clone_rounds, pg_template  # noqa: E402
 from _timing import format_ratio, median_spread  # noqa: E402
 
 from collector import partitions  # noqa: E402
@@ -103,28 +103,22 @@ def main() -> int:
     admin = sa.create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
     template = pg_template(admin, args.pg_url, f"connect_audit_bench_purge_{args.events:_}", args.events,
                            args.days)
-    deletes, purges, ratios = [], [], []
-    try:
-        for r in range(args.rounds):
-            url = pg_clone(admin, args.pg_url, template, "delete")
-            cutoff = _cutoff(url)
-            t_delete, n_delete = _delete_rows(url, cutoff)
-            url = pg_clone(admin, args.pg_url, template, "purge")
-            t_purge, n_purge, dropped, ok = _purge(url, cutoff)
-            if n_purge != n_delete or not dropped or not ok:
-                raise SystemExit(f"round {r + 1}: purge removed {n_purge:,} (rows deleted: {n_delete:,}), "
-                                 f"dropped {dropped}, verify {'ok' if ok else 'FAILED'}")
-            deletes.append(t_delete)
-            purges.append(t_purge)
-            ratios.append(t_purge / t_delete)
-            print(f"  round {r + 1}: {n_delete:,} events before {cutoff:%Y-%m-%d}: delete rows "
-                  f"{t_delete:.2f} s, purge {t_purge:.2f} s (dropped {', '.join(dropped)}; verify ok)",
-                  flush=True)
-    finally:
-        with admin.connect() as conn:
-            for tag in ("delete", "purge"):
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{template}_{tag}" WITH (FORCE)'))
-        admin.dispose()
+
+    def one_round(r: int, delete_url: str, purge_url: str) -> tuple[float, float]:
+        cutoff = _cutoff(delete_url)
+        t_delete, n_delete = _delete_rows(delete_url, cutoff)
+        t_purge, n_purge, dropped, ok = _purge(purge_url, cutoff)
+        if n_purge != n_delete or not dropped or not ok:
+            raise SystemExit(f"round {r}: purge removed {n_purge:,} (rows deleted: {n_delete:,}), "
+                             f"dropped {dropped}, verify {'ok' if ok else 'FAILED'}")
+        print(f"  round {r}: {n_delete:,} events before {cutoff:%Y-%m-%d}: delete rows "
+              f"{t_delete:.2f} s, purge {t_purge:.2f} s (dropped {', '.join(dropped)}; verify ok)",
+              flush=True)
+        return t_delete, t_purge
+
+    timed = pg_clone_rounds(admin, args.pg_url, template, args.rounds, ("delete", "purge"), one_round)
+    deletes, purges = [t[0] for t in timed], [t[1] for t in timed]
+    ratios = [b / a for a, b in timed]
     d, p = median_spread(deletes), median_spread(purges)
     print(f"purge of a month on PostgreSQL: delete its rows {d[0]:.2f} s ({d[1]:.2f} to {d[2]:.2f}), "
           f"connect-audit purge {p[0]:.2f} s ({p[1]:.2f} to {p[2]:.2f}); purge / delete "

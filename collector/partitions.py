@@ -68,6 +68,12 @@ def is_partition_name(name: str | None) -> bool:
     return bool(name and _NAME.fullmatch(name))
 
 
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic's ``include_name`` for comparing the schema with the models: the month
+    partitions are left out (migrations/env.py and the schema test share it)."""
+    return not (type_ == "table" and is_partition_name(name))
+
+
 def is_partitioned(conn: sa.Connection) -> bool:
     """Whether this store's events table is partitioned (PostgreSQL after migration 0009)."""
     if conn.dialect.name != "postgresql":
@@ -93,6 +99,16 @@ def partitions(conn: sa.Connection) -> list[Partition]:
             lower, upper = (datetime.fromisoformat(v).astimezone(UTC) for v in match.groups())
             found.append(Partition(name, lower, upper))
     return sorted(found, key=lambda p: p.lower)
+
+
+def newest_seqs(conn: sa.Connection) -> list[tuple[Partition, int]]:
+    """Each month partition, oldest first, with the newest ``seq`` it holds (0: empty), one
+    index probe each: what retention needs to tell whether a month can go whole. Empty on
+    SQLite and on an unpartitioned store."""
+    if not is_partitioned(conn):
+        return []
+    return [(part, conn.exec_driver_sql(f'SELECT max(seq) FROM "{part.name}"').scalar() or 0)  # noqa: S608
+            for part in partitions(conn)]
 
 
 def sizes(conn: sa.Connection) -> list[tuple[Partition, int]]:
@@ -190,12 +206,17 @@ def _months(stamps: Iterable[datetime]) -> set[datetime]:
     return {datetime(year, month, 1, tzinfo=UTC) for year, month in pairs}
 
 
-def keep_ahead(conn: sa.Connection, now: datetime) -> list[str]:
-    """Create the partitions of ``now``'s month and the :data:`AHEAD` months after it."""
+def coming_months(now: datetime) -> list[datetime]:
+    """``now``'s month and the :data:`AHEAD` months after it: those kept ready."""
     months = [month_of(now)]
     for _ in range(AHEAD):
         months.append(next_month(months[-1]))
-    return cover(conn, months)
+    return months
+
+
+def keep_ahead(conn: sa.Connection, now: datetime) -> list[str]:
+    """Create the partitions of :func:`coming_months` that are missing; their names."""
+    return cover(conn, coming_months(now))
 
 
 def forget(engine: sa.Engine | None = None) -> None:

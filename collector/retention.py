@@ -100,14 +100,12 @@ def _oldest_kept(conn: sa.Connection, up_to: int) -> datetime | None:
     oldest, passing by the months the prefix holds whole (their newest seq says so at once):
     read through the whole table's time index, the months about to go cost a scan of every
     one of their rows first (0.3 s a million)."""
-    kept = sa.select(sa.func.min(EVENTS.c.ts)).where(EVENTS.c.seq > up_to)
-    if not partitions.is_partitioned(conn):
-        return conn.execute(kept).scalar()
-    for part in partitions.partitions(conn):
-        if _newest_seq(conn, part) > up_to:
+    for part, newest in partitions.newest_seqs(conn):
+        if newest > up_to:
             return conn.exec_driver_sql(
                 f'SELECT min(ts) FROM "{part.name}" WHERE seq > %(n)s', {"n": up_to}).scalar()  # noqa: S608
-    return conn.execute(kept).scalar()  # (rows in a partition not of ours: read them all)
+    # SQLite, an unpartitioned store, or kept rows only in a partition not of ours: the table
+    return conn.execute(sa.select(sa.func.min(EVENTS.c.ts)).where(EVENTS.c.seq > up_to)).scalar()
 
 
 def purge(
@@ -187,10 +185,7 @@ def _drop_whole_months(conn: sa.Connection, up_to: int, cutoff: datetime) -> lis
     ``up_to``): a late or imported row with an old ``ts`` and a new ``seq`` keeps its month
     until the prefix reaches it, and the prefix's rows in other months are deleted one by one.
     """
-    if not partitions.is_partitioned(conn):
-        return []
-    months = [p for p in partitions.partitions(conn) if p.upper <= cutoff]
-    whole = [p for p in months if _newest_seq(conn, p) <= up_to]
+    whole = [p for p, newest in partitions.newest_seqs(conn) if p.upper <= cutoff and newest <= up_to]
     if not whole:
         return []
     previous = conn.exec_driver_sql("SHOW lock_timeout").scalar()
@@ -208,12 +203,6 @@ def _drop_whole_months(conn: sa.Connection, up_to: int, cutoff: datetime) -> lis
             ) from exc
     conn.execute(sa.text("SELECT set_config('lock_timeout', :v, true)"), {"v": previous})
     return [p.name for p in whole]
-
-
-def _newest_seq(conn: sa.Connection, part: partitions.Partition) -> int:
-    """The newest seq a partition holds (0 when it is empty)."""
-    newest = conn.exec_driver_sql(f'SELECT max(seq) FROM "{part.name}"').scalar()  # noqa: S608
-    return newest or 0
 
 
 # --------------------------------------------------------------------------- the policy
@@ -333,12 +322,9 @@ def _whole_month_end(conn: sa.Connection, target: int, cutoff: datetime) -> int:
     """On a partitioned store, the newest seq of the oldest month that can go whole within
     ``target`` (0: none): a policy step then drops that month instead of deleting ``chunk``
     of its rows, since a drop costs the same moment of the lock whatever the month holds."""
-    if not partitions.is_partitioned(conn):
-        return 0
-    for part in partitions.partitions(conn):
+    for part, newest in partitions.newest_seqs(conn):
         if part.upper > cutoff:
             return 0
-        newest = _newest_seq(conn, part)
         if newest:
             return newest if newest <= target else 0
     return 0

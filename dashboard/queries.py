@@ -887,6 +887,8 @@ def retention_state(limit: int = 5) -> dict[str, Any]:
             .order_by(e.seq.desc()).limit(limit))
     with q.reading(store(), PAGE_TIME_LIMIT) as conn:
         rows = conn.execute(stmt).all()
+        months = [{"month": f"{part.lower:%Y-%m}", "partition": part.name, "events (estimate)": n}
+                  for part, n in partitions.sizes(conn)]
     purges = []
     for ts, detail, extra in rows:
         doc = json.loads(extra) if extra else {}
@@ -896,9 +898,6 @@ def retention_state(limit: int = 5) -> dict[str, Any]:
                        "months dropped": ", ".join(doc.get("dropped_partitions") or []) or None,
                        "archive": archive.get("file"), "archive sha256": archive.get("sha256"),
                        "detail": detail})
-    with q.reading(store(), PAGE_TIME_LIMIT) as conn:
-        months = [{"month": f"{part.lower:%Y-%m}", "partition": part.name, "events (estimate)": rows}
-                  for part, rows in partitions.sizes(conn)]
     return {"policy": configured, "problem": problem, "purges": purges, "months": months}
 
 

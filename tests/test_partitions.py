@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -262,11 +261,10 @@ def test_a_purge_drops_whole_months_and_verify_still_proves_the_kept_chain(pg_ur
         up_to = result.plan.up_to_seq
         with store.engine.connect() as conn:
             names = [p.name for p in partitions.partitions(conn)]
-            extra = conn.execute(sa.select(chain.EVENTS.c.extra).where(
-                chain.EVENTS.c.event_id == result.event_id)).scalar_one()
         # September holds the late event, written last: its month is not all in the prefix,
         # so it stays (its other rows deleted one by one); August and October go whole.
-        assert json.loads(extra)["dropped_partitions"] == ["audit_events_2026_08", "audit_events_2026_10"]
+        dropped = _extra_json(store, result.event_id)["dropped_partitions"]
+        assert dropped == ["audit_events_2026_08", "audit_events_2026_10"]
         assert result.dropped_partitions == ("audit_events_2026_08", "audit_events_2026_10")
         assert "audit_events_2026_10" not in names and "audit_events_2026_09" in names
         kept = _rows(store)
@@ -279,7 +277,7 @@ def test_the_policy_removes_a_month_in_one_step_where_rows_would_take_many(pg_ur
         synthetic.generate(store, 3_000, days=100, seed=4, now=NOW)
         run = retention.apply_policy(store, retention.RetentionPolicy(days=37.5),  # back to Nov 1
                                      now=NOW, chunk=100)
-        dropped = [p for p in run.purges if "dropped_partitions" in _extra(store, p.event_id)]
+        dropped = [p for p in run.purges if "dropped_partitions" in _extra_json(store, p.event_id)]
         # August (a few days), September and October: one step each, not a step per 100 rows
         assert [list(_extra_json(store, p.event_id)["dropped_partitions"]) for p in dropped] == [
             ["audit_events_2026_08"], ["audit_events_2026_09"], ["audit_events_2026_10"]]
@@ -287,14 +285,10 @@ def test_the_policy_removes_a_month_in_one_step_where_rows_would_take_many(pg_ur
         assert chain.verify(store).ok
 
 
-def _extra(store: Store, event_id: str | None) -> str:
+def _extra_json(store: Store, event_id: str | None) -> dict:
     with store.engine.connect() as conn:
         found = sa.select(chain.EVENTS.c.extra).where(chain.EVENTS.c.event_id == event_id)
-        return conn.execute(found).scalar_one()
-
-
-def _extra_json(store: Store, event_id: str | None) -> dict:
-    return json.loads(_extra(store, event_id))
+        return json.loads(conn.execute(found).scalar_one())
 
 
 def test_a_month_drop_that_cannot_get_its_lock_removes_nothing(pg_url, monkeypatch):
@@ -374,7 +368,7 @@ def test_the_purge_command_says_which_months_went_whole(pg_url, capsys):
 
 
 def test_the_integrity_page_shows_the_months_kept_and_what_each_purge_dropped(pg_url, monkeypatch):
-    from streamlit.testing.v1 import AppTest
+    from test_dashboard import _open, _signed_in
 
     with Store.open(pg_url) as store:
         synthetic.generate(store, 1_000, days=_past_three_months(), seed=6)
@@ -385,17 +379,7 @@ def test_the_integrity_page_shows_the_months_kept_and_what_each_purge_dropped(pg
             held = dict(conn.exec_driver_sql(
                 "SELECT tableoid::regclass::text, count(*) FROM audit_events GROUP BY 1").all())
     assert result.dropped_partitions
-    monkeypatch.setenv("CONNECT_AUDIT_DATABASE_URL", pg_url)
-    monkeypatch.setenv("CONNECT_AUDIT_ADMIN_PASSWORD", "integrity page password")
-    monkeypatch.delenv("CONNECT_AUDIT_ACCOUNTS_FILE", raising=False)
-    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "main.py"),
-                           default_timeout=60)
-    at.run()
-    at.text_input(key="sign_in_name").input("admin")
-    at.text_input(key="sign_in_password").input("integrity page password")
-    at.button(key="FormSubmitter:sign_in-Sign in").click().run()
-    at.switch_page("views/integrity.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = _open(_signed_in(pg_url, monkeypatch), "integrity")
     [purges] = [d.value for d in at.dataframe if "months dropped" in d.value.columns]
     assert purges["months dropped"].iloc[0] == ", ".join(result.dropped_partitions)
     [months] = [d.value for d in at.dataframe if "partition" in d.value.columns]

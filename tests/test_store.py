@@ -22,11 +22,6 @@ from collector.models import AuditEvent
 from collector.store import Store
 
 
-def env_include_name(name, type_, parent_names) -> bool:
-    # as collector/migrations/env.py compares: the month partitions are parts of audit_events
-    return not (type_ == "table" and partitions.is_partition_name(name))
-
-
 @pytest.fixture(autouse=True)
 def _keys(monkeypatch, tmp_path):
     isolate_keys(monkeypatch, tmp_path)
@@ -37,7 +32,7 @@ def test_open_creates_the_current_schema_on_both_backends(database_url):
         assert store.schema_version() == store_mod.SCHEMA_HEAD
         assert store.dialect in ("sqlite", "postgresql")
         with store.engine.connect() as conn:
-            opts = {"compare_type": True, "include_name": env_include_name}
+            opts = {"compare_type": True, "include_name": partitions.include_name}
             diffs = compare_metadata(MigrationContext.configure(conn, opts=opts), SQLModel.metadata)
         if store.dialect == "postgresql":
             # The one documented difference: a partitioned table's unique keys include its

@@ -19,17 +19,12 @@ config = context.config
 target_metadata = SQLModel.metadata
 
 
-def include_name(name, type_, parent_names) -> bool:
-    """Leave out the month partitions: each is a part of audit_events, not a model table."""
-    return not (type_ == "table" and partitions.is_partition_name(name))
-
-
 def run_online(connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
-        include_name=include_name,
+        include_name=partitions.include_name,  # (the month partitions are parts of audit_events)
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():

@@ -112,10 +112,6 @@ def _months_to_hold(conn: sa.Connection) -> list[datetime]:
     held = conn.exec_driver_sql(
         f"SELECT DISTINCT date_trunc('month', ts AT TIME ZONE 'UTC') FROM \"{TABLE}\""
     ).scalars().all()
-    months = {m.replace(tzinfo=UTC) for m in held}
-    month = partitions.month_of(datetime.now(UTC))
-    for _ in range(partitions.AHEAD + 1):
-        months.add(month)
-        month = partitions.next_month(month)
+    months = {m.replace(tzinfo=UTC) for m in held} | set(partitions.coming_months(datetime.now(UTC)))
     return sorted(months)
 
